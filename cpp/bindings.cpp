@@ -1,0 +1,129 @@
+// The Python module dllama_py._core: model loading and the forward step, and the quantizers.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "model.h"
+#include "quants.h"
+
+namespace py = pybind11;
+using namespace dllama;
+
+static std::string cpu_features() {
+    std::string f;
+#if defined(__AVX512F__)
+    f += " avx512f";
+#endif
+#if defined(__AVX512VNNI__)
+    f += " avx512vnni";
+#endif
+#if defined(__AVX2__)
+    f += " avx2";
+#endif
+#if defined(__FMA__)
+    f += " fma";
+#endif
+#if defined(__F16C__)
+    f += " f16c";
+#endif
+#if defined(__ARM_NEON)
+    f += " neon";
+#endif
+#if defined(__ARM_FEATURE_DOTPROD)
+    f += " dotprod";
+#endif
+    return f.empty() ? "scalar" : f.substr(1);
+}
+
+template <typename Block, void (*Quantize)(const float*, size_t, Block*)>
+static py::bytes quantize_to_bytes(py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+    const size_t n = (size_t)x.size();
+    if (n % kBlockSize != 0) throw std::invalid_argument("quantization needs a multiple of 32 values, got " + std::to_string(n));
+    std::string out(n / kBlockSize * sizeof(Block), '\0');
+    {
+        py::gil_scoped_release release;
+        Quantize(x.data(), n, reinterpret_cast<Block*>(&out[0]));
+    }
+    return py::bytes(out);
+}
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "dllama_py C++ core";
+
+    py::enum_<FloatType>(m, "FloatType")
+        .value("F32", FloatType::F32)
+        .value("F16", FloatType::F16)
+        .value("Q40", FloatType::Q40)
+        .value("Q80", FloatType::Q80);
+    py::enum_<RopeStyle>(m, "RopeStyle").value("INTERLEAVED", RopeStyle::Interleaved).value("HALVES", RopeStyle::Halves);
+
+    py::class_<RopeScaling>(m, "RopeScaling")
+        .def(py::init<>())
+        .def_readwrite("factor", &RopeScaling::factor)
+        .def_readwrite("low_freq_factor", &RopeScaling::low_freq_factor)
+        .def_readwrite("high_freq_factor", &RopeScaling::high_freq_factor)
+        .def_readwrite("original_max_position", &RopeScaling::original_max_position);
+
+    py::class_<ModelConfig>(m, "ModelConfig")
+        .def(py::init<>())
+        .def_readwrite("arch", &ModelConfig::arch)
+        .def_readwrite("weight_type", &ModelConfig::weight_type)
+        .def_readwrite("dim", &ModelConfig::dim)
+        .def_readwrite("hidden_dim", &ModelConfig::hidden_dim)
+        .def_readwrite("n_layers", &ModelConfig::n_layers)
+        .def_readwrite("n_heads", &ModelConfig::n_heads)
+        .def_readwrite("n_kv_heads", &ModelConfig::n_kv_heads)
+        .def_readwrite("head_dim", &ModelConfig::head_dim)
+        .def_readwrite("vocab_size", &ModelConfig::vocab_size)
+        .def_readwrite("seq_len", &ModelConfig::seq_len)
+        .def_readwrite("norm_eps", &ModelConfig::norm_eps)
+        .def_readwrite("rope_theta", &ModelConfig::rope_theta)
+        .def_readwrite("rope_dim", &ModelConfig::rope_dim)
+        .def_readwrite("rope_style", &ModelConfig::rope_style)
+        .def_readwrite("rope_scaling", &ModelConfig::rope_scaling)
+        .def_readwrite("attention_bias", &ModelConfig::attention_bias)
+        .def_readwrite("n_experts", &ModelConfig::n_experts)
+        .def_readwrite("n_active_experts", &ModelConfig::n_active_experts)
+        .def_readwrite("moe_hidden_dim", &ModelConfig::moe_hidden_dim);
+
+    py::class_<TensorInfo>(m, "TensorInfo")
+        .def(py::init([](std::string name, FloatType type, int64_t rows, int64_t cols, uint64_t offset) {
+                 return TensorInfo{std::move(name), type, rows, cols, offset};
+             }),
+             py::arg("name"), py::arg("type"), py::arg("rows"), py::arg("cols"), py::arg("offset"));
+
+    py::class_<Model>(m, "Model")
+        .def(py::init([](const std::string& path, const ModelConfig& cfg, const std::vector<TensorInfo>& tensors,
+                         int n_threads) {
+                 py::gil_scoped_release release;
+                 return build_model(cfg, std::make_shared<TensorStore>(path, tensors), n_threads);
+             }),
+             py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_threads"))
+        .def(
+            "forward",
+            [](Model& model, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens, bool all_logits) {
+                const int n = (int)tokens.size();
+                const int vocab = model.config().vocab_size;
+                py::array_t<float> logits(std::vector<py::ssize_t>{all_logits ? n : 1, vocab});
+                std::vector<int32_t> ids(tokens.data(), tokens.data() + n);
+                float* out = logits.mutable_data();
+                {
+                    py::gil_scoped_release release;
+                    model.forward(ids.data(), n, all_logits, out);
+                }
+                return logits;
+            },
+            py::arg("tokens"), py::arg("all_logits") = true)
+        .def_property_readonly("position", &Model::position)
+        .def("set_position", &Model::set_position)
+        .def_property_readonly("n_threads", &Model::n_threads)
+        .def_property_readonly("kv_cache_bytes", &Model::kv_cache_bytes)
+        .def_property_readonly("weight_bytes_per_token", &Model::weight_bytes_per_token)
+        .def("kv_bytes_read_at", &Model::kv_bytes_read_at)
+        .def_property_readonly("config", &Model::config);
+
+    m.def("quantize_q40", &quantize_to_bytes<BlockQ40, quantize_q40>, "Quantize float32 values to Q40 blocks (bytes)");
+    m.def("quantize_q80", &quantize_to_bytes<BlockQ80, quantize_q80>, "Quantize float32 values to Q80 blocks (bytes)");
+    m.def("builder_names", &builder_names);
+    m.def("cpu_features", &cpu_features);
+}

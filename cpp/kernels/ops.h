@@ -1,0 +1,45 @@
+// Elementwise and per-row operations of the forward pass (everything except matmul).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace dllama {
+
+// out = w * x / sqrt(mean(x^2) + eps); out may alias x.
+void rms_norm(const float* x, const float* w, int n, float eps, float* out);
+
+// In place: x[i] += b[i].
+void add(float* x, const float* b, int n);
+
+// In place: gate[i] = silu(gate[i]) * up[i].
+void silu_mul(float* gate, const float* up, int n);
+
+// In place softmax over n values.
+void softmax(float* x, int n);
+
+// Which dimensions of a head RoPE rotates together: interleaved pairs (2j, 2j+1), as in Meta's Llama
+// layout and GLM; or halves (j, j + rope_dim/2), as in HF's rotate_half (Qwen3, GLM-4.5).
+enum class RopeStyle : int { Interleaved = 0, Halves = 1 };
+
+struct RopeScaling {
+    // Llama 3.1 frequency smoothing; factor 1 disables it.
+    float factor = 1.0f, low_freq_factor = 1.0f, high_freq_factor = 4.0f;
+    int original_max_position = 8192;
+};
+
+// cos/sin for every position < max_pos and every rotated pair of the first rope_dim dims of a head.
+class RopeTable {
+public:
+    RopeTable() = default;
+    RopeTable(int rope_dim, float theta, const RopeScaling& scaling, int max_pos, RopeStyle style);
+    // Rotates the first rope_dim values of each of n_heads heads (stride head_dim) at position pos.
+    void apply(float* x, int n_heads, int head_dim, int pos) const;
+    int rope_dim() const { return rope_dim_; }
+
+private:
+    int rope_dim_ = 0;
+    RopeStyle style_ = RopeStyle::Interleaved;
+    std::vector<float> cos_, sin_;  // [max_pos][rope_dim/2]
+};
+
+}  // namespace dllama

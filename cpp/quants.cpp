@@ -1,0 +1,133 @@
+#include "quants.h"
+
+#include <cmath>
+#include <cstring>
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+namespace dllama {
+
+float f16_to_f32(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    const uint32_t exp = (h >> 10) & 0x1f;
+    const uint32_t mant = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0) {
+        if (mant == 0) {
+            bits = sign;
+        } else {  // subnormal: value = mant * 2^-24
+            float v = std::ldexp((float)mant, -24);
+            std::memcpy(&bits, &v, 4);
+            bits |= sign;
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (mant << 13);
+    } else {
+        bits = sign | ((exp + 112) << 23) | (mant << 13);
+    }
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+#endif
+}
+
+uint16_t f32_to_f16(float f) {
+#if defined(__F16C__)
+    return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+#else
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000;
+    const uint32_t abs = x & 0x7fffffff;
+    if (abs >= 0x7f800000) return (uint16_t)(sign | 0x7c00 | (abs > 0x7f800000 ? 0x200 : 0));
+    if (abs >= 0x477ff000) return (uint16_t)(sign | 0x7c00);  // rounds to infinity
+    if (abs < 0x38800000) {                                   // f16 subnormal or zero
+        float v;
+        std::memcpy(&v, &abs, 4);
+        return (uint16_t)(sign | (uint32_t)std::nearbyint(v * 16777216.0f));
+    }
+    uint32_t mant = abs & 0x7fffff;
+    uint32_t exp = (abs >> 23) - 112;
+    uint32_t h = (exp << 10) | (mant >> 13);
+    const uint32_t rest = mant & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
+    return (uint16_t)(sign | h);
+#endif
+}
+
+void quantize_q40(const float* x, size_t n, BlockQ40* out) {
+    for (size_t b = 0; b < n / kBlockSize; b++) {
+        const float* g = x + b * kBlockSize;
+        float gmax = g[0], gmin = g[0];
+        for (int j = 1; j < kBlockSize; j++) {
+            gmax = std::fmax(gmax, g[j]);
+            gmin = std::fmin(gmin, g[j]);
+        }
+        const float d = (-gmin > gmax ? gmin : gmax) / -8.0f;
+        const float inv = d != 0.0f ? 1.0f / d : 0.0f;
+        out[b].d = f32_to_f16(d);
+        for (int j = 0; j < 16; j++) {
+            float lo = g[j] * inv + 8.5f;
+            float hi = g[j + 16] * inv + 8.5f;
+            int qlo = (int)std::fmin(std::fmax(lo, 0.0f), 15.0f);
+            int qhi = (int)std::fmin(std::fmax(hi, 0.0f), 15.0f);
+            out[b].qs[j] = (uint8_t)(qlo | (qhi << 4));
+        }
+    }
+}
+
+void quantize_q80(const float* x, size_t n, BlockQ80* out) {
+    for (size_t b = 0; b < n / kBlockSize; b++) {
+        const float* g = x + b * kBlockSize;
+        float gmax = g[0], gmin = g[0];
+        for (int j = 1; j < kBlockSize; j++) {
+            gmax = std::fmax(gmax, g[j]);
+            gmin = std::fmin(gmin, g[j]);
+        }
+        const float amax = -gmin > gmax ? -gmin : gmax;
+        const float d = amax / 127.0f;
+        const float inv = d != 0.0f ? 1.0f / d : 0.0f;
+        out[b].d = f32_to_f16(d);
+        for (int j = 0; j < kBlockSize; j++) out[b].qs[j] = (int8_t)std::nearbyint(g[j] * inv);
+    }
+}
+
+void dequantize(FloatType type, const void* src, size_t n, float* dst) {
+    switch (type) {
+        case FloatType::F32:
+            std::memcpy(dst, src, n * 4);
+            return;
+        case FloatType::F16: {
+            const uint16_t* h = static_cast<const uint16_t*>(src);
+            for (size_t i = 0; i < n; i++) dst[i] = f16_to_f32(h[i]);
+            return;
+        }
+        case FloatType::Q40: {
+            const BlockQ40* blocks = static_cast<const BlockQ40*>(src);
+            for (size_t b = 0; b < n / kBlockSize; b++) {
+                const float d = f16_to_f32(blocks[b].d);
+                float* o = dst + b * kBlockSize;
+                for (int j = 0; j < 16; j++) {
+                    o[j] = (float)((blocks[b].qs[j] & 15) - 8) * d;
+                    o[j + 16] = (float)((blocks[b].qs[j] >> 4) - 8) * d;
+                }
+            }
+            return;
+        }
+        case FloatType::Q80: {
+            const BlockQ80* blocks = static_cast<const BlockQ80*>(src);
+            for (size_t b = 0; b < n / kBlockSize; b++) {
+                const float d = f16_to_f32(blocks[b].d);
+                for (int j = 0; j < kBlockSize; j++) dst[b * kBlockSize + j] = blocks[b].qs[j] * d;
+            }
+            return;
+        }
+    }
+    throw std::invalid_argument("unknown float type");
+}
+
+}  // namespace dllama

@@ -1,0 +1,159 @@
+"""HF checkpoint directory -> .m model file (plus the tokenizer bundle beside it).
+
+Tensors are streamed one at a time (large ones in row chunks) from memory-mapped safetensors, so
+peak memory stays around one chunk whatever the model size. The output is written to a temporary
+file and renamed at the end: an interrupted run never leaves a half-written model under the name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import tokenizer as tokenizer_bundle
+from .architectures import TensorSpec, UnsupportedModelError, for_model_type, place_tensors
+from .model_file import FloatType, encode_header
+from .safetensors_reader import Checkpoint, CheckpointError
+
+CHUNK_BYTES = 64 << 20  # float32 bytes converted at once
+
+
+@dataclass
+class ConversionReport:
+    path: Path
+    tokenizer_path: Path | None
+    n_tensors: int
+    n_bytes: int
+    seconds: float
+    skipped: list[str]
+
+
+def encode_tensor(values: np.ndarray, dtype: FloatType) -> bytes:
+    """Bytes of float32 values in a .m storage type."""
+    from . import _core
+
+    flat = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    if dtype == FloatType.F32:
+        return flat.astype("<f4").tobytes()
+    if dtype == FloatType.F16:
+        return flat.astype("<f2").tobytes()
+    if dtype == FloatType.Q40:
+        return _core.quantize_q40(flat)
+    return _core.quantize_q80(flat)
+
+
+def _source_name(spec: TensorSpec, ckpt: Checkpoint) -> str:
+    if spec.source in ckpt:
+        return spec.source
+    if spec.fallback and spec.fallback in ckpt:
+        return spec.fallback
+    raise CheckpointError(f"{ckpt.directory}: missing tensor {spec.source!r} (needed for {spec.name})")
+
+
+def _check_shape(spec: TensorSpec, name: str, ckpt: Checkpoint):
+    shape = ckpt.shape(name)
+    expected = (spec.cols,) if spec.rows == 1 else (spec.rows, spec.cols)
+    if shape != expected and not (spec.rows == 1 and shape == (1, spec.cols)):
+        raise CheckpointError(f"{ckpt.directory}: tensor {name!r} has shape {list(shape)}, expected {list(expected)}")
+
+
+class _Progress:
+    def __init__(self, total_bytes: int, n_tensors: int, enabled: bool):
+        self.total, self.n, self.enabled = total_bytes, n_tensors, enabled
+        self.done, self.start = 0, time.monotonic()
+
+    def update(self, index: int, name: str, nbytes: int):
+        self.done += nbytes
+        if not self.enabled:
+            return
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {index}/{self.n} tensors "
+            f"{self.done / 1e6:,.0f}/{self.total / 1e6:,.0f} MB {self.done / 1e6 / elapsed:,.0f} MB/s  {name[:32]:<32}"
+        )
+        sys.stderr.flush()
+
+    def finish(self):
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str = "q40", progress: bool = True,
+            log=print) -> ConversionReport:
+    hf_dir, out_path = Path(hf_dir), Path(out_path)
+    config_path = hf_dir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: is {hf_dir} a Hugging Face checkpoint directory?")
+    config = json.loads(config_path.read_text())
+    model_type = config.get("model_type")
+    if model_type is None:
+        raise UnsupportedModelError(f"{config_path} has no model_type")
+    arch = for_model_type(model_type)
+    weight_type = FloatType.parse(dtype)
+    params = arch.header_from_config(config)
+    params["weights_float_type"] = int(weight_type)
+    header = encode_header(params)
+    specs = arch.tensors(params)
+    placed = place_tensors(specs, weight_type, len(header))
+
+    with Checkpoint(hf_dir) as ckpt:
+        sources = []
+        for spec in specs:
+            name = _source_name(spec, ckpt)
+            _check_shape(spec, name, ckpt)
+            sources.append(name)
+        used = set(sources)
+        skipped = sorted(n for n in ckpt.names() if n not in used)
+        total = placed[-1].offset + placed[-1].nbytes
+        log(f"Converting {hf_dir} ({model_type} -> {arch.builder}, {weight_type.name}) to {out_path}: "
+            f"{len(specs)} tensors, {total / 1e6:,.1f} MB")
+        if skipped:
+            log(f"Skipping {len(skipped)} checkpoint tensors the model does not use, e.g. {skipped[0]}")
+
+        tmp_path = out_path.with_name(out_path.name + ".partial")
+        bar = _Progress(total, len(specs), progress)
+        start = time.monotonic()
+        try:
+            with open(tmp_path, "wb") as f:
+                f.write(header)
+                for i, (spec, pt, name) in enumerate(zip(specs, placed, sources), 1):
+                    _write_tensor(f, ckpt, spec, name, pt.dtype)
+                    if f.tell() != pt.offset + pt.nbytes:
+                        raise RuntimeError(f"internal error: {spec.name} ended at {f.tell()}, expected {pt.offset + pt.nbytes}")
+                    bar.update(i, spec.name, pt.nbytes)
+            os.replace(tmp_path, out_path)
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
+        finally:
+            bar.finish()
+        seconds = time.monotonic() - start
+
+    tok_path = None
+    if (hf_dir / "tokenizer.json").exists():
+        tok_path = tokenizer_bundle.bundle_path(out_path)
+        tokenizer_bundle.write_bundle(tokenizer_bundle.build_bundle(hf_dir), tok_path)
+    else:
+        log(f"Warning: {hf_dir} has no tokenizer.json; the model will need token ids, not text")
+    log(f"Wrote {out_path} ({total / 1e6:,.1f} MB in {seconds:.1f} s, {total / 1e6 / max(seconds, 1e-9):,.0f} MB/s)")
+    return ConversionReport(out_path, tok_path, len(specs), total, seconds, skipped)
+
+
+def _write_tensor(f, ckpt: Checkpoint, spec: TensorSpec, name: str, dtype: FloatType):
+    if spec.transform is not None or spec.rows == 1:
+        values = ckpt.read(name).reshape(spec.rows, spec.cols)
+        if spec.transform is not None:
+            values = spec.transform(values)
+        f.write(encode_tensor(values, dtype))
+        return
+    rows_per_chunk = max(1, CHUNK_BYTES // (4 * spec.cols))
+    for r0 in range(0, spec.rows, rows_per_chunk):
+        f.write(encode_tensor(ckpt.read(name, r0, min(spec.rows, r0 + rows_per_chunk)), dtype))

@@ -1,0 +1,242 @@
+"""Engine: a loaded model with its tokenizer, KV cache and generation loop."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from . import _core
+from .architectures import ModelLayout, read_layout
+from .model_file import NORM_EPSILON_CODES, RopeType
+from .sampling import Sampler
+from .tokenizer import Tokenizer, bundle_path
+
+DEFAULT_CONTEXT = 4096  # positions allocated unless asked for more: 128k-context models stay small
+
+
+def default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def model_config(layout: ModelLayout, max_seq_len: int | None) -> "_core.ModelConfig":
+    """The C++ graph's configuration from a .m header and its architecture-table entry."""
+    p = layout.params
+    c = _core.ModelConfig()
+    c.arch = layout.arch.builder
+    c.weight_type = _core.FloatType(int(layout.weight_type))
+    c.dim, c.hidden_dim, c.n_layers = p["dim"], p["hidden_dim"], p["n_layers"]
+    c.n_heads, c.n_kv_heads, c.vocab_size = p["n_heads"], p["n_kv_heads"], p["vocab_size"]
+    c.head_dim = p.get("head_dim") or p["dim"] // p["n_heads"]
+    model_ctx = p.get("max_seq_len") or DEFAULT_CONTEXT
+    c.seq_len = min(model_ctx, max_seq_len if max_seq_len else DEFAULT_CONTEXT)
+    c.norm_eps = p.get("norm_epsilon_f32") or NORM_EPSILON_CODES[p.get("norm_epsilon", 5)]
+    c.rope_theta = p.get("rope_theta_f32") or float(p.get("rope_theta", 10000))
+    c.rope_dim = p.get("rope_dim") or c.head_dim
+    c.rope_style = _core.RopeStyle.INTERLEAVED if layout.arch.rope_style == "interleaved" else _core.RopeStyle.HALVES
+    factor = p.get("rope_scaling_factor_f32") or float(p.get("rope_scaling_factor", 1))
+    if factor != 1.0 and p.get("rope_type", RopeType.LLAMA3_1) in (RopeType.LLAMA, RopeType.LLAMA3_1):
+        s = _core.RopeScaling()
+        s.factor = factor
+        s.low_freq_factor = p.get("rope_scaling_low_freq_factor_f32") or float(p.get("rope_scaling_low_freq_factor", 1))
+        s.high_freq_factor = p.get("rope_scaling_high_freq_factor_f32") or float(p.get("rope_scaling_high_freq_factory", 4))
+        s.original_max_position = p.get("rope_scaling_orig_max_seq_len") or model_ctx
+        c.rope_scaling = s
+    c.attention_bias = bool(p.get("attention_bias", 0))
+    c.n_experts, c.n_active_experts = p.get("n_experts", 0), p.get("n_active_experts", 0)
+    c.moe_hidden_dim = p.get("moe_hidden_dim", 0)
+    return c
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens reused from the KV cache
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    finish_reason: str = ""  # "stop", "length" or "context"
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return self.generated_tokens / self.decode_seconds if self.decode_seconds else 0.0
+
+
+class Engine:
+    """A model ready to run: `forward` for logits, `generate`/`chat` for text.
+
+    >>> with Engine("qwen3.m", threads=4) as eng:
+    ...     for piece in eng.generate("Why is the sky blue?", max_tokens=64):
+    ...         print(piece, end="", flush=True)
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, max_seq_len: int | None = None,
+                 tokenizer: str | os.PathLike | None = None):
+        self.path = Path(path)
+        self.layout = read_layout(self.path)
+        self.config = model_config(self.layout, max_seq_len)
+        tensors = [
+            _core.TensorInfo(t.spec.name, _core.FloatType(int(t.dtype)), t.spec.rows, t.spec.cols, t.offset)
+            for t in self.layout.tensors
+        ]
+        self._model = _core.Model(str(self.path), self.config, tensors, threads or default_threads())
+        tok_path = Path(tokenizer) if tokenizer else bundle_path(self.path)
+        self.tokenizer: Tokenizer | None = Tokenizer.load(tok_path) if tok_path.exists() else None
+        self._cached: list[int] = []  # tokens whose keys/values are in the cache, in order
+        self.last_stats = GenerationStats()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def close(self):
+        self._model = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def model(self) -> "_core.Model":
+        if self._model is None:
+            raise RuntimeError(f"engine for {self.path} is closed")
+        return self._model
+
+    # -- facts -------------------------------------------------------------------------------
+    @property
+    def context_length(self) -> int:
+        return self.config.seq_len
+
+    @property
+    def position(self) -> int:
+        return self.model.position
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return self.model.kv_cache_bytes
+
+    @property
+    def threads(self) -> int:
+        return self.model.n_threads
+
+    # -- raw model ---------------------------------------------------------------------------
+    def forward(self, token_ids: Iterable[int], all_logits: bool = True) -> np.ndarray:
+        """Logits (n, vocab) for tokens appended at the current position (or (1, vocab) for the
+        last one only when all_logits is False)."""
+        ids = np.asarray(list(token_ids), dtype=np.int32)
+        if ids.size == 0:
+            raise ValueError("forward needs at least one token")
+        if self.position + ids.size > self.context_length:
+            raise ValueError(
+                f"{ids.size} tokens at position {self.position} exceed the context of {self.context_length} "
+                f"(raise max_seq_len, up to the model's {self.layout.params.get('max_seq_len')})"
+            )
+        logits = self.model.forward(ids, all_logits)
+        self._cached.extend(int(i) for i in ids)
+        return logits
+
+    def reset(self):
+        self.model.set_position(0)
+        self._cached.clear()
+
+    # -- text --------------------------------------------------------------------------------
+    def _require_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise RuntimeError(f"{self.path} has no tokenizer bundle ({bundle_path(self.path)}); convert it again "
+                               "from a checkpoint with tokenizer.json, or pass tokenizer=")
+        return self.tokenizer
+
+    def apply_chat_template(self, messages: list[dict], tools: list | None = None, add_generation_prompt: bool = True,
+                            **template_kwargs) -> str:
+        """The prompt text for a conversation, rendered from the model's own chat template exactly as
+        transformers' apply_chat_template(tokenize=False) renders it."""
+        from .chat_template import render_chat_template
+
+        tok = self._require_tokenizer()
+        if not tok.chat_template:
+            raise RuntimeError(f"{self.path}: the tokenizer has no chat template")
+        return render_chat_template(tok.chat_template, messages, tools=tools,
+                                    add_generation_prompt=add_generation_prompt, bos_token=tok.bos_token,
+                                    eos_token=tok.eos_token, **template_kwargs)
+
+    def generate(self, prompt: str | list[int], max_tokens: int = 256, temperature: float = 0.8, top_p: float = 0.9,
+                 top_k: int = 0, seed: int | None = None, stop: list[str] | str | None = None) -> Iterator[str]:
+        """Streams the continuation of a prompt (text, or token ids) as text pieces."""
+        tok = self._require_tokenizer()
+        ids = tok.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
+        return self._generate_ids(ids, max_tokens, Sampler(temperature, top_p, top_k, seed), stop)
+
+    def chat(self, messages: list[dict], max_tokens: int = 1024, temperature: float = 0.8, top_p: float = 0.9,
+             top_k: int = 0, seed: int | None = None, stop: list[str] | str | None = None, tools: list | None = None,
+             **template_kwargs) -> Iterator[str]:
+        """Streams the assistant's reply to a conversation, using the model's chat template."""
+        tok = self._require_tokenizer()
+        text = self.apply_chat_template(messages, tools=tools, **template_kwargs)
+        ids = tok.encode_chat(text)
+        return self._generate_ids(ids, max_tokens, Sampler(temperature, top_p, top_k, seed), stop)
+
+    def _prefill(self, ids: list[int]) -> np.ndarray:
+        """Logits after the prompt, reusing the cached prefix the prompt shares with the last call."""
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if len(ids) > self.context_length:
+            raise ValueError(f"the prompt has {len(ids)} tokens but the context holds {self.context_length} "
+                             f"(raise max_seq_len, up to the model's {self.layout.params.get('max_seq_len')})")
+        common = 0
+        for a, b in zip(self._cached, ids[:-1]):
+            if a != b:
+                break
+            common += 1
+        self.model.set_position(common)
+        del self._cached[common:]
+        self.last_stats.cached_tokens = common
+        return self.forward(ids[common:], all_logits=False)[-1]
+
+    def _generate_ids(self, ids: list[int], max_tokens: int, sampler: Sampler, stop) -> Iterator[str]:
+        tok = self._require_tokenizer()
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        eos = set(tok.eos_token_ids)
+        stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
+        t0 = time.perf_counter()
+        logits = self._prefill(ids)
+        stats.prefill_seconds = time.perf_counter() - t0
+        decoder = tok.stream_decoder()
+        text = ""  # decoded and not yet yielded (held back while it may start a stop string)
+        hold = max((len(s) for s in stops), default=1) - 1
+        t0 = time.perf_counter()
+        stats.finish_reason = "length"
+        stopped_by_string = False
+        for _ in range(max_tokens):
+            token = sampler.sample(logits)
+            if token in eos:
+                stats.finish_reason = "stop"
+                break
+            stats.generated_tokens += 1
+            text += decoder.push(token)
+            hit = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+            if hit >= 0:
+                if hit:
+                    yield text[:hit]
+                text = ""
+                stats.finish_reason = "stop"
+                stopped_by_string = True
+                break
+            if len(text) > hold:
+                cut = len(text) - hold
+                yield text[:cut]
+                text = text[cut:]
+            if self.position >= self.context_length:
+                stats.finish_reason = "context"
+                break
+            logits = self.forward([token], all_logits=False)[-1]
+        if not stopped_by_string:
+            text += decoder.flush()
+        stats.decode_seconds = time.perf_counter() - t0
+        if text:
+            yield text

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hf_models import build, reference_logits
+
+
+class TinyModels:
+    """Builds each tiny HF model and its .m conversions once per test session."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._built: dict[str, tuple[Path, list[int], object]] = {}
+        self._converted: dict[tuple[str, str], Path] = {}
+
+    def hf(self, name: str):
+        """(checkpoint dir, token ids, reference logits [24, vocab])."""
+        if name not in self._built:
+            directory = self.root / name
+            model, ids = build(name, directory)
+            self._built[name] = (directory, ids, reference_logits(model, ids))
+        return self._built[name]
+
+    def converted(self, name: str, dtype: str) -> Path:
+        key = (name, dtype)
+        if key not in self._converted:
+            from dllama_py.convert import convert
+
+            directory = self.hf(name)[0]
+            out = self.root / f"{name}-{dtype}.m"
+            convert(directory, out, dtype=dtype, progress=False, log=lambda *a: None)
+            self._converted[key] = out
+        return self._converted[key]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> TinyModels:
+    return TinyModels(tmp_path_factory.mktemp("tiny_models"))
