@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "kernels/bandwidth.h"
 #include "model.h"
 #include "quants.h"
 
@@ -125,5 +126,14 @@ PYBIND11_MODULE(_core, m) {
     m.def("quantize_q40", &quantize_to_bytes<BlockQ40, quantize_q40>, "Quantize float32 values to Q40 blocks (bytes)");
     m.def("quantize_q80", &quantize_to_bytes<BlockQ80, quantize_q80>, "Quantize float32 values to Q80 blocks (bytes)");
     m.def("builder_names", &builder_names);
+    m.def(
+        "read_bandwidth",
+        [](size_t n_bytes, int n_threads, int repeats) {
+            py::gil_scoped_release release;
+            ThreadPool pool(n_threads);
+            return measure_read_bandwidth(n_bytes, repeats, pool);
+        },
+        py::arg("n_bytes") = size_t(1) << 30, py::arg("n_threads") = 1, py::arg("repeats") = 3,
+        "Best read bandwidth (bytes/s) over a buffer of n_bytes streamed by n_threads threads");
     m.def("cpu_features", &cpu_features);
 }

@@ -1,34 +1,132 @@
-// Reference kernels: plain loops, correct for every type. Replaced by SIMD paths where available.
+// Matrix storage (repacked into 16-row groups, see matmul_kernels.h), activation quantization and
+// the threaded driver. The arithmetic lives in matmul_avx512.cpp / matmul_avx2.cpp / matmul_scalar.cpp.
 #include "kernels/matmul.h"
 
-#include <cmath>
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
+#include "kernels/matmul_kernels.h"
 #include "quants.h"
 
 namespace dllama {
 
+using kernels::kGroupRows;
+
 struct Matrix::Storage {
-    std::vector<uint8_t> bytes;
+    uint8_t* data = nullptr;
+    int64_t group_bytes = 0;
+    ~Storage() { std::free(data); }
 };
 
 struct Activations::Quantized {
-    std::vector<BlockQ80> blocks;  // n_tokens x cols/32
+    std::vector<int8_t> qs;
+    std::vector<float> d;
+    std::vector<int32_t> sum;
 };
+
+// Zeroed, 64-byte aligned memory. Large buffers are 2 MiB aligned and asked to use transparent huge
+// pages: a GEMV streams them once per token, and TLB misses are dear under nested paging.
+static uint8_t* alloc_weights(size_t n) {
+    const size_t huge = size_t(2) << 20;
+    const size_t align = n >= 2 * huge ? huge : 64;
+    const size_t size = (n + align - 1) / align * align;
+    void* p = std::aligned_alloc(align, size);
+    if (!p) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (align == huge) madvise(p, size, MADV_HUGEPAGE);
+#endif
+    std::memset(p, 0, size);
+    return static_cast<uint8_t*>(p);
+}
 
 Matrix::Matrix(FloatType type, int64_t rows, int64_t cols, const void* data)
     : type_(type), rows_(rows), cols_(cols), storage_(std::make_shared<Storage>()) {
     if (is_quantized(type) && cols % kBlockSize != 0)
         throw std::invalid_argument("quantized matrix needs a multiple of 32 columns, got " + std::to_string(cols));
-    const size_t n = bytes();
-    storage_->bytes.resize(n);
-    std::memcpy(storage_->bytes.data(), data, n);
+    const int64_t gb = kernels::group_bytes(type, cols);
+    const int64_t n_groups = (rows + kGroupRows - 1) / kGroupRows;
+    storage_->group_bytes = gb;
+    storage_->data = alloc_weights((size_t)(n_groups * gb));
+
+    const uint8_t* src = static_cast<const uint8_t*>(data);
+    const size_t row_bytes = bytes_of(type, cols);
+    const int64_t nb = cols / kBlockSize;
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t* in = src + r * row_bytes;
+        uint8_t* g = storage_->data + r / kGroupRows * gb;
+        const int i = r % kGroupRows;
+        switch (type) {
+            case FloatType::F32:
+                for (int64_t c = 0; c < cols; c++) std::memcpy(g + (c * kGroupRows + i) * 4, in + c * 4, 4);
+                break;
+            case FloatType::F16:
+                for (int64_t c = 0; c < cols; c++) std::memcpy(g + (c * kGroupRows + i) * 2, in + c * 2, 2);
+                break;
+            case FloatType::Q40:
+                for (int64_t b = 0; b < nb; b++) {
+                    const BlockQ40* blk = reinterpret_cast<const BlockQ40*>(in) + b;
+                    for (int k = 0; k < 4; k++) std::memcpy(g + b * kernels::kQ40BlockBytes + k * 64 + i * 4, blk->qs + 4 * k, 4);
+                    std::memcpy(g + nb * kernels::kQ40BlockBytes + (b * kGroupRows + i) * 2, &blk->d, 2);
+                }
+                break;
+            case FloatType::Q80:
+                for (int64_t b = 0; b < nb; b++) {
+                    const BlockQ80* blk = reinterpret_cast<const BlockQ80*>(in) + b;
+                    uint8_t* q = g + b * kernels::kQ80BlockBytes + i * 4;
+                    for (int k = 0; k < 8; k++)
+                        for (int e = 0; e < 4; e++) q[k * 64 + e] = (uint8_t)blk->qs[4 * k + e] ^ kernels::kQ80Xor;
+                    std::memcpy(g + nb * kernels::kQ80BlockBytes + (b * kGroupRows + i) * 2, &blk->d, 2);
+                }
+                break;
+        }
+    }
 }
 
 void Matrix::dequantize_row(int64_t r, float* out) const {
-    const size_t row_bytes = bytes_of(type_, cols_);
-    dequantize(type_, storage_->bytes.data() + r * row_bytes, cols_, out);
+    const uint8_t* g = storage_->data + r / kGroupRows * storage_->group_bytes;
+    const int i = r % kGroupRows;
+    const int64_t nb = cols_ / kBlockSize;
+    auto scale = [&](int64_t block_bytes, int64_t b) {
+        uint16_t h;
+        std::memcpy(&h, g + nb * block_bytes + (b * kGroupRows + i) * 2, 2);
+        return f16_to_f32(h);
+    };
+    switch (type_) {
+        case FloatType::F32:
+            for (int64_t c = 0; c < cols_; c++) std::memcpy(out + c, g + (c * kGroupRows + i) * 4, 4);
+            return;
+        case FloatType::F16:
+            for (int64_t c = 0; c < cols_; c++) {
+                uint16_t h;
+                std::memcpy(&h, g + (c * kGroupRows + i) * 2, 2);
+                out[c] = f16_to_f32(h);
+            }
+            return;
+        case FloatType::Q40:
+            for (int64_t b = 0; b < nb; b++) {
+                const float d = scale(kernels::kQ40BlockBytes, b);
+                for (int j = 0; j < 16; j++) {
+                    const uint8_t q = g[b * kernels::kQ40BlockBytes + j / 4 * 64 + i * 4 + j % 4];
+                    out[b * kBlockSize + j] = (float)((q & 15) - 8) * d;
+                    out[b * kBlockSize + j + 16] = (float)((q >> 4) - 8) * d;
+                }
+            }
+            return;
+        case FloatType::Q80:
+            for (int64_t b = 0; b < nb; b++) {
+                const float d = scale(kernels::kQ80BlockBytes, b);
+                for (int j = 0; j < kBlockSize; j++) {
+                    const uint8_t q = g[b * kernels::kQ80BlockBytes + j / 4 * 64 + i * 4 + j % 4] ^ kernels::kQ80Xor;
+                    out[b * kBlockSize + j] = (float)(int8_t)q * d;
+                }
+            }
+            return;
+    }
 }
 
 void Activations::set(const float* x, int n_tokens, int64_t cols) {
@@ -38,64 +136,21 @@ void Activations::set(const float* x, int n_tokens, int64_t cols) {
     q80_ready_ = false;
 }
 
-static void quantize_activation_q80(const float* x, int64_t n, BlockQ80* out) {
-    for (int64_t b = 0; b < n / kBlockSize; b++) {
-        const float* g = x + b * kBlockSize;
-        float amax = 0.0f;
-        for (int j = 0; j < kBlockSize; j++) amax = std::fmax(amax, std::fabs(g[j]));
-        const float d = amax / 127.0f;
-        const float inv = d != 0.0f ? 1.0f / d : 0.0f;
-        out[b].d = f32_to_f16(d);
-        for (int j = 0; j < kBlockSize; j++) out[b].qs[j] = (int8_t)std::round(g[j] * inv);
-    }
-}
-
 const Activations::Quantized& Activations::q80(ThreadPool& pool) {
     if (!q80_) q80_ = std::make_shared<Quantized>();
     if (!q80_ready_) {
-        const int64_t nb = cols_ / kBlockSize;
-        q80_->blocks.resize((size_t)n_tokens_ * nb);
-        pool.parallel_for(n_tokens_, 1, [&](size_t t0, size_t t1, int) {
-            for (size_t t = t0; t < t1; t++) quantize_activation_q80(x_ + t * cols_, cols_, &q80_->blocks[t * nb]);
+        const size_t n_blocks = (size_t)n_tokens_ * (cols_ / kBlockSize);
+        q80_->qs.resize(n_blocks * kBlockSize);
+        q80_->d.resize(n_blocks);
+        q80_->sum.resize(n_blocks);
+        // ~1 ns per block: split only when there is enough work to pay for waking a thread.
+        pool.parallel_for(n_blocks, 1024, [&](size_t b0, size_t b1, int) {
+            kernels::quantize_x(x_ + b0 * kBlockSize, (int64_t)(b1 - b0), q80_->qs.data() + b0 * kBlockSize,
+                                q80_->d.data() + b0, q80_->sum.data() + b0);
         });
         q80_ready_ = true;
     }
     return *q80_;
-}
-
-static float dot_f32(const float* w, const float* x, int64_t n) {
-    float s = 0.0f;
-    for (int64_t i = 0; i < n; i++) s += w[i] * x[i];
-    return s;
-}
-
-static float dot_f16(const uint16_t* w, const float* x, int64_t n) {
-    float s = 0.0f;
-    for (int64_t i = 0; i < n; i++) s += f16_to_f32(w[i]) * x[i];
-    return s;
-}
-
-static float dot_q40_q80(const BlockQ40* w, const BlockQ80* x, int64_t nb) {
-    float s = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        int32_t acc = 0;
-        for (int j = 0; j < 16; j++) {
-            acc += ((w[b].qs[j] & 15) - 8) * x[b].qs[j];
-            acc += ((w[b].qs[j] >> 4) - 8) * x[b].qs[j + 16];
-        }
-        s += (float)acc * f16_to_f32(w[b].d) * f16_to_f32(x[b].d);
-    }
-    return s;
-}
-
-static float dot_q80_q80(const BlockQ80* w, const BlockQ80* x, int64_t nb) {
-    float s = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        int32_t acc = 0;
-        for (int j = 0; j < kBlockSize; j++) acc += w[b].qs[j] * x[b].qs[j];
-        s += (float)acc * f16_to_f32(w[b].d) * f16_to_f32(x[b].d);
-    }
-    return s;
 }
 
 void matmul(const Matrix& w, Activations& x, float* y, ThreadPool& pool) {
@@ -104,22 +159,26 @@ void matmul(const Matrix& w, Activations& x, float* y, ThreadPool& pool) {
                                     std::to_string(w.cols()));
     const int64_t rows = w.rows(), cols = w.cols();
     const int n = x.n_tokens();
-    const uint8_t* base = w.storage_->bytes.data();
-    const size_t row_bytes = bytes_of(w.type(), cols);
-    const BlockQ80* xq = is_quantized(w.type()) ? x.q80(pool).blocks.data() : nullptr;
-    const int64_t nb = cols / kBlockSize;
-    pool.parallel_for(rows, 16, [&](size_t r0, size_t r1, int) {
-        for (int t = 0; t < n; t++) {
-            for (size_t r = r0; r < r1; r++) {
-                const uint8_t* row = base + r * row_bytes;
-                float v = 0.0f;
-                switch (w.type()) {
-                    case FloatType::F32: v = dot_f32((const float*)row, x.f32() + (size_t)t * cols, cols); break;
-                    case FloatType::F16: v = dot_f16((const uint16_t*)row, x.f32() + (size_t)t * cols, cols); break;
-                    case FloatType::Q40: v = dot_q40_q80((const BlockQ40*)row, xq + (size_t)t * nb, nb); break;
-                    case FloatType::Q80: v = dot_q80_q80((const BlockQ80*)row, xq + (size_t)t * nb, nb); break;
-                }
-                y[(size_t)t * rows + r] = v;
+    const uint8_t* base = w.storage_->data;
+    const int64_t gb = w.storage_->group_bytes;
+    kernels::QuantizedX xq{};
+    if (is_quantized(w.type())) {
+        const Activations::Quantized& q = x.q80(pool);
+        xq = {q.qs.data(), q.d.data(), q.sum.data(), cols / kBlockSize};
+    }
+    // Threads take contiguous runs of groups, so each streams one region of memory; inside a group
+    // the kernels loop over tiles of tokens, reusing the group's weights from cache.
+    const int64_t n_groups = (rows + kGroupRows - 1) / kGroupRows;
+    pool.parallel_for(n_groups, 1, [&](size_t g0, size_t g1, int) {
+        for (size_t g = g0; g < g1; g++) {
+            const uint8_t* gp = base + g * gb;
+            const int n_rows = (int)std::min<int64_t>(kGroupRows, rows - (int64_t)g * kGroupRows);
+            float* yg = y + g * kGroupRows;
+            switch (w.type()) {
+                case FloatType::F32: kernels::group_f32(gp, cols, x.f32(), n, yg, rows, n_rows); break;
+                case FloatType::F16: kernels::group_f16(gp, cols, x.f32(), n, yg, rows, n_rows); break;
+                case FloatType::Q40: kernels::group_q40(gp, xq, n, yg, rows, n_rows); break;
+                case FloatType::Q80: kernels::group_q80(gp, xq, n, yg, rows, n_rows); break;
             }
         }
     });

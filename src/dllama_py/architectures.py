@@ -37,6 +37,7 @@ class TensorSpec:
     source: str  # the HF tensor it is made from
     transform: Transform | None = None  # applied to the HF tensor (as float32) before writing
     fallback: str | None = None  # HF tensor to use when `source` is absent (tied lm_head)
+    source_rows: tuple[int, int] | None = None  # only these rows of `source` (split fused weights)
 
 
 class UnsupportedModelError(ValueError):
@@ -84,16 +85,19 @@ def _int_or_f32(name: str, value: float) -> dict:
     return {name + "_f32": float(value)}
 
 
-def llama_header(cfg: dict, arch: ArchType) -> dict:
-    """Header params for a Llama/Mistral/Qwen3 config (distributed-llama's keys only where possible)."""
+def decoder_header(cfg: dict, arch: ArchType, *, allow_bias: bool = False) -> dict:
+    """Header params for a dense decoder config (distributed-llama's keys where they can hold the values)."""
+    name = arch.name.lower()
     act = cfg.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise UnsupportedModelError(f"hidden_act {act!r} is not supported (only silu)")
-    for flag in ("attention_bias", "mlp_bias"):
-        if cfg.get(flag):
-            raise UnsupportedModelError(f"config.json sets {flag}=true, which the {arch.name.lower()} architecture does not support")
+    if cfg.get("mlp_bias"):
+        raise UnsupportedModelError(f"config.json sets mlp_bias=true, which the {name} architecture does not support")
+    if cfg.get("attention_bias") and not allow_bias:
+        raise UnsupportedModelError(f"config.json sets attention_bias=true, which the {name} architecture does not support")
     dim = _require(cfg, "hidden_size")
     n_heads = _require(cfg, "num_attention_heads")
+    head_dim = cfg.get("head_dim") or dim // n_heads
     params = {
         "version": 0,
         "arch_type": int(arch),
@@ -114,20 +118,76 @@ def llama_header(cfg: dict, arch: ArchType) -> dict:
         params.update(_int_or_f32("rope_scaling_factor", rope["factor"]))
         params.update(_int_or_f32("rope_scaling_low_freq_factor", rope["low_freq_factor"]))
         high = rope["high_freq_factor"]
-        params.update({"rope_scaling_high_freq_factory": int(high)} if float(high).is_integer() else {"rope_scaling_high_freq_factor_f32": float(high)})
+        params.update({"rope_scaling_high_freq_factory": int(high)} if float(high).is_integer()
+                      else {"rope_scaling_high_freq_factor_f32": float(high)})
         params["rope_scaling_orig_max_seq_len"] = int(rope["original_max_position_embeddings"])
         params["rope_type"] = int(RopeType.LLAMA3_1)
     elif rope["rope_type"] != "default":
-        raise UnsupportedModelError(f"rope type {rope['rope_type']!r} is not supported for {arch.name.lower()} (default or llama3)")
-    if rope.get("partial_rotary_factor", 1.0) != 1.0:
-        raise UnsupportedModelError(f"partial_rotary_factor {rope['partial_rotary_factor']} is not supported for {arch.name.lower()}")
-    params["head_dim"] = cfg.get("head_dim") or dim // n_heads
+        raise UnsupportedModelError(f"rope type {rope['rope_type']!r} is not supported for {name} (default or llama3)")
+    params["head_dim"] = head_dim
     params.update(norm_epsilon_params(cfg.get("rms_norm_eps", 1e-5)))
+    rope_dim = int(head_dim * rope.get("partial_rotary_factor", 1.0))
+    if rope_dim != head_dim:
+        if rope_dim % 2:
+            raise UnsupportedModelError(f"partial_rotary_factor gives an odd number of rotary dims ({rope_dim})")
+        params["rope_dim"] = rope_dim
+    if allow_bias:
+        params["attention_bias"] = int(bool(cfg.get("attention_bias", False)))
     return params
+
+
+def glm_config(cfg: dict) -> dict:
+    """HF glm/glm4 configs, with the defaults transformers applies (biases, half rotary)."""
+    rope = rope_parameters(cfg)
+    return dict(cfg, attention_bias=cfg.get("attention_bias", True), head_dim=cfg.get("head_dim", 128),
+                rope_parameters=dict(rope, partial_rotary_factor=rope.get("partial_rotary_factor", 0.5)),
+                rope_scaling=None)
+
+
+def chatglm_config(cfg: dict) -> dict:
+    """The legacy remote-code ChatGLM config, renamed to HF glm keys."""
+    unsupported = {"add_bias_linear": True, "rmsnorm": False, "apply_residual_connection_post_layernorm": True,
+                   "post_layer_norm": False, "original_rope": False}
+    for key, bad in unsupported.items():
+        if cfg.get(key, not bad) == bad:
+            raise UnsupportedModelError(f"chatglm config with {key}={bad} is not supported")
+    if cfg.get("pre_seq_len"):
+        raise UnsupportedModelError("chatglm P-tuning prefixes (pre_seq_len) are not supported")
+    n_heads = _require(cfg, "num_attention_heads")
+    return {
+        "hidden_size": _require(cfg, "hidden_size"),
+        "intermediate_size": _require(cfg, "ffn_hidden_size"),
+        "num_hidden_layers": _require(cfg, "num_layers"),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": cfg.get("multi_query_group_num", n_heads) if cfg.get("multi_query_attention") else n_heads,
+        "head_dim": cfg.get("kv_channels") or cfg["hidden_size"] // n_heads,
+        "vocab_size": cfg.get("padded_vocab_size") or _require(cfg, "vocab_size"),
+        "max_position_embeddings": cfg.get("seq_length", 8192),
+        "rms_norm_eps": cfg.get("layernorm_epsilon", 1e-5),
+        "attention_bias": cfg.get("add_qkv_bias", False),
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0 * cfg.get("rope_ratio", 1.0),
+                            "partial_rotary_factor": 0.5},
+    }
+
+
+def compact_embedding_dtype(p: dict) -> FloatType:
+    """Our architectures keep the embedding table in Q80 when the weights are quantized (F32 in
+    distributed-llama's files): one row is read per token, so this only saves memory."""
+    weights = FloatType(p["weights_float_type"])
+    return FloatType.Q80 if weights in (FloatType.Q40, FloatType.Q80) else weights
 
 
 # ---------------------------------------------------------------------------------------------
 # Tensor lists
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a tensor comes from in the HF checkpoint: a tensor, or a range of its rows (fused
+    weights such as GLM's gate_up_proj or ChatGLM's query_key_value are split this way)."""
+
+    name: str
+    rows: tuple[int, int] | None = None
 
 
 def permute_for_interleaved_rope(n_heads: int) -> Transform:
@@ -142,39 +202,94 @@ def permute_for_interleaved_rope(n_heads: int) -> Transform:
     return permute
 
 
-def llama_tensors(p: dict, *, qk_norm: bool, permute_qk: bool) -> list[TensorSpec]:
-    """distributed-llama's tensor order for LLAMA and QWEN3."""
+def head_dim_of(p: dict) -> int:
+    return p.get("head_dim") or p["dim"] // p["n_heads"]
+
+
+def llama_names(p: dict, layer: int | None, role: str) -> Source:
+    """HF names of Llama-style checkpoints (also Qwen3, GLM and GLM-4 apart from their fused MLP)."""
+    if layer is None:
+        return Source({"embedding": "model.embed_tokens.weight", "final_norm": "model.norm.weight",
+                       "lm_head": "lm_head.weight"}[role])
+    names = {
+        "q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
+        "o": "self_attn.o_proj.weight", "q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias",
+        "v_bias": "self_attn.v_proj.bias", "q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight",
+        "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight", "down": "mlp.down_proj.weight",
+        "attn_norm": "input_layernorm.weight", "ffn_norm": "post_attention_layernorm.weight",
+        "post_attn_norm": "post_self_attn_layernorm.weight", "post_ffn_norm": "post_mlp_layernorm.weight",
+    }
+    return Source(f"model.layers.{layer}.{names[role]}")
+
+
+def glm_names(p: dict, layer: int | None, role: str) -> Source:
+    """GLM / GLM-4: Llama names, with gate and up as the two halves of the fused gate_up_proj."""
+    if layer is not None and role in ("gate", "up"):
+        ff = p["hidden_dim"]
+        return Source(f"model.layers.{layer}.mlp.gate_up_proj.weight", (0, ff) if role == "gate" else (ff, 2 * ff))
+    return llama_names(p, layer, role)
+
+
+def chatglm_names(p: dict, layer: int | None, role: str) -> Source:
+    """The legacy remote-code ChatGLM layout (THUDM glm-4-9b-chat, chatglm3-6b): query_key_value rows
+    are [q | k | v]; dense_h_to_4h rows are [gate | up]."""
+    if layer is None:
+        return Source({"embedding": "transformer.embedding.word_embeddings.weight",
+                       "final_norm": "transformer.encoder.final_layernorm.weight",
+                       "lm_head": "transformer.output_layer.weight"}[role])
+    prefix = f"transformer.encoder.layers.{layer}."
+    q_dim = p["n_heads"] * head_dim_of(p)
+    kv_dim = p["n_kv_heads"] * head_dim_of(p)
+    qkv_rows = {"q": (0, q_dim), "k": (q_dim, q_dim + kv_dim), "v": (q_dim + kv_dim, q_dim + 2 * kv_dim)}
+    ff = p["hidden_dim"]
+    if role in qkv_rows:
+        return Source(prefix + "self_attention.query_key_value.weight", qkv_rows[role])
+    if role.endswith("_bias"):
+        return Source(prefix + "self_attention.query_key_value.bias", qkv_rows[role[0]])
+    if role in ("gate", "up"):
+        return Source(prefix + "mlp.dense_h_to_4h.weight", (0, ff) if role == "gate" else (ff, 2 * ff))
+    return Source(prefix + {"o": "self_attention.dense.weight", "down": "mlp.dense_4h_to_h.weight",
+                            "attn_norm": "input_layernorm.weight",
+                            "ffn_norm": "post_attention_layernorm.weight"}[role])
+
+
+def decoder_tensors(p: dict, names, *, qk_norm=False, bias=False, sandwich=False, permute_qk=False,
+                    embedding_dtype: FloatType | None = FloatType.F32) -> list[TensorSpec]:
+    """The tensor list of a dense decoder. The order of the roles is distributed-llama's for LLAMA
+    and QWEN3; biases and sandwich norms (our architectures only) follow the norms."""
     dim, ff, vocab = p["dim"], p["hidden_dim"], p["vocab_size"]
-    head_dim = p.get("head_dim") or dim // p["n_heads"]
+    head_dim = head_dim_of(p)
     q_dim, kv_dim = p["n_heads"] * head_dim, p["n_kv_heads"] * head_dim
-    q_perm = permute_for_interleaved_rope(p["n_heads"]) if permute_qk else None
-    k_perm = permute_for_interleaved_rope(p["n_kv_heads"]) if permute_qk else None
     f32 = FloatType.F32
-    specs = [TensorSpec("embedding", vocab, dim, f32, "model.embed_tokens.weight")]
+    shapes = {
+        "q": (q_dim, dim, None), "k": (kv_dim, dim, None), "v": (kv_dim, dim, None), "o": (dim, q_dim, None),
+        "gate": (ff, dim, None), "down": (dim, ff, None), "up": (ff, dim, None),
+        "q_norm": (1, head_dim, f32), "k_norm": (1, head_dim, f32),
+        "attn_norm": (1, dim, f32), "ffn_norm": (1, dim, f32),
+        "q_bias": (1, q_dim, f32), "k_bias": (1, kv_dim, f32), "v_bias": (1, kv_dim, f32),
+        "post_attn_norm": (1, dim, f32), "post_ffn_norm": (1, dim, f32),
+    }
+    roles = ["q", "k", "v", "o", "gate", "down", "up"]
+    roles += ["q_norm", "k_norm"] if qk_norm else []
+    roles += ["attn_norm", "ffn_norm"]
+    roles += ["q_bias", "k_bias", "v_bias"] if bias else []
+    roles += ["post_attn_norm", "post_ffn_norm"] if sandwich else []
+    transforms = {}
+    if permute_qk:
+        transforms = {"q": permute_for_interleaved_rope(p["n_heads"]), "k": permute_for_interleaved_rope(p["n_kv_heads"])}
+
+    def spec(name: str, rows: int, cols: int, dtype, src: Source, transform=None, fallback=None) -> TensorSpec:
+        return TensorSpec(name, rows, cols, dtype, src.name, transform, fallback, src.rows)
+
+    specs = [spec("embedding", vocab, dim, embedding_dtype, names(p, None, "embedding"))]
     for l in range(p["n_layers"]):
-        hf, us = f"model.layers.{l}.", f"layers.{l}."
-        specs += [
-            TensorSpec(us + "attn.q", q_dim, dim, None, hf + "self_attn.q_proj.weight", q_perm),
-            TensorSpec(us + "attn.k", kv_dim, dim, None, hf + "self_attn.k_proj.weight", k_perm),
-            TensorSpec(us + "attn.v", kv_dim, dim, None, hf + "self_attn.v_proj.weight"),
-            TensorSpec(us + "attn.o", dim, q_dim, None, hf + "self_attn.o_proj.weight"),
-            TensorSpec(us + "ffn.gate", ff, dim, None, hf + "mlp.gate_proj.weight"),
-            TensorSpec(us + "ffn.down", dim, ff, None, hf + "mlp.down_proj.weight"),
-            TensorSpec(us + "ffn.up", ff, dim, None, hf + "mlp.up_proj.weight"),
-        ]
-        if qk_norm:
-            specs += [
-                TensorSpec(us + "attn.q_norm", 1, head_dim, f32, hf + "self_attn.q_norm.weight"),
-                TensorSpec(us + "attn.k_norm", 1, head_dim, f32, hf + "self_attn.k_norm.weight"),
-            ]
-        specs += [
-            TensorSpec(us + "attn_norm", 1, dim, f32, hf + "input_layernorm.weight"),
-            TensorSpec(us + "ffn_norm", 1, dim, f32, hf + "post_attention_layernorm.weight"),
-        ]
-    specs += [
-        TensorSpec("final_norm", 1, dim, f32, "model.norm.weight"),
-        TensorSpec("lm_head", vocab, dim, None, "lm_head.weight", fallback="model.embed_tokens.weight"),
-    ]
+        for role in roles:
+            rows, cols, dtype = shapes[role]
+            group = "attn." if role[0] in "qkvo" else ("ffn." if role in ("gate", "up", "down") else "")
+            specs.append(spec(f"layers.{l}.{group}{role}", rows, cols, dtype, names(p, l, role), transforms.get(role)))
+    specs.append(spec("final_norm", 1, dim, f32, names(p, None, "final_norm")))
+    specs.append(spec("lm_head", vocab, dim, None, names(p, None, "lm_head"),
+                      fallback=names(p, None, "embedding").name))
     return specs
 
 
@@ -189,7 +304,8 @@ class Architecture:
     model_types: tuple[str, ...]  # HF config.json model_type values
     rope_style: str  # "interleaved" pairs (2j, 2j+1) or "halves" (j, j + rope_dim/2)
     header_from_config: Callable[[dict], dict]
-    tensors: Callable[[dict], list[TensorSpec]]
+    tensors: Callable[[dict, Callable], list[TensorSpec]]  # (header params, HF naming) -> .m tensors
+    hf_names: Callable[[dict, int | None, str], Source]  # (params, layer or None, role) -> HF source
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
@@ -198,22 +314,73 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         "llama",
         ("llama", "mistral"),
         "interleaved",
-        lambda cfg: llama_header(cfg, ArchType.LLAMA),
-        lambda p: llama_tensors(p, qk_norm=False, permute_qk=True),
+        lambda cfg: decoder_header(cfg, ArchType.LLAMA),
+        lambda p, names: decoder_tensors(p, names, permute_qk=True),
+        llama_names,
     ),
     Architecture(
         ArchType.QWEN3,
         "qwen3",
         ("qwen3",),
         "halves",
-        lambda cfg: llama_header(cfg, ArchType.QWEN3),
-        lambda p: llama_tensors(p, qk_norm=True, permute_qk=False),
+        lambda cfg: decoder_header(cfg, ArchType.QWEN3),
+        lambda p, names: decoder_tensors(p, names, qk_norm=True),
+        llama_names,
+    ),
+    Architecture(
+        ArchType.GLM,
+        "glm",
+        ("glm",),
+        "interleaved",
+        lambda cfg: decoder_header(glm_config(cfg), ArchType.GLM, allow_bias=True),
+        lambda p, names: decoder_tensors(p, names, bias=bool(p.get("attention_bias")),
+                                         embedding_dtype=compact_embedding_dtype(p)),
+        glm_names,
+    ),
+    Architecture(
+        ArchType.GLM4,
+        "glm4",
+        ("glm4",),
+        "interleaved",
+        lambda cfg: decoder_header(glm_config(cfg), ArchType.GLM4, allow_bias=True),
+        lambda p, names: decoder_tensors(p, names, bias=bool(p.get("attention_bias")), sandwich=True,
+                                         embedding_dtype=compact_embedding_dtype(p)),
+        glm_names,
     ),
 )
 
+# Checkpoints in another layout that convert to one of the architectures above: model_type ->
+# (the architecture's model_type, config translation, HF tensor names).
+LEGACY_LAYOUTS = {
+    "chatglm": ("glm", chatglm_config, chatglm_names),
+}
+
 
 def supported_model_types() -> list[str]:
-    return sorted(t for a in ARCHITECTURES for t in a.model_types)
+    return sorted([t for a in ARCHITECTURES for t in a.model_types] + list(LEGACY_LAYOUTS))
+
+
+@dataclass
+class ConversionPlan:
+    arch: Architecture
+    params: dict  # header params (without weights_float_type)
+    names: Callable[[dict, int | None, str], Source]
+
+    def tensors(self, weight_type: FloatType) -> list[TensorSpec]:
+        return self.arch.tensors(dict(self.params, weights_float_type=int(weight_type)), self.names)
+
+
+def plan_conversion(config: dict) -> ConversionPlan:
+    """Which architecture, header and HF tensor names a checkpoint's config.json leads to."""
+    model_type = config.get("model_type")
+    if model_type is None:
+        raise UnsupportedModelError("config.json has no model_type")
+    if model_type in LEGACY_LAYOUTS:
+        target, translate, names = LEGACY_LAYOUTS[model_type]
+        arch = for_model_type(target)
+        return ConversionPlan(arch, arch.header_from_config(translate(config)), names)
+    arch = for_model_type(model_type)
+    return ConversionPlan(arch, arch.header_from_config(config), arch.hf_names)
 
 
 def for_model_type(model_type: str) -> Architecture:
@@ -283,7 +450,7 @@ def read_layout(path: str | os.PathLike) -> ModelLayout:
     if "norm_epsilon" in p and p["norm_epsilon"] not in NORM_EPSILON_CODES:
         raise ModelFileError(f"{path}: unsupported norm_epsilon code {p['norm_epsilon']} (5 or 6)")
     try:
-        tensors = place_tensors(arch.tensors(p), weight_type, header.size)
+        tensors = place_tensors(arch.tensors(p, arch.hf_names), weight_type, header.size)
     except ValueError as e:
         raise ModelFileError(f"{path}: {e}") from None
     size = path.stat().st_size

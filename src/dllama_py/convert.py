@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tokenizer as tokenizer_bundle
-from .architectures import TensorSpec, UnsupportedModelError, for_model_type, place_tensors
+from .architectures import TensorSpec, place_tensors, plan_conversion
 from .model_file import FloatType, encode_header
 from .safetensors_reader import Checkpoint, CheckpointError
 
@@ -58,9 +58,17 @@ def _source_name(spec: TensorSpec, ckpt: Checkpoint) -> str:
 
 def _check_shape(spec: TensorSpec, name: str, ckpt: Checkpoint):
     shape = ckpt.shape(name)
-    expected = (spec.cols,) if spec.rows == 1 else (spec.rows, spec.cols)
-    if shape != expected and not (spec.rows == 1 and shape == (1, spec.cols)):
-        raise CheckpointError(f"{ckpt.directory}: tensor {name!r} has shape {list(shape)}, expected {list(expected)}")
+    if spec.source_rows:  # a row range of a fused tensor: it must at least hold those rows
+        lo, hi = spec.source_rows
+        ok = shape[0] >= hi and (len(shape) == 1 and spec.rows == 1 and hi - lo == spec.cols
+                                 or len(shape) == 2 and hi - lo == spec.rows and shape[1] == spec.cols)
+        expected = f"rows {lo}..{hi} of a tensor with {spec.cols} columns" if spec.rows > 1 else f"at least {hi} values"
+    else:
+        ok = shape == ((spec.cols,) if spec.rows == 1 else (spec.rows, spec.cols)) or (spec.rows == 1 and shape == (1, spec.cols))
+        expected = str([spec.rows, spec.cols] if spec.rows > 1 else [spec.cols])
+    if not ok:
+        raise CheckpointError(f"{ckpt.directory}: tensor {name!r} has shape {list(shape)}, expected {expected} "
+                              f"(for {spec.name})")
 
 
 class _Progress:
@@ -93,15 +101,11 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: is {hf_dir} a Hugging Face checkpoint directory?")
     config = json.loads(config_path.read_text())
-    model_type = config.get("model_type")
-    if model_type is None:
-        raise UnsupportedModelError(f"{config_path} has no model_type")
-    arch = for_model_type(model_type)
+    plan = plan_conversion(config)
+    arch, model_type = plan.arch, config["model_type"]
     weight_type = FloatType.parse(dtype)
-    params = arch.header_from_config(config)
-    params["weights_float_type"] = int(weight_type)
-    header = encode_header(params)
-    specs = arch.tensors(params)
+    header = encode_header(dict(plan.params, weights_float_type=int(weight_type)))
+    specs = plan.tensors(weight_type)
     placed = place_tensors(specs, weight_type, len(header))
 
     with Checkpoint(hf_dir) as ckpt:
@@ -148,12 +152,14 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
 
 
 def _write_tensor(f, ckpt: Checkpoint, spec: TensorSpec, name: str, dtype: FloatType):
+    first, last = spec.source_rows or (0, spec.rows)
     if spec.transform is not None or spec.rows == 1:
-        values = ckpt.read(name).reshape(spec.rows, spec.cols)
+        values = ckpt.read(name, *spec.source_rows) if spec.source_rows else ckpt.read(name)
+        values = values.reshape(spec.rows, spec.cols)
         if spec.transform is not None:
             values = spec.transform(values)
         f.write(encode_tensor(values, dtype))
         return
     rows_per_chunk = max(1, CHUNK_BYTES // (4 * spec.cols))
-    for r0 in range(0, spec.rows, rows_per_chunk):
-        f.write(encode_tensor(ckpt.read(name, r0, min(spec.rows, r0 + rows_per_chunk)), dtype))
+    for r0 in range(first, last, rows_per_chunk):
+        f.write(encode_tensor(ckpt.read(name, r0, min(last, r0 + rows_per_chunk)), dtype))

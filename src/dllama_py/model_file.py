@@ -46,6 +46,8 @@ class ArchType(IntEnum):
     LLAMA = 0xABCD00
     QWEN3 = 0xABCD01
     QWEN3_MOE = 0xABCD02
+    GLM = 0xABCD10  # HF glm and the legacy chatglm layout
+    GLM4 = 0xABCD11
 
 
 class HiddenAct(IntEnum):

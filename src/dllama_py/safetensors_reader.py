@@ -1,13 +1,14 @@
-"""Reads tensors from HF safetensors checkpoints one at a time, through a memory map.
+"""Reads tensors from HF safetensors checkpoints one at a time.
 
-Only the tensor asked for is touched, so converting a model needs about one tensor of memory, not
-the whole checkpoint. bf16 is widened to float32 with integer shifts (numpy has no bfloat16).
+Only the rows asked for are read (with pread, not a memory map, so that resident memory stays at
+one chunk however large the shard), so converting a model needs about one tensor of memory, not the
+whole checkpoint. bf16 is widened to float32 with integer shifts (numpy has no bfloat16).
 """
 
 from __future__ import annotations
 
 import json
-import mmap
+import os
 import struct
 from pathlib import Path
 
@@ -34,8 +35,8 @@ class _File:
                 raise CheckpointError(f"{path}: corrupt safetensors header") from None
             self.data_start = 8 + n
         self.header.pop("__metadata__", None)
-        self._file = open(path, "rb")
-        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        self._fd = os.open(path, os.O_RDONLY)
+        self._size = os.fstat(self._fd).st_size
 
     def read(self, name: str, row_begin: int = 0, row_end: int | None = None) -> np.ndarray:
         """Rows [row_begin, row_end) of the tensor (all of it by default) as float32."""
@@ -48,10 +49,13 @@ class _File:
         n_rows = shape[0] if shape else 1
         row_end = n_rows if row_end is None else row_end
         begin, end = meta["data_offsets"]
-        if end - begin != n_rows * row_len * itemsize or self.data_start + end > len(self._map):
+        if end - begin != n_rows * row_len * itemsize or self.data_start + end > self._size:
             raise CheckpointError(f"{self.path}: tensor {name} data is truncated or inconsistent with its shape")
-        raw = np.frombuffer(self._map, dtype=_DTYPES[dtype], count=(row_end - row_begin) * row_len,
-                            offset=self.data_start + begin + row_begin * row_len * itemsize)
+        n_bytes = (row_end - row_begin) * row_len * itemsize
+        data = os.pread(self._fd, n_bytes, self.data_start + begin + row_begin * row_len * itemsize)
+        if len(data) != n_bytes:
+            raise CheckpointError(f"{self.path}: short read in tensor {name}")
+        raw = np.frombuffer(data, dtype=_DTYPES[dtype])
         if dtype == "BF16":
             values = (raw.astype(np.uint32) << 16).view(np.float32)
         else:
@@ -59,8 +63,7 @@ class _File:
         return values.reshape([row_end - row_begin, *shape[1:]] if shape else [])
 
     def close(self):
-        self._map.close()
-        self._file.close()
+        os.close(self._fd)
 
 
 class Checkpoint:

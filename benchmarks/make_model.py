@@ -1,0 +1,136 @@
+"""Writes a random Hugging Face checkpoint with the widths of a real model, for benchmarks.
+
+    python benchmarks/make_model.py llama-1b /tmp/llama-1b
+    dllama-py convert /tmp/llama-1b -o /tmp/llama-1b-q40.m --dtype q40
+    dllama-py bench -m /tmp/llama-1b-q40.m
+
+bf16 safetensors shards with a model.safetensors.index.json, like published checkpoints. The
+weights are random (std 0.02), so the text is noise, but every byte is read as in the real model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+PRESETS = {
+    # A small model for demos and smoke tests (with a byte-level tokenizer and a ChatML template).
+    "tiny": dict(model_type="llama", hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                 num_attention_heads=8, num_key_value_heads=4, vocab_size=320, rope_theta=10000.0),
+    # Llama-3.2-1B's widths with a 32k vocabulary.
+    "llama-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                     num_attention_heads=32, num_key_value_heads=8, vocab_size=32000, rope_theta=500000.0),
+    # Qwen3-0.6B's widths.
+    "qwen3-0.6b": dict(model_type="qwen3", hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                       num_attention_heads=16, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+                       rope_theta=1000000.0, tie_word_embeddings=True),
+}
+
+
+def tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    h, ff, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    shapes = {"model.embed_tokens.weight": (v, h)}
+    for l in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{l}."
+        shapes |= {p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+                   p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
+                   p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
+                   p + "mlp.gate_proj.weight": (ff, h), p + "mlp.up_proj.weight": (ff, h),
+                   p + "mlp.down_proj.weight": (h, ff)}
+        if cfg["model_type"] == "qwen3":
+            shapes |= {p + "self_attn.q_norm.weight": (hd,), p + "self_attn.k_norm.weight": (hd,)}
+    shapes["model.norm.weight"] = (h,)
+    if not cfg.get("tie_word_embeddings"):
+        shapes["lm_head.weight"] = (v, h)
+    return shapes
+
+
+def random_bf16(shape: tuple[int, ...], rng: np.random.Generator, is_norm: bool) -> bytes:
+    x = np.ones(shape, np.float32) if is_norm else rng.standard_normal(shape, dtype=np.float32) * 0.02
+    return (x.view(np.uint32) >> 16).astype(np.uint16).tobytes()
+
+
+def write_shard(path: Path, tensors: dict[str, tuple[tuple[int, ...], bytes]]):
+    header, offset = {}, 0
+    for name, (shape, data) in tensors.items():
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for _, data in tensors.values():
+            f.write(data)
+
+
+def write_checkpoint(cfg: dict, out: Path, shard_bytes: int = 2 << 30, seed: int = 0):
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    config = dict(cfg, architectures=[], rms_norm_eps=1e-5, max_position_embeddings=32768, hidden_act="silu",
+                  torch_dtype="bfloat16")
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    shapes = tensor_shapes(cfg)
+    shards: list[dict] = [{}]
+    size = 0
+    for name, shape in shapes.items():
+        n = 2 * int(np.prod(shape))
+        if size and size + n > shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = shape
+        size += n
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        write_shard(out / fname, {n: (s, random_bf16(s, rng, n.endswith("norm.weight"))) for n, s in shard.items()})
+        weight_map |= {n: fname for n in shard}
+        print(f"wrote {fname}")
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
+
+
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_byte_tokenizer(out: Path, vocab_size: int):
+    """A byte-level tokenizer (one token per byte, no merges) with ChatML special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok.add_special_tokens(specials)
+    assert tok.get_vocab_size() <= vocab_size
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+        "chat_template": CHATML_TEMPLATE}, indent=1))
+    (out / "generation_config.json").write_text(json.dumps({"eos_token_id": [tok.token_to_id(t) for t in specials[::2]]}))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("preset", choices=sorted(PRESETS))
+    ap.add_argument("output", type=Path)
+    ap.add_argument("--layers", type=int, default=None, help="override the number of layers")
+    args = ap.parse_args()
+    cfg = dict(PRESETS[args.preset])
+    if args.layers:
+        cfg["num_hidden_layers"] = args.layers
+    write_checkpoint(cfg, args.output)
+    write_byte_tokenizer(args.output, cfg["vocab_size"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+#include "kernels/bandwidth.h"
+
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace dllama {
+
+static uint64_t sum_slice(const uint64_t* p, size_t n) {
+#if defined(__AVX512F__)
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm512_add_epi64(a0, _mm512_load_si512(p + i));
+        a1 = _mm512_add_epi64(a1, _mm512_load_si512(p + i + 8));
+        a2 = _mm512_add_epi64(a2, _mm512_load_si512(p + i + 16));
+        a3 = _mm512_add_epi64(a3, _mm512_load_si512(p + i + 24));
+    }
+    uint64_t s = _mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3)));
+    for (; i < n; i++) s += p[i];
+    return s;
+#else
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += p[i];
+        s1 += p[i + 1];
+        s2 += p[i + 2];
+        s3 += p[i + 3];
+    }
+    for (; i < n; i++) s0 += p[i];
+    return s0 + s1 + s2 + s3;
+#endif
+}
+
+double measure_read_bandwidth(size_t n_bytes, int repeats, ThreadPool& pool) {
+    const size_t n = n_bytes / sizeof(uint64_t) / 64 * 64;
+    std::unique_ptr<uint64_t, void (*)(void*)> buf(static_cast<uint64_t*>(std::aligned_alloc(64, n * 8)), std::free);
+    uint64_t* p = buf.get();
+    pool.parallel_for(n, 4096, [&](size_t b, size_t e, int) {
+        for (size_t i = b; i < e; i++) p[i] = i;
+    });
+    std::vector<uint64_t> sink(pool.size());
+    double best = 0.0;
+    for (int r = 0; r < repeats; r++) {
+        const auto t0 = std::chrono::steady_clock::now();
+        pool.parallel_for(n, 4096, [&](size_t b, size_t e, int t) { sink[t] += sum_slice(p + b, e - b); });
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        best = std::max(best, n * 8.0 / s);
+    }
+    volatile uint64_t keep = 0;
+    for (uint64_t v : sink) keep = keep + v;
+    return best;
+}
+
+}  // namespace dllama

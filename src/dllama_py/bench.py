@@ -1,0 +1,92 @@
+"""`dllama-py bench`: prefill and decode speed, bytes read per token, share of memory bandwidth."""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class BenchResult:
+    model: str
+    arch: str
+    weights: str
+    threads: int
+    load_seconds: float
+    prompt_tokens: int
+    prefill_tokens_per_s: float
+    gen_tokens: int
+    decode_tokens_per_s: float
+    weight_bytes_per_token: int
+    kv_bytes_per_token: float  # KV cache read per decoded token (mean over the decode steps)
+    decode_gb_per_s: float
+    bandwidth_gb_per_s: float
+    bandwidth_share: float
+    kv_cache_bytes: int
+    peak_rss_bytes: int
+
+    def table(self) -> str:
+        rows = [
+            ("model", f"{self.model} ({self.arch}, {self.weights})"),
+            ("threads", self.threads),
+            ("load", f"{self.load_seconds:.2f} s"),
+            ("prefill", f"{self.prefill_tokens_per_s:,.1f} tok/s ({self.prompt_tokens} tokens)"),
+            ("decode", f"{self.decode_tokens_per_s:,.2f} tok/s ({self.gen_tokens} tokens)"),
+            ("bytes read per token", f"{(self.weight_bytes_per_token + self.kv_bytes_per_token) / 1e6:,.1f} MB "
+                                     f"(weights {self.weight_bytes_per_token / 1e6:,.1f} MB, KV {self.kv_bytes_per_token / 1e6:,.2f} MB)"),
+            ("decode memory traffic", f"{self.decode_gb_per_s:,.2f} GB/s"),
+            ("memory bandwidth", f"{self.bandwidth_gb_per_s:,.2f} GB/s"),
+            ("bandwidth reached", f"{self.bandwidth_share:.0%}"),
+            ("KV cache", f"{self.kv_cache_bytes / 1e6:,.1f} MB"),
+            ("peak RSS", f"{self.peak_rss_bytes / 1e6:,.0f} MB"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def run_bench(model_path, threads=None, prompt_tokens=128, gen_tokens=32, bandwidth_gbps=None, max_seq_len=None,
+              print_table=True) -> BenchResult:
+    from . import _core
+    from .engine import Engine
+
+    t0 = time.perf_counter()
+    eng = Engine(model_path, threads=threads, max_seq_len=max_seq_len or max(4096, prompt_tokens + gen_tokens + 1))
+    load_seconds = time.perf_counter() - t0
+    with eng:
+        vocab = eng.config.vocab_size
+        rng = np.random.default_rng(0)
+        prompt = rng.integers(0, vocab, prompt_tokens).tolist()
+        eng.forward(prompt[:8], all_logits=False)  # warm-up: page in weights, spin up threads
+        eng.reset()
+
+        t0 = time.perf_counter()
+        logits = eng.forward(prompt, all_logits=False)
+        prefill_s = time.perf_counter() - t0
+
+        token = int(logits[-1].argmax())
+        kv_read = 0
+        t0 = time.perf_counter()
+        for _ in range(gen_tokens):
+            kv_read += eng.model.kv_bytes_read_at(eng.position)
+            token = int(eng.forward([token], all_logits=False)[-1].argmax())
+        decode_s = time.perf_counter() - t0
+
+        weight_bytes = eng.model.weight_bytes_per_token
+        decode_tps = gen_tokens / decode_s
+        kv_per_token = kv_read / gen_tokens
+        traffic = (weight_bytes + kv_per_token) * decode_tps
+        bw = bandwidth_gbps * 1e9 if bandwidth_gbps else _core.read_bandwidth(1 << 30, eng.threads, 3)
+        result = BenchResult(
+            model=str(model_path), arch=eng.layout.arch.builder, weights=eng.layout.weight_type.name,
+            threads=eng.threads, load_seconds=load_seconds, prompt_tokens=prompt_tokens,
+            prefill_tokens_per_s=prompt_tokens / prefill_s, gen_tokens=gen_tokens, decode_tokens_per_s=decode_tps,
+            weight_bytes_per_token=weight_bytes, kv_bytes_per_token=kv_per_token, decode_gb_per_s=traffic / 1e9,
+            bandwidth_gb_per_s=bw / 1e9, bandwidth_share=traffic / bw, kv_cache_bytes=eng.kv_cache_bytes,
+            peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        )
+    if print_table:
+        print(result.table())
+    return result

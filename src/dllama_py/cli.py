@@ -1,0 +1,186 @@
+"""The dllama-py command line: convert, generate, chat, inspect, bench."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .model_file import ModelFileError
+
+
+def _add_run_options(p: argparse.ArgumentParser):
+    p.add_argument("-m", "--model", required=True, help="the .m model file")
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--max-seq-len", type=int, default=None,
+                   help="context length to allocate (default: the model's, capped at 4096)")
+
+
+def _add_sampling_options(p: argparse.ArgumentParser, max_tokens: int):
+    p.add_argument("-n", "--max-tokens", type=int, default=max_tokens, help=f"tokens to generate (default {max_tokens})")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding (default 0.8)")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default 0.9)")
+    p.add_argument("--top-k", type=int, default=0, help="keep only the k most likely tokens (default 0: off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
+    p.add_argument("--stop", action="append", default=None, help="stop at this text (repeatable)")
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert
+
+    convert(args.hf_dir, args.output, dtype=args.dtype, progress=not args.quiet)
+    return 0
+
+
+def _print_stats(eng, out=sys.stderr):
+    s = eng.last_stats
+    prefill_tps = (s.prompt_tokens - s.cached_tokens) / s.prefill_seconds if s.prefill_seconds else 0.0
+    print(f"\n[{s.prompt_tokens} prompt tokens ({s.cached_tokens} cached) at {prefill_tps:.1f} tok/s, "
+          f"{s.generated_tokens} generated at {s.decode_tokens_per_second:.1f} tok/s, finish: {s.finish_reason}]",
+          file=out)
+
+
+def cmd_generate(args) -> int:
+    from .engine import Engine
+
+    with Engine(args.model, threads=args.threads, max_seq_len=args.max_seq_len) as eng:
+        for piece in eng.generate(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                                  top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop):
+            print(piece, end="", flush=True)
+        print()
+        if not args.quiet:
+            _print_stats(eng)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from .engine import Engine
+
+    with Engine(args.model, threads=args.threads, max_seq_len=args.max_seq_len) as eng:
+        messages = [{"role": "system", "content": args.system}] if args.system else []
+        print(f"Chatting with {args.model} ({eng.context_length} tokens of context). "
+              "Type /reset to start over, /exit or Ctrl-D to leave.", file=sys.stderr)
+        while True:
+            try:
+                line = input("> ")
+            except (EOFError, KeyboardInterrupt):
+                print(file=sys.stderr)
+                return 0
+            if line.strip() in ("/exit", "/quit"):
+                return 0
+            if line.strip() == "/reset":
+                messages = messages[:1] if args.system else []
+                eng.reset()
+                continue
+            if not line.strip():
+                continue
+            messages.append({"role": "user", "content": line})
+            reply = ""
+            try:
+                for piece in eng.chat(messages, max_tokens=args.max_tokens, temperature=args.temperature,
+                                      top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop):
+                    reply += piece
+                    print(piece, end="", flush=True)
+            except KeyboardInterrupt:
+                pass
+            print()
+            messages.append({"role": "assistant", "content": reply})
+            if args.verbose:
+                _print_stats(eng)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def cmd_inspect(args) -> int:
+    from .architectures import read_layout
+    from .engine import model_config
+
+    layout = read_layout(args.model)
+    print(f"{layout.path}: {layout.arch.builder} ({layout.arch.arch_type.name}), weights {layout.weight_type.name}, "
+          f"{_fmt_bytes(layout.path.stat().st_size)}")
+    print("header:")
+    for k, v in layout.params.items():
+        print(f"  {k:34s} {v}")
+    cfg = model_config(layout, None)
+    kv_per_token = 2 * 4 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim
+    print(f"KV cache: {_fmt_bytes(kv_per_token)} per token, {_fmt_bytes(kv_per_token * cfg.seq_len)} "
+          f"at the default context of {cfg.seq_len}")
+    if args.tensors:
+        print("tensors:")
+        for t in layout.tensors:
+            print(f"  {t.spec.name:32s} {t.dtype.name:4s} {t.spec.rows:>7} x {t.spec.cols:<7} "
+                  f"{_fmt_bytes(t.nbytes):>10}  @ {t.offset}")
+    else:
+        print(f"{len(layout.tensors)} tensors (--tensors lists them)")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    run_bench(args.model, threads=args.threads, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
+              bandwidth_gbps=args.bandwidth, max_seq_len=args.max_seq_len)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dllama-py", description="Run GLM, Llama and Qwen3 models on CPUs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("convert", help="convert a Hugging Face checkpoint to a .m model file",
+                       description="Convert a Hugging Face checkpoint directory (config.json, safetensors, "
+                                   "tokenizer.json) to a .m model file plus its tokenizer bundle.")
+    p.add_argument("hf_dir", help="the checkpoint directory")
+    p.add_argument("-o", "--output", required=True, help="the .m file to write")
+    p.add_argument("--dtype", default="q40", choices=["f32", "f16", "q80", "q40"], help="weight type (default q40)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("generate", help="continue a prompt", description="Stream a continuation of PROMPT.")
+    _add_run_options(p)
+    p.add_argument("prompt", help="the prompt text")
+    _add_sampling_options(p, 256)
+    p.add_argument("-q", "--quiet", action="store_true", help="no statistics line")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="chat interactively", description="Chat with the model using its chat template.")
+    _add_run_options(p)
+    p.add_argument("--system", default=None, help="system prompt")
+    _add_sampling_options(p, 1024)
+    p.add_argument("-v", "--verbose", action="store_true", help="print speed after each reply")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("inspect", help="show a .m file's header and tensors")
+    p.add_argument("model", help="the .m model file")
+    p.add_argument("--tensors", action="store_true", help="list every tensor")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("bench", help="measure prefill and decode speed",
+                       description="Measure prefill and decode tokens/s, bytes read per token and the share of "
+                                   "the machine's memory bandwidth that decode reaches.")
+    _add_run_options(p)
+    p.add_argument("--prompt-tokens", type=int, default=128, help="prefill length (default 128)")
+    p.add_argument("--gen-tokens", type=int, default=32, help="decode steps (default 32)")
+    p.add_argument("--bandwidth", type=float, default=None,
+                   help="memory bandwidth in GB/s to compare against (default: measured now)")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ModelFileError, FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"dllama-py: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
