@@ -21,6 +21,12 @@ CONFIGS: dict[str, tuple[str, dict]] = {
         original_max_position_embeddings=32))),
     "mistral": ("mistral", dict(COMMON, num_key_value_heads=1, sliding_window=None, rope_theta=1000000.0)),
     "qwen3": ("qwen3", dict(COMMON, num_key_value_heads=2, head_dim=32, rope_theta=1000000.0)),
+    # glm-4-9b-chat-hf's shape in small: q/k/v biases, half rotary (interleaved), its tiny eps.
+    "glm": ("glm", dict(COMMON, num_key_value_heads=2, head_dim=32, partial_rotary_factor=0.5, rope_theta=10000.0,
+                        attention_bias=True, rms_norm_eps=1.5625e-07, pad_token_id=0, eos_token_id=[1, 2])),
+    # GLM-4-0414: the same plus sandwich norms; head_dim 64 so q is wider than the hidden size.
+    "glm4": ("glm4", dict(COMMON, num_key_value_heads=1, head_dim=64, partial_rotary_factor=0.5, rope_theta=10000.0,
+                          attention_bias=True, pad_token_id=0, eos_token_id=[1, 2])),
 }
 
 
@@ -41,7 +47,11 @@ def build(name: str, directory: Path):
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
         for pname, p in model.named_parameters():
-            if pname.endswith("norm.weight") or "layernorm" in pname:
+            if "post_self_attn_layernorm" in pname or "post_mlp_layernorm" in pname:
+                # GLM-4's sandwich norms set each block's output scale: keep it below the residual
+                # stream's, as in trained models, so that quantization noise is not amplified.
+                p.copy_(0.3 * (1.0 + 0.2 * torch.randn_like(p)))
+            elif pname.endswith("norm.weight") or "layernorm" in pname:
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
             elif "embed_tokens" in pname:
                 p.copy_(torch.randn_like(p))

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from .model_file import ModelFileError
 
+DIM, RESET = "\x1b[2m", "\x1b[0m"  # reasoning is shown dimmed on a terminal
+
 
 def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("-m", "--model", required=True, help="the .m model file")
@@ -56,6 +58,7 @@ def cmd_generate(args) -> int:
 def cmd_chat(args) -> int:
     from .engine import Engine
 
+    dim = sys.stdout.isatty()
     with Engine(args.model, threads=args.threads, max_seq_len=args.max_seq_len) as eng:
         messages = [{"role": "system", "content": args.system}] if args.system else []
         print(f"Chatting with {args.model} ({eng.context_length} tokens of context). "
@@ -75,12 +78,20 @@ def cmd_chat(args) -> int:
             if not line.strip():
                 continue
             messages.append({"role": "user", "content": line})
-            reply = ""
+            reply, last_kind = "", None
+            template_kwargs = {} if args.think is None else {"enable_thinking": args.think}
             try:
                 for piece in eng.chat(messages, max_tokens=args.max_tokens, temperature=args.temperature,
-                                      top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop):
-                    reply += piece
-                    print(piece, end="", flush=True)
+                                      top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop,
+                                      **template_kwargs):
+                    if piece.kind == "reasoning" and args.hide_reasoning:
+                        continue
+                    if last_kind == "reasoning" and piece.kind == "answer":
+                        print("\n")
+                    last_kind = piece.kind
+                    if piece.kind == "answer":
+                        reply += piece
+                    print(f"{DIM}{piece}{RESET}" if dim and piece.kind == "reasoning" else piece, end="", flush=True)
             except KeyboardInterrupt:
                 pass
             print()
@@ -154,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="system prompt")
     _add_sampling_options(p, 1024)
     p.add_argument("-v", "--verbose", action="store_true", help="print speed after each reply")
+    p.add_argument("--hide-reasoning", action="store_true", help="do not show the model's <think> reasoning")
+    think = p.add_mutually_exclusive_group()
+    think.add_argument("--think", dest="think", action="store_true", default=None,
+                       help="ask for reasoning (enable_thinking=True in the chat template)")
+    think.add_argument("--no-think", dest="think", action="store_false",
+                       help="ask for a direct answer (enable_thinking=False)")
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("inspect", help="show a .m file's header and tensors")

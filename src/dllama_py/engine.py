@@ -13,6 +13,7 @@ import numpy as np
 from . import _core
 from .architectures import ModelLayout, read_layout
 from .model_file import NORM_EPSILON_CODES, RopeType
+from .reasoning import ThinkingSplitter, prompt_starts_in_thinking
 from .sampling import Sampler
 from .tokenizer import Tokenizer, bundle_path
 
@@ -53,6 +54,17 @@ def model_config(layout: ModelLayout, max_seq_len: int | None) -> "_core.ModelCo
     c.n_experts, c.n_active_experts = p.get("n_experts", 0), p.get("n_active_experts", 0)
     c.moe_hidden_dim = p.get("moe_hidden_dim", 0)
     return c
+
+
+class ChatPiece(str):
+    """A piece of a chat reply; `kind` is "reasoning" or "answer"."""
+
+    kind: str
+
+    def __new__(cls, text: str, kind: str):
+        piece = super().__new__(cls, text)
+        piece.kind = kind
+        return piece
 
 
 @dataclass
@@ -155,15 +167,12 @@ class Engine:
     def apply_chat_template(self, messages: list[dict], tools: list | None = None, add_generation_prompt: bool = True,
                             **template_kwargs) -> str:
         """The prompt text for a conversation, rendered from the model's own chat template exactly as
-        transformers' apply_chat_template(tokenize=False) renders it."""
-        from .chat_template import render_chat_template
-
+        transformers' apply_chat_template(tokenize=False) renders it; template_kwargs reach the template
+        (e.g. enable_thinking=False)."""
         tok = self._require_tokenizer()
         if not tok.chat_template:
             raise RuntimeError(f"{self.path}: the tokenizer has no chat template")
-        return render_chat_template(tok.chat_template, messages, tools=tools,
-                                    add_generation_prompt=add_generation_prompt, bos_token=tok.bos_token,
-                                    eos_token=tok.eos_token, **template_kwargs)
+        return tok.render_chat(messages, tools=tools, add_generation_prompt=add_generation_prompt, **template_kwargs)
 
     def generate(self, prompt: str | list[int], max_tokens: int = 256, temperature: float = 0.8, top_p: float = 0.9,
                  top_k: int = 0, seed: int | None = None, stop: list[str] | str | None = None) -> Iterator[str]:
@@ -174,12 +183,27 @@ class Engine:
 
     def chat(self, messages: list[dict], max_tokens: int = 1024, temperature: float = 0.8, top_p: float = 0.9,
              top_k: int = 0, seed: int | None = None, stop: list[str] | str | None = None, tools: list | None = None,
-             **template_kwargs) -> Iterator[str]:
-        """Streams the assistant's reply to a conversation, using the model's chat template."""
+             **template_kwargs) -> Iterator["ChatPiece"]:
+        """Streams the assistant's reply to a conversation, rendered with the model's chat template.
+
+        Pieces are strings; `piece.kind` is "reasoning" for the model's <think> text and "answer" for the
+        reply itself (the tags are removed), so `"".join(p for p in eng.chat(m) if p.kind == "answer")`
+        is the answer alone. Generation stops at any of the model's eos tokens (for GLM: <|user|>,
+        <|observation|>, <|endoftext|>)."""
         tok = self._require_tokenizer()
         text = self.apply_chat_template(messages, tools=tools, **template_kwargs)
-        ids = tok.encode_chat(text)
-        return self._generate_ids(ids, max_tokens, Sampler(temperature, top_p, top_k, seed), stop)
+        splitter = ThinkingSplitter(prompt_starts_in_thinking(text))
+        for piece in self._generate_ids(tok.encode_chat(text), max_tokens, Sampler(temperature, top_p, top_k, seed), stop):
+            for kind, part in splitter.push(piece):
+                yield ChatPiece(part, kind)
+        for kind, part in splitter.flush():
+            yield ChatPiece(part, kind)
+
+    def chat_reply(self, messages: list[dict], **kwargs) -> dict:
+        """The whole reply at once: {"role": "assistant", "content": answer, "reasoning_content": thinking}."""
+        pieces = list(self.chat(messages, **kwargs))
+        return {"role": "assistant", "content": "".join(p for p in pieces if p.kind == "answer"),
+                "reasoning_content": "".join(p for p in pieces if p.kind == "reasoning")}
 
     def _prefill(self, ids: list[int]) -> np.ndarray:
         """Logits after the prompt, reusing the cached prefix the prompt shares with the last call."""
