@@ -250,6 +250,7 @@ CONVERSATIONS = {
 @pytest.fixture(scope="module")
 def hf_tokenizer() -> PreTrainedTokenizerFast:
     """A transformers tokenizer whose only job is to render templates (the oracle)."""
+    hf_get_json_schema(get_weather)  # the first call imports torch (~1 s); pay it here, not inside a test
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
@@ -311,9 +312,9 @@ def test_raise_exception_and_sandbox(hf_tokenizer):
     with pytest.raises(jinja2.TemplateError, match="unknown role robot"):
         our_render(CHATML_TEMPLATE, [{"role": "robot", "content": "beep"}])
     with pytest.raises(jinja2.exceptions.SecurityError):
-        our_render("{% set ns = namespace() %}{% set ns._secret = 1 %}", [])
+        our_render("{% set ns = namespace() %}{% set ns._secret = 1 %}", CONVERSATIONS["single"])
     with pytest.raises(jinja2.exceptions.SecurityError):
-        our_render("{{ messages.__class__ }}", [])
+        our_render("{{ ''.__class__.__mro__ }}", CONVERSATIONS["single"])
 
 
 def test_globals_and_special_tokens(hf_tokenizer):
@@ -321,8 +322,11 @@ def test_globals_and_special_tokens(hf_tokenizer):
         "{{ bos_token }}|{{ eos_token }}|{{ unk_token }}|{{ strftime_now('%Y') }}|{{ dict(a=1) | tojson }}"
         "|{{ {'b': [1, 2], 'a': 'é'} | tojson(indent=2, sort_keys=True) }}|{{ pad_token is defined }}"
     )
-    assert our_render(template, []) == hf_render(hf_tokenizer, template, [])
-    assert render_chat_template("{{ bos_token is defined }}", [], bos_token=None) == "False"
+    messages = CONVERSATIONS["single"]
+    assert our_render(template, messages) == hf_render(hf_tokenizer, template, messages)
+    assert render_chat_template("{{ bos_token is defined }}", messages, bos_token=None) == "False"
+    with pytest.raises(ValueError, match="empty"):
+        our_render(template, [])
 
 
 def tool_with_collections(
@@ -381,4 +385,4 @@ def test_json_schema_errors():
         with pytest.raises(ToolSchemaError, match=message):
             get_json_schema(func)
     with pytest.raises(ValueError):
-        render_chat_template("{{ tools }}", [], tools=["not a tool"])
+        render_chat_template("{{ tools }}", CONVERSATIONS["single"], tools=["not a tool"])

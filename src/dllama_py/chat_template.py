@@ -46,7 +46,10 @@ def render_chat_template(
     with `get_json_schema`. `bos_token`/`eos_token` and any other keyword (e.g. `enable_thinking`) become
     template variables; special tokens that are None are left undefined, as transformers does.
     """
-    template_vars = {name: value for name, value in (("bos_token", bos_token), ("eos_token", eos_token)) if value}
+    if not messages:
+        raise ValueError("cannot render an empty conversation")
+    special = {"bos_token": bos_token, "eos_token": eos_token}
+    template_vars = {name: token for name, token in special.items() if token is not None}
     template_vars.update(kwargs)
     return _compile(template).render(
         messages=_prepare_messages(messages),

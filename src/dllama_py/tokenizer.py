@@ -1,8 +1,9 @@
 """Tokenizer bundles: one JSON file next to a converted model with everything needed to encode, decode and
 build chat prompts, read from a Hugging Face checkpoint directory.
 
-Encoding follows transformers: `encode_prompt(text)` matches `tokenizer(text)` (the tokenizer's own
-post-processor adds BOS or a prefix such as GLM's `[gMASK]<sop>`), while `encode_chat(rendered)` matches
+Encoding follows transformers 5: `encode_prompt(text)` matches `tokenizer(text)`, where tokenizer.json's own
+post-processor adds BOS or a prefix such as GLM's `[gMASK]<sop>` (tokenizer_config's add_bos_token/add_eos_token
+are ignored when a tokenizer.json exists), while `encode_chat(rendered)` matches
 `apply_chat_template(tokenize=True)`, which encodes the rendered template without special tokens because the
 template already wrote them.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import tokenizers
-from tokenizers import AddedToken, processors
+from tokenizers import AddedToken
 
 from .chat_template import render_chat_template
 
@@ -43,17 +44,11 @@ def build_bundle(hf_dir: str | Path) -> dict[str, Any]:
     tokenizer_config = _read_json(hf_dir / "tokenizer_config.json")
     special_tokens = _special_tokens(tokenizer_config, _read_json(hf_dir / "special_tokens_map.json"))
     backend = tokenizers.Tokenizer.from_file(str(tokenizer_file))
-    changed = _add_missing_tokens(backend, tokenizer_config, special_tokens)
-    changed |= _apply_bos_eos_flags(backend, tokenizer_config, special_tokens)
-    tokenizer_json = json.loads(backend.to_str()) if changed else _read_json(tokenizer_file)
+    added = _add_missing_tokens(backend, tokenizer_config, special_tokens)
+    tokenizer_json = json.loads(backend.to_str()) if added else _read_json(tokenizer_file)
 
     model_configs = [_read_json(hf_dir / "generation_config.json"), _text_config(_read_json(hf_dir / "config.json"))]
     bos_token, eos_token = special_tokens.get("bos_token"), special_tokens.get("eos_token")
-    eos_ids = [_as_id_list(config.get("eos_token_id")) for config in model_configs]
-    eos_ids.append([backend.token_to_id(eos_token)] if eos_token else [])
-    bos_token_id = backend.token_to_id(bos_token) if bos_token else None
-    if bos_token_id is None:
-        bos_token_id = next((c["bos_token_id"] for c in model_configs if isinstance(c.get("bos_token_id"), int)), None)
     return {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,
@@ -61,10 +56,10 @@ def build_bundle(hf_dir: str | Path) -> dict[str, Any]:
         "chat_template": _chat_template(hf_dir, tokenizer_config),
         "bos_token": bos_token,
         "eos_token": eos_token,
-        "bos_token_id": bos_token_id,
-        "eos_token_ids": _ordered_unique(i for ids in eos_ids for i in ids if i is not None),
+        "bos_token_id": _bos_token_id(backend, bos_token, model_configs),
+        "eos_token_ids": _eos_token_ids(backend, eos_token, model_configs),
+        # Informational: with a tokenizer.json, transformers 5 ignores this flag and so does encode_prompt.
         "add_bos_token": bool(tokenizer_config.get("add_bos_token", False)),
-        "add_eos_token": bool(tokenizer_config.get("add_eos_token", False)),
         "special_tokens": special_tokens,
     }
 
@@ -116,6 +111,8 @@ def _add_missing_tokens(backend: tokenizers.Tokenizer, config: dict[str, Any], s
     declared = sorted(config.get("added_tokens_decoder", {}).items(), key=lambda item: int(item[0]))
     missing = [_added_token(spec) for _, spec in declared if spec["content"] not in present]
     extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
+    if isinstance(extra, dict):  # named model-specific tokens, e.g. {"image_token": "<image>"}
+        extra = list(extra.values())
     for content in [*special.values(), *(_token_content(token) for token in extra)]:
         if content and content not in present and all(token.content != content for token in missing):
             missing.append(AddedToken(content, special=True, normalized=False))
@@ -132,29 +129,26 @@ def _added_token(spec: dict[str, Any]) -> AddedToken:
     return AddedToken(spec["content"], **{flag: spec[flag] for flag in flags if flag in spec})
 
 
-def _apply_bos_eos_flags(backend: tokenizers.Tokenizer, config: dict[str, Any], special: dict[str, str]) -> bool:
-    """Like transformers: explicit add_bos_token/add_eos_token flags, or no post-processor at all, replace the
-    post-processor with one that adds exactly the flagged tokens. Otherwise tokenizer.json's is kept."""
-    explicit = "add_bos_token" in config or "add_eos_token" in config
-    if not explicit and backend.post_processor is not None:
-        return False
-    bos = special.get("bos_token") if config.get("add_bos_token") else None
-    eos = special.get("eos_token") if config.get("add_eos_token") else None
-    single = " ".join([f"{bos}:0"] * bool(bos) + ["$A:0"] + [f"{eos}:0"] * bool(eos))
-    pair = " ".join([single] + [f"{bos}:1"] * bool(bos) + ["$B:1"] + [f"{eos}:1"] * bool(eos))
-    added = [(token, backend.token_to_id(token)) for token in (bos, eos) if token]
-    backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=added)
-    return True
+def _bos_token_id(backend: tokenizers.Tokenizer, bos_token: str | None, model_configs: list[dict]) -> int | None:
+    """The tokenizer's BOS token, else the model config's `bos_token_id` (whether a prompt gets it is up to
+    tokenizer.json's post-processor)."""
+    if bos_token is not None and (token_id := backend.token_to_id(bos_token)) is not None:
+        return token_id
+    return next((c["bos_token_id"] for c in model_configs if isinstance(c.get("bos_token_id"), int)), None)
+
+
+def _eos_token_ids(backend: tokenizers.Tokenizer, eos_token: str | None, model_configs: list[dict]) -> list[int]:
+    """Every id that ends generation: generation_config's, then config.json's, then the tokenizer's EOS token."""
+    ids = [token_id for config in model_configs for token_id in _as_id_list(config.get("eos_token_id"))]
+    if eos_token is not None and (token_id := backend.token_to_id(eos_token)) is not None:
+        ids.append(token_id)
+    return list(dict.fromkeys(ids))
 
 
 def _as_id_list(value: Any) -> list[int]:
     if isinstance(value, int):
         return [value]
     return [v for v in value if isinstance(v, int)] if isinstance(value, list) else []
-
-
-def _ordered_unique(values: Iterable[int]) -> list[int]:
-    return list(dict.fromkeys(values))
 
 
 # ---------------------------------------------------------------------------------------------------- loading
