@@ -85,7 +85,14 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("attention_bias", &ModelConfig::attention_bias)
         .def_readwrite("n_experts", &ModelConfig::n_experts)
         .def_readwrite("n_active_experts", &ModelConfig::n_active_experts)
-        .def_readwrite("moe_hidden_dim", &ModelConfig::moe_hidden_dim);
+        .def_readwrite("moe_hidden_dim", &ModelConfig::moe_hidden_dim)
+        .def_readwrite("qk_norm", &ModelConfig::qk_norm)
+        .def_readwrite("n_shared_experts", &ModelConfig::n_shared_experts)
+        .def_readwrite("n_dense_layers", &ModelConfig::n_dense_layers)
+        .def_readwrite("n_expert_groups", &ModelConfig::n_expert_groups)
+        .def_readwrite("topk_groups", &ModelConfig::topk_groups)
+        .def_readwrite("routed_scaling", &ModelConfig::routed_scaling)
+        .def_readwrite("norm_topk_prob", &ModelConfig::norm_topk_prob);
 
     py::class_<TensorInfo>(m, "TensorInfo")
         .def(py::init([](std::string name, FloatType type, int64_t rows, int64_t cols, uint64_t offset) {

@@ -1,6 +1,8 @@
 #include "blocks.h"
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <stdexcept>
 
 namespace dllama {
@@ -13,42 +15,55 @@ void rms_norm_rows(ThreadPool& pool, const float* x, const float* w, int n, int 
     else pool.parallel_for(n, 1, rows);
 }
 
-void add_rows(float* x, const float* y, int n, int dim) { add(x, y, n * dim); }
-
 static void ensure_size(std::vector<float>& v, size_t n) {
     if (v.size() < n) v.resize(n);
 }
 
-Attention::Attention(const TensorStore& store, const std::string& prefix, const ModelConfig& cfg, Options options)
-    : n_heads_(cfg.n_heads), n_kv_heads_(cfg.n_kv_heads), head_dim_(cfg.head_dim), seq_len_(cfg.seq_len),
-      eps_(cfg.norm_eps), options_(options) {
-    wq_ = store.matrix(prefix + "q");
-    wk_ = store.matrix(prefix + "k");
-    wv_ = store.matrix(prefix + "v");
-    wo_ = store.matrix(prefix + "o");
-    if (options.bias) {
-        q_bias_ = store.vector(prefix + "q_bias");
-        k_bias_ = store.vector(prefix + "k_bias");
-        v_bias_ = store.vector(prefix + "v_bias");
-    }
-    if (options.qk_norm) {
-        q_norm_ = store.vector(prefix + "q_norm");
-        k_norm_ = store.vector(prefix + "k_norm");
-    }
-    const size_t kv_dim = (size_t)n_kv_heads_ * head_dim_;
-    k_cache_.assign((size_t)seq_len_ * kv_dim, 0.0f);
-    v_cache_.assign((size_t)seq_len_ * kv_dim, 0.0f);
+static std::string split_error(const std::string& what, int64_t n, const Partition& part) {
+    return "cannot split " + std::to_string(n) + " " + what + " across " + std::to_string(part.n_nodes) +
+           " nodes: every node needs at least one";
 }
 
-void Attention::forward(BlockContext& ctx, const RopeTable& rope, const float* xn, int n, int pos, float* out) {
-    const int dim = ctx.cfg.dim;
-    const int q_dim = n_heads_ * head_dim_, kv_dim = n_kv_heads_ * head_dim_;
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+Attention::Attention(const WeightSource& weights, const std::string& prefix, const ModelConfig& cfg, Options options,
+                     const Partition& part, const RopeTable& rope)
+    : group_(cfg.n_heads / cfg.n_kv_heads), head_dim_(cfg.head_dim), eps_(cfg.norm_eps), options_(options), rope_(rope) {
+    const Range q = part.share(cfg.n_heads);
+    if (q.empty()) throw std::invalid_argument(split_error("attention heads", cfg.n_heads, part));
+    q_first_ = (int)q.begin;
+    n_q_ = (int)q.size();
+    kv_first_ = (int)q.begin / group_;
+    n_kv_ = (int)(q.end - 1) / group_ + 1 - kv_first_;
+    const Range q_rows{q.begin * head_dim_, q.end * head_dim_};
+    const Range kv_rows{(int64_t)kv_first_ * head_dim_, (int64_t)(kv_first_ + n_kv_) * head_dim_};
+    const Range dim = Range::all(cfg.dim);
+    wq_ = weights.matrix(prefix + "q", q_rows, dim);
+    wk_ = weights.matrix(prefix + "k", kv_rows, dim);
+    wv_ = weights.matrix(prefix + "v", kv_rows, dim);
+    wo_ = weights.matrix(prefix + "o", dim, q_rows);
+    if (options.bias) {
+        q_bias_ = weights.vector(prefix + "q_bias", q_rows);
+        k_bias_ = weights.vector(prefix + "k_bias", kv_rows);
+        v_bias_ = weights.vector(prefix + "v_bias", kv_rows);
+    }
+    if (options.qk_norm) {
+        q_norm_ = weights.vector(prefix + "q_norm");
+        k_norm_ = weights.vector(prefix + "k_norm");
+    }
+    k_cache_.assign((size_t)cfg.seq_len * kv_rows.size(), 0.0f);
+    v_cache_.assign((size_t)cfg.seq_len * kv_rows.size(), 0.0f);
+}
+
+void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, float* out) {
+    const int q_dim = n_q_ * head_dim_, kv_dim = n_kv_ * head_dim_;
     ensure_size(q_, (size_t)n * q_dim);
     ensure_size(k_, (size_t)n * kv_dim);
     ensure_size(v_, (size_t)n * kv_dim);
     ensure_size(att_, (size_t)n * q_dim);
 
-    in_.set(xn, n, dim);
+    in_.set(xn, n, wq_.cols());
     matmul(wq_, in_, q_.data(), ctx.pool);
     matmul(wk_, in_, k_.data(), ctx.pool);
     matmul(wv_, in_, v_.data(), ctx.pool);
@@ -64,23 +79,22 @@ void Attention::forward(BlockContext& ctx, const RopeTable& rope, const float* x
                 add(v, v_bias_.data(), kv_dim);
             }
             if (options_.qk_norm) {
-                for (int h = 0; h < n_heads_; h++) rms_norm(q + h * head_dim_, q_norm_.data(), head_dim_, eps_, q + h * head_dim_);
-                for (int h = 0; h < n_kv_heads_; h++) rms_norm(k + h * head_dim_, k_norm_.data(), head_dim_, eps_, k + h * head_dim_);
+                for (int h = 0; h < n_q_; h++) rms_norm(q + h * head_dim_, q_norm_.data(), head_dim_, eps_, q + h * head_dim_);
+                for (int h = 0; h < n_kv_; h++) rms_norm(k + h * head_dim_, k_norm_.data(), head_dim_, eps_, k + h * head_dim_);
             }
-            rope.apply(q, n_heads_, head_dim_, pos + (int)t);
-            rope.apply(k, n_kv_heads_, head_dim_, pos + (int)t);
+            rope_.apply(q, n_q_, head_dim_, pos + (int)t);
+            rope_.apply(k, n_kv_, head_dim_, pos + (int)t);
             std::copy(k, k + kv_dim, &k_cache_[(size_t)(pos + t) * kv_dim]);
             std::copy(v, v + kv_dim, &v_cache_[(size_t)(pos + t) * kv_dim]);
         }
     });
 
-    const int group = n_heads_ / n_kv_heads_;
     const float scale = 1.0f / std::sqrt((float)head_dim_);
-    ctx.pool.parallel_for((size_t)n * n_heads_, 1, [&](size_t i0, size_t i1, int thread) {
+    ctx.pool.parallel_for((size_t)n * n_q_, 1, [&](size_t i0, size_t i1, int thread) {
         std::vector<float>& scores = ctx.scratch.per_thread[thread];
         for (size_t i = i0; i < i1; i++) {
-            const int t = (int)(i / n_heads_), h = (int)(i % n_heads_);
-            const int kvh = h / group;
+            const int t = (int)(i / n_q_), h = (int)(i % n_q_);
+            const int kvh = (q_first_ + h) / group_ - kv_first_;
             const int n_ctx = pos + t + 1;
             const float* q = &q_[(size_t)t * q_dim + (size_t)h * head_dim_];
             for (int s = 0; s < n_ctx; s++) {
@@ -104,8 +118,17 @@ void Attention::forward(BlockContext& ctx, const RopeTable& rope, const float* x
     matmul(wo_, att_in_, out, ctx.pool);
 }
 
-FeedForward::FeedForward(const TensorStore& store, const std::string& prefix)
-    : gate_(store.matrix(prefix + "gate")), up_(store.matrix(prefix + "up")), down_(store.matrix(prefix + "down")) {}
+// ---------------------------------------------------------------------------------------------
+// Feed-forward
+
+FeedForward::FeedForward(const WeightSource& weights, const std::string& prefix, int dim, int hidden,
+                         const Partition& part) {
+    const Range rows = part.share_of(hidden, hidden % kBlockSize == 0 ? kBlockSize : 1);
+    if (rows.empty()) throw std::invalid_argument(split_error("FFN rows (in blocks of 32) of " + prefix, hidden, part));
+    gate_ = weights.matrix(prefix + "gate", rows, Range::all(dim));
+    up_ = weights.matrix(prefix + "up", rows, Range::all(dim));
+    down_ = weights.matrix(prefix + "down", Range::all(dim), rows);
+}
 
 void FeedForward::forward(BlockContext& ctx, const float* xn, int n, float* out) {
     const int hidden = (int)gate_.rows();
@@ -119,6 +142,115 @@ void FeedForward::forward(BlockContext& ctx, const float* xn, int n, float* out)
     });
     mid_.set(g_.data(), n, hidden);
     matmul(down_, mid_, out, ctx.pool);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mixture of experts
+
+MoeFeedForward::MoeFeedForward(const WeightSource& weights, const std::string& prefix, const ModelConfig& cfg,
+                               Scoring scoring, const Partition& part)
+    : scoring_(scoring), n_experts_(cfg.n_experts), n_active_(cfg.n_active_experts), n_groups_(cfg.n_expert_groups),
+      topk_groups_(cfg.topk_groups), norm_topk_(cfg.norm_topk_prob), scaling_(cfg.routed_scaling) {
+    if (n_groups_ < 1 || n_experts_ % n_groups_ != 0 || topk_groups_ < 1 || topk_groups_ > n_groups_)
+        throw std::invalid_argument("bad expert groups: " + std::to_string(n_experts_) + " experts, " +
+                                    std::to_string(n_groups_) + " groups, top " + std::to_string(topk_groups_));
+    if (n_active_ < 1 || n_active_ > n_experts_ / n_groups_ * topk_groups_)
+        throw std::invalid_argument("cannot pick " + std::to_string(n_active_) + " of " + std::to_string(n_experts_) + " experts");
+    router_ = weights.matrix(prefix + "router");
+    if (weights.has(prefix + "router_bias")) router_bias_ = weights.vector(prefix + "router_bias");
+    for (int e = 0; e < n_experts_; e++)
+        experts_.push_back(std::make_unique<FeedForward>(weights, prefix + "experts." + std::to_string(e) + ".", cfg.dim,
+                                                         cfg.moe_hidden_dim, part));
+    if (cfg.n_shared_experts > 0)
+        shared_ = std::make_unique<FeedForward>(weights, prefix + "shared.", cfg.dim,
+                                                cfg.moe_hidden_dim * cfg.n_shared_experts, part);
+}
+
+size_t MoeFeedForward::weight_bytes_per_token() const {
+    return router_.bytes() + router_bias_.size() * sizeof(float) + n_active_ * experts_[0]->weight_bytes_per_token() +
+           (shared_ ? shared_->weight_bytes_per_token() : 0);
+}
+
+// The k best indexes of score[0..n) among those with allowed[i], best first.
+static void top_k(const float* score, const std::vector<bool>& allowed, int n, int k, int* out) {
+    std::vector<int> idx;
+    for (int i = 0; i < n; i++)
+        if (allowed[i]) idx.push_back(i);
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int a, int b) { return score[a] > score[b]; });
+    std::copy(idx.begin(), idx.begin() + k, out);
+}
+
+void MoeFeedForward::route(const float* logits, int* experts, float* weights) const {
+    const int n = n_experts_;
+    std::vector<float> prob(n), choice(n);
+    if (scoring_ == Scoring::Softmax) {
+        std::copy(logits, logits + n, prob.begin());
+        softmax(prob.data(), n);
+        choice = prob;
+    } else {
+        for (int i = 0; i < n; i++) {
+            prob[i] = 1.0f / (1.0f + std::exp(-logits[i]));
+            choice[i] = prob[i] + (router_bias_.empty() ? 0.0f : router_bias_[i]);
+        }
+    }
+    std::vector<bool> allowed(n, true);
+    if (n_groups_ > 1) {
+        // Keep the topk_groups groups whose two best experts score highest.
+        const int per_group = n / n_groups_;
+        std::vector<float> group_score(n_groups_);
+        for (int g = 0; g < n_groups_; g++) {
+            std::vector<float> s(choice.begin() + g * per_group, choice.begin() + (g + 1) * per_group);
+            std::partial_sort(s.begin(), s.begin() + 2, s.end(), std::greater<float>());
+            group_score[g] = s[0] + s[1];
+        }
+        std::vector<int> keep(topk_groups_);
+        top_k(group_score.data(), std::vector<bool>(n_groups_, true), n_groups_, topk_groups_, keep.data());
+        std::fill(allowed.begin(), allowed.end(), false);
+        for (int g : keep) std::fill(allowed.begin() + g * per_group, allowed.begin() + (g + 1) * per_group, true);
+    }
+    top_k(choice.data(), allowed, n, n_active_, experts);
+    float sum = 0.0f;
+    for (int k = 0; k < n_active_; k++) sum += weights[k] = prob[experts[k]];
+    const float norm = norm_topk_ ? 1.0f / (sum + (scoring_ == Scoring::Sigmoid ? 1e-20f : 0.0f)) : 1.0f;
+    for (int k = 0; k < n_active_; k++) weights[k] *= norm * scaling_;
+}
+
+void MoeFeedForward::forward(BlockContext& ctx, const float* xn, int n, float* out) {
+    const int dim = ctx.cfg.dim;
+    ensure_size(logits_, (size_t)n * n_experts_);
+    router_in_.set(xn, n, dim);
+    matmul(router_, router_in_, logits_.data(), ctx.pool);
+
+    // Which tokens each expert serves, with what weight.
+    std::vector<std::vector<std::pair<int, float>>> tokens_of(n_experts_);
+    std::vector<int> chosen(n_active_);
+    std::vector<float> weight(n_active_);
+    for (int t = 0; t < n; t++) {
+        route(&logits_[(size_t)t * n_experts_], chosen.data(), weight.data());
+        for (int k = 0; k < n_active_; k++) tokens_of[chosen[k]].push_back({t, weight[k]});
+    }
+
+    std::fill(out, out + (size_t)n * dim, 0.0f);
+    for (int e = 0; e < n_experts_; e++) {
+        const auto& served = tokens_of[e];
+        if (served.empty()) continue;
+        const int m = (int)served.size();
+        ensure_size(gathered_, (size_t)m * dim);
+        ensure_size(expert_out_, (size_t)m * dim);
+        for (int i = 0; i < m; i++)
+            std::copy(xn + (size_t)served[i].first * dim, xn + (size_t)(served[i].first + 1) * dim, &gathered_[(size_t)i * dim]);
+        experts_[e]->forward(ctx, gathered_.data(), m, expert_out_.data());
+        for (int i = 0; i < m; i++) {
+            float* o = out + (size_t)served[i].first * dim;
+            const float* y = &expert_out_[(size_t)i * dim];
+            for (int d = 0; d < dim; d++) o[d] += served[i].second * y[d];
+        }
+    }
+    if (shared_) {
+        ensure_size(expert_out_, (size_t)n * dim);
+        shared_->forward(ctx, xn, n, expert_out_.data());
+        add(out, expert_out_.data(), n * dim);
+    }
 }
 
 }  // namespace dllama

@@ -1,6 +1,8 @@
-// Layer building blocks the per-architecture graphs compose: grouped-query attention with its KV
-// cache, and the SwiGLU feed-forward. Weights are looked up as "<prefix><name>" in the TensorStore.
+// Layer building blocks the per-architecture graphs compose. Each block reads its weights as
+// "<prefix><name>" from a WeightSource, takes only its partition's share (attention heads, FFN rows,
+// each expert's rows), and returns a partial output that the graph sums across nodes.
 #pragma once
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -15,40 +17,58 @@ struct BlockContext {
     Scratch& scratch;
 };
 
+class AttentionBlock {
+public:
+    virtual ~AttentionBlock() = default;
+    // xn: n x dim (normed input) at positions pos..pos+n-1; out: n x dim partial output.
+    virtual void forward(BlockContext& ctx, const float* xn, int n, int pos, float* out) = 0;
+    virtual size_t weight_bytes() const = 0;
+    virtual size_t kv_bytes_per_position() const = 0;
+};
+
+class FeedForwardBlock {
+public:
+    virtual ~FeedForwardBlock() = default;
+    virtual void forward(BlockContext& ctx, const float* xn, int n, float* out) = 0;
+    virtual size_t weight_bytes_per_token() const = 0;
+};
+
 // Grouped-query attention: q/k/v projections (optional biases, optional per-head q/k RMSNorm), RoPE on
 // the first rope_dim dims of each head, causal softmax attention over the cache, output projection.
-class Attention {
+// A node takes a contiguous share of the query heads and the KV heads they read (KV heads are
+// replicated when there are more nodes than KV heads).
+class Attention : public AttentionBlock {
 public:
     struct Options {
-        bool bias = false;     // q/k/v biases "<prefix>q_bias" ...
-        bool qk_norm = false;  // per-head RMSNorm weights "<prefix>q_norm", "<prefix>k_norm"
+        bool bias = false;     // "<prefix>q_bias", "k_bias", "v_bias"
+        bool qk_norm = false;  // per-head RMSNorm weights "<prefix>q_norm", "k_norm"
     };
-    Attention(const TensorStore& store, const std::string& prefix, const ModelConfig& cfg, Options options);
+    Attention(const WeightSource& weights, const std::string& prefix, const ModelConfig& cfg, Options options,
+              const Partition& part, const RopeTable& rope);
 
-    // xn: n x dim (normed input) at positions pos..pos+n-1; out: n x dim.
-    void forward(BlockContext& ctx, const RopeTable& rope, const float* xn, int n, int pos, float* out);
-
-    size_t weight_bytes() const { return wq_.bytes() + wk_.bytes() + wv_.bytes() + wo_.bytes(); }
-    size_t kv_bytes_per_position() const { return 2 * sizeof(float) * (size_t)n_kv_heads_ * head_dim_; }
-    size_t kv_cache_bytes() const { return (k_cache_.size() + v_cache_.size()) * sizeof(float); }
+    void forward(BlockContext& ctx, const float* xn, int n, int pos, float* out) override;
+    size_t weight_bytes() const override { return wq_.bytes() + wk_.bytes() + wv_.bytes() + wo_.bytes(); }
+    size_t kv_bytes_per_position() const override { return 2 * sizeof(float) * (size_t)n_kv_ * head_dim_; }
 
 private:
-    int n_heads_, n_kv_heads_, head_dim_, seq_len_;
+    int n_q_, n_kv_, kv_first_, group_, head_dim_, q_first_;  // local heads; first global q/kv head
     float eps_;
     Options options_;
+    const RopeTable& rope_;
     Matrix wq_, wk_, wv_, wo_;
     std::vector<float> q_bias_, k_bias_, v_bias_, q_norm_, k_norm_;
-    std::vector<float> k_cache_, v_cache_;  // [seq_len][n_kv_heads * head_dim]
+    std::vector<float> k_cache_, v_cache_;  // [seq_len][n_kv * head_dim]
     std::vector<float> q_, k_, v_, att_;    // per chunk
     Activations in_, att_in_;
 };
 
-// SwiGLU: down(silu(gate(x)) * up(x)), weights "<prefix>gate", "<prefix>up", "<prefix>down".
-class FeedForward {
+// SwiGLU: down(silu(gate(x)) * up(x)), weights "<prefix>gate", "<prefix>up", "<prefix>down"; a node
+// takes a share of the hidden rows (in whole 32-value blocks).
+class FeedForward : public FeedForwardBlock {
 public:
-    FeedForward(const TensorStore& store, const std::string& prefix);
-    void forward(BlockContext& ctx, const float* xn, int n, float* out);
-    size_t weight_bytes() const { return gate_.bytes() + up_.bytes() + down_.bytes(); }
+    FeedForward(const WeightSource& weights, const std::string& prefix, int dim, int hidden, const Partition& part);
+    void forward(BlockContext& ctx, const float* xn, int n, float* out) override;
+    size_t weight_bytes_per_token() const override { return gate_.bytes() + up_.bytes() + down_.bytes(); }
 
 private:
     Matrix gate_, up_, down_;
@@ -56,9 +76,34 @@ private:
     Activations in_, mid_;
 };
 
-// Applies rms_norm to each of n rows of width dim (in parallel for prefill chunks).
+// Mixture of experts: a router picks n_active experts per token (weights "<prefix>router" [n_experts x
+// dim] F32, optional "<prefix>router_bias"), each a SwiGLU "<prefix>experts.E.", plus optional shared
+// experts "<prefix>shared." applied to every token. Decode reads only the chosen experts.
+class MoeFeedForward : public FeedForwardBlock {
+public:
+    enum class Scoring { Softmax, Sigmoid };  // Qwen3-MoE; GLM-4.5 (DeepSeek-V3 "noaux_tc")
+    MoeFeedForward(const WeightSource& weights, const std::string& prefix, const ModelConfig& cfg, Scoring scoring,
+                   const Partition& part);
+    void forward(BlockContext& ctx, const float* xn, int n, float* out) override;
+    size_t weight_bytes_per_token() const override;
+
+    // The experts and weights for one token's router logits (exposed for tests).
+    void route(const float* logits, int* experts, float* weights) const;
+
+private:
+    Scoring scoring_;
+    int n_experts_, n_active_, n_groups_, topk_groups_;
+    bool norm_topk_;
+    float scaling_;
+    Matrix router_;
+    std::vector<float> router_bias_;
+    std::vector<std::unique_ptr<FeedForward>> experts_;
+    std::unique_ptr<FeedForward> shared_;
+    std::vector<float> logits_, gathered_, expert_out_;
+    Activations router_in_;
+};
+
+// Applies rms_norm to each of n rows of width dim (in parallel for prefill chunks); out may alias x.
 void rms_norm_rows(ThreadPool& pool, const float* x, const float* w, int n, int dim, float eps, float* out);
-// x += y over n rows of width dim.
-void add_rows(float* x, const float* y, int n, int dim);
 
 }  // namespace dllama

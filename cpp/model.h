@@ -1,16 +1,18 @@
-// What every architecture's graph shares: the configuration, the weights of a .m file, the KV-cache
-// position, the embedding lookup, the final norm and the output head.
+// What every architecture's graph shares: the configuration, where the weights come from, the
+// KV-cache position, the embedding lookup, the final norm and the output head, and the per-step
+// exchanges when the model is split across machines.
 #pragma once
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
+#include "partition.h"
 #include "tensor.h"
 #include "thread_pool.h"
+#include "weights.h"
 
 namespace dllama {
 
@@ -27,38 +29,14 @@ struct ModelConfig {
     RopeStyle rope_style = RopeStyle::Interleaved;
     RopeScaling rope_scaling;
     bool attention_bias = false;
+    bool qk_norm = false;
+    // Mixture of experts
     int n_experts = 0, n_active_experts = 0, moe_hidden_dim = 0;
-};
-
-// Where one tensor lies in the model file.
-struct TensorInfo {
-    std::string name;
-    FloatType type;
-    int64_t rows, cols;  // a vector has rows == 1
-    uint64_t offset;
-};
-
-// The model file mapped read-only, with its tensors looked up by name.
-class TensorStore {
-public:
-    TensorStore(const std::string& path, const std::vector<TensorInfo>& tensors);
-    ~TensorStore();
-    TensorStore(const TensorStore&) = delete;
-    TensorStore& operator=(const TensorStore&) = delete;
-
-    bool has(const std::string& name) const { return tensors_.count(name) != 0; }
-    const TensorInfo& info(const std::string& name) const;
-    const void* data(const std::string& name) const;
-    Matrix matrix(const std::string& name) const;
-    // A vector stored as F32 (norm weights, biases), copied.
-    std::vector<float> vector(const std::string& name) const;
-    const std::string& path() const { return path_; }
-
-private:
-    std::string path_;
-    const uint8_t* base_ = nullptr;
-    size_t size_ = 0;
-    std::map<std::string, TensorInfo> tensors_;
+    int n_shared_experts = 0;   // always-on experts of width moe_hidden_dim * n_shared_experts
+    int n_dense_layers = 0;     // the first layers use a dense FFN of width hidden_dim
+    int n_expert_groups = 1, topk_groups = 1;
+    float routed_scaling = 1.0f;
+    bool norm_topk_prob = true;
 };
 
 // Buffers the forward pass reuses between calls, sized for the largest chunk of tokens.
@@ -69,22 +47,29 @@ struct Scratch {
 
 class Model {
 public:
-    Model(const ModelConfig& config, std::shared_ptr<TensorStore> store, int n_threads);
+    Model(const ModelConfig& config, std::shared_ptr<const WeightSource> weights, int n_threads, Partition partition,
+          Collective* collective);
     virtual ~Model() = default;
 
     const ModelConfig& config() const { return cfg_; }
+    const Partition& partition() const { return part_; }
+    const WeightSource& weights() const { return *weights_; }
     int position() const { return pos_; }
     // Moves the KV-cache position back (to reuse a shared prefix) or to 0.
     void set_position(int pos);
     int n_threads() const { return pool_.size(); }
 
-    // Runs n tokens at the current position, appending them to the KV cache, and writes logits:
-    // n x vocab when all_logits, else only the last token's vocab values.
+    // On node 0: runs n tokens at the current position, appending them to the KV cache, and writes
+    // logits: n x vocab when all_logits, else only the last token's vocab values.
     void forward(const int32_t* tokens, int n, bool all_logits, float* logits);
+    // On a worker: runs the steps node 0 starts until it sends stop (returns) or the link fails (throws).
+    void serve();
+    // On node 0 of a split model: tells the workers the session is over.
+    void stop_workers();
 
-    size_t kv_cache_bytes() const;
-    // Weight bytes one decoded token reads (matmuls, embedding row, norms), without the KV cache.
-    virtual size_t weight_bytes_per_token() const;
+    size_t kv_cache_bytes() const { return kv_bytes_per_position() * (size_t)cfg_.seq_len; }
+    // Weight bytes one decoded token reads on this node (matmuls, embedding row, norms), without the KV cache.
+    size_t weight_bytes_per_token() const;
     // KV-cache bytes one decoded token reads at position pos.
     size_t kv_bytes_read_at(int pos) const { return kv_bytes_per_position() * (size_t)(pos + 1); }
 
@@ -95,25 +80,33 @@ protected:
     virtual void run_layers(float* x, int n, int pos) = 0;
     virtual size_t kv_bytes_per_position() const = 0;
     virtual size_t layer_weight_bytes_per_token() const = 0;
+    // After a block's partial output: sums the nodes' partials (a no-op on one node).
+    void all_reduce(float* y, int n_rows) {
+        if (collective_) collective_->all_reduce_sum(y, (size_t)n_rows * cfg_.dim);
+    }
 
     ModelConfig cfg_;
-    std::shared_ptr<TensorStore> store_;
+    std::shared_ptr<const WeightSource> weights_;
+    Partition part_;
+    Collective* collective_;
     ThreadPool pool_;
     Scratch scratch_;
 
 private:
-    void embed(const int32_t* tokens, int n, float* x);
-    void rms_norm_rows_for_head(const float* x, int rows);
+    struct Step {
+        int32_t n = 0, pos = 0, head_first = 0, head_rows = 0;  // n == 0: stop
+    };
+    void run_step(const Step& step, const int32_t* tokens, float* logits);
+    Range vocab_share_ = {};
     int pos_ = 0;
-    const void* embedding_ = nullptr;
-    FloatType embedding_type_ = FloatType::F32;
-    std::vector<float> final_norm_;
+    std::vector<float> final_norm_, head_out_, head_all_;
     Matrix lm_head_;
     Activations head_in_;
 };
 
 // Builds the graph the config's arch names; throws std::invalid_argument for an unknown arch.
-std::unique_ptr<Model> build_model(const ModelConfig& config, std::shared_ptr<TensorStore> store, int n_threads);
+std::unique_ptr<Model> build_model(const ModelConfig& config, std::shared_ptr<const WeightSource> weights,
+                                   int n_threads, Partition partition = {}, Collective* collective = nullptr);
 std::vector<std::string> builder_names();
 
 }  // namespace dllama

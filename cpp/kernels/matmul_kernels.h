@@ -17,6 +17,7 @@
 //        is removed as -128 * sum(x_q).
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "tensor.h"
 
@@ -61,6 +62,17 @@ struct QuantizedX {
     const int32_t* sum;  // sum of the block's 32 quants (for the weight offset)
     int64_t nb;          // blocks per token
 };
+
+// Runs tile(std::integral_constant<int, T>{}, t0) over n tokens: tiles of MaxTile, then halving sizes
+// down to 1, so each kernel is instantiated for a few fixed tile sizes with its accumulators in registers.
+template <int MaxTile, typename F>
+inline void token_tiles(int n, F&& tile) {
+    int t = 0;
+    for (; t + MaxTile <= n; t += MaxTile) tile(std::integral_constant<int, MaxTile>{}, t);
+    if constexpr (MaxTile > 1) {
+        if (t < n) token_tiles<MaxTile / 2>(n - t, [&](auto T, int t0) { tile(T, t + t0); });
+    }
+}
 
 // Quantizes n_blocks blocks of 32 floats: d = amax/127 rounded to f16, q = round(x/d) (ties away from zero).
 void quantize_x(const float* x, int64_t n_blocks, int8_t* qs, float* d, int32_t* sum);

@@ -1,4 +1,4 @@
-// The graph builders, one per architecture file; the Python architecture table names them.
+// The graph builders, one file per architecture; the Python architecture table names them.
 #pragma once
 #include <memory>
 #include <string>
@@ -8,23 +8,27 @@
 
 namespace dllama {
 
-using BuildFn = std::unique_ptr<Model> (*)(const ModelConfig&, std::shared_ptr<TensorStore>, int n_threads);
+using BuildFn = std::unique_ptr<Model> (*)(const ModelConfig&, std::shared_ptr<const WeightSource>, int n_threads,
+                                          Partition, Collective*);
 struct GraphBuilder {
     std::string name;
     BuildFn build;
 };
 
-std::unique_ptr<Model> build_llama(const ModelConfig&, std::shared_ptr<TensorStore>, int n_threads);
-std::unique_ptr<Model> build_qwen3(const ModelConfig&, std::shared_ptr<TensorStore>, int n_threads);
-std::unique_ptr<Model> build_glm(const ModelConfig&, std::shared_ptr<TensorStore>, int n_threads);
-std::unique_ptr<Model> build_glm4(const ModelConfig&, std::shared_ptr<TensorStore>, int n_threads);
+#define DLLAMA_BUILDER(fn)                                                                                        \
+    std::unique_ptr<Model> fn(const ModelConfig& cfg, std::shared_ptr<const WeightSource> weights, int n_threads, \
+                              Partition part, Collective* collective)
+DLLAMA_BUILDER(build_llama);
+DLLAMA_BUILDER(build_qwen3);
+DLLAMA_BUILDER(build_qwen3_moe);
+DLLAMA_BUILDER(build_glm);
+DLLAMA_BUILDER(build_glm4);
+DLLAMA_BUILDER(build_glm4_moe);
 
 inline const std::vector<GraphBuilder>& graph_builders() {
     static const std::vector<GraphBuilder> builders = {
-        {"llama", build_llama},
-        {"qwen3", build_qwen3},
-        {"glm", build_glm},
-        {"glm4", build_glm4},
+        {"llama", build_llama}, {"qwen3", build_qwen3}, {"qwen3_moe", build_qwen3_moe},
+        {"glm", build_glm},     {"glm4", build_glm4},   {"glm4_moe", build_glm4_moe},
     };
     return builders;
 }

@@ -1,14 +1,14 @@
-// GLM-4 (glm-4-9b-chat: HF `glm` and the legacy `chatglm` layout): the dense decoder with q/k/v biases
-// and RoPE on the first half of each head, rotating interleaved pairs.
+// GLM-4 (glm-4-9b-chat: HF `glm`, and the legacy `chatglm` layout): Llama's graph with q/k/v biases and
+// RoPE on the first half of each head, rotating interleaved pairs.
 #include "models/builders.h"
-#include "models/dense_decoder.h"
+#include "models/decoder.h"
 
 namespace dllama {
 
-std::unique_ptr<Model> build_glm(const ModelConfig& cfg, std::shared_ptr<TensorStore> store, int n_threads) {
-    DenseDecoderOptions options;
-    options.attention.bias = cfg.attention_bias;
-    return std::make_unique<DenseDecoder>(cfg, std::move(store), n_threads, options);
+DLLAMA_BUILDER(build_glm) {
+    return build_decoder(cfg, std::move(weights), n_threads, part, collective, [&](Decoder& d, int l) {
+        return gqa_layer(d, l, {cfg.attention_bias, false}, false, dense_ffn(d, l));
+    });
 }
 
 }  // namespace dllama

@@ -1,14 +1,13 @@
 // GLM-4-0414 / GLM-Z1 (HF `glm4`): GLM's graph plus "sandwich" norms on each block's output.
 #include "models/builders.h"
-#include "models/dense_decoder.h"
+#include "models/decoder.h"
 
 namespace dllama {
 
-std::unique_ptr<Model> build_glm4(const ModelConfig& cfg, std::shared_ptr<TensorStore> store, int n_threads) {
-    DenseDecoderOptions options;
-    options.attention.bias = cfg.attention_bias;
-    options.sandwich_norms = true;
-    return std::make_unique<DenseDecoder>(cfg, std::move(store), n_threads, options);
+DLLAMA_BUILDER(build_glm4) {
+    return build_decoder(cfg, std::move(weights), n_threads, part, collective, [&](Decoder& d, int l) {
+        return gqa_layer(d, l, {cfg.attention_bias, false}, true, dense_ffn(d, l));
+    });
 }
 
 }  // namespace dllama

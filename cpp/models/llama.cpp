@@ -1,13 +1,14 @@
-// Llama (and Mistral): the dense decoder; q/k stored permuted for interleaved RoPE, as in distributed-llama.
+// Llama (and Mistral): pre-norm GQA attention and SwiGLU. q/k are stored permuted (as distributed-llama
+// does) so RoPE rotates interleaved pairs.
 #include "models/builders.h"
-#include "models/dense_decoder.h"
+#include "models/decoder.h"
 
 namespace dllama {
 
-std::unique_ptr<Model> build_llama(const ModelConfig& cfg, std::shared_ptr<TensorStore> store, int n_threads) {
-    DenseDecoderOptions options;
-    options.attention.bias = cfg.attention_bias;
-    return std::make_unique<DenseDecoder>(cfg, std::move(store), n_threads, options);
+DLLAMA_BUILDER(build_llama) {
+    return build_decoder(cfg, std::move(weights), n_threads, part, collective, [&](Decoder& d, int l) {
+        return gqa_layer(d, l, {cfg.attention_bias, false}, false, dense_ffn(d, l));
+    });
 }
 
 }  // namespace dllama

@@ -1,0 +1,81 @@
+#include "models/decoder.h"
+
+namespace dllama {
+
+DecoderLayer Decoder::layer_norms(int l, bool sandwich) const {
+    const std::string p = "layers." + std::to_string(l) + ".";  // matches layer_prefix below
+    DecoderLayer layer;
+    layer.attn_norm = weights_->vector(p + "attn_norm");
+    layer.ffn_norm = weights_->vector(p + "ffn_norm");
+    if (sandwich) {
+        layer.post_attn_norm = weights_->vector(p + "post_attn_norm");
+        layer.post_ffn_norm = weights_->vector(p + "post_ffn_norm");
+    }
+    return layer;
+}
+
+void Decoder::run_layers(float* x, int n, int pos) {
+    BlockContext ctx{cfg_, pool_, scratch_};
+    float* xn = scratch_.xn.data();
+    float* y = scratch_.y.data();
+    const int dim = cfg_.dim;
+    const float eps = cfg_.norm_eps;
+    for (DecoderLayer& layer : layers_) {
+        rms_norm_rows(pool_, x, layer.attn_norm.data(), n, dim, eps, xn);
+        layer.attention->forward(ctx, xn, n, pos, y);
+        all_reduce(y, n);
+        if (!layer.post_attn_norm.empty()) rms_norm_rows(pool_, y, layer.post_attn_norm.data(), n, dim, eps, y);
+        add(x, y, n * dim);
+        rms_norm_rows(pool_, x, layer.ffn_norm.data(), n, dim, eps, xn);
+        layer.ffn->forward(ctx, xn, n, y);
+        all_reduce(y, n);
+        if (!layer.post_ffn_norm.empty()) rms_norm_rows(pool_, y, layer.post_ffn_norm.data(), n, dim, eps, y);
+        add(x, y, n * dim);
+    }
+}
+
+size_t Decoder::kv_bytes_per_position() const {
+    size_t total = 0;
+    for (const DecoderLayer& l : layers_) total += l.attention->kv_bytes_per_position();
+    return total;
+}
+
+size_t Decoder::layer_weight_bytes_per_token() const {
+    size_t total = 0;
+    for (const DecoderLayer& l : layers_) {
+        const size_t norms = l.attn_norm.size() + l.ffn_norm.size() + l.post_attn_norm.size() + l.post_ffn_norm.size();
+        total += l.attention->weight_bytes() + l.ffn->weight_bytes_per_token() + norms * sizeof(float);
+    }
+    return total;
+}
+
+static std::string layer_prefix(int l) { return "layers." + std::to_string(l) + "."; }
+
+DecoderLayer gqa_layer(Decoder& d, int l, Attention::Options attention, bool sandwich,
+                       std::unique_ptr<FeedForwardBlock> ffn) {
+    DecoderLayer layer = d.layer_norms(l, sandwich);
+    layer.attention = std::make_unique<Attention>(d.weights(), layer_prefix(l) + "attn.", d.config(), attention,
+                                                  d.partition(), d.rope());
+    layer.ffn = std::move(ffn);
+    return layer;
+}
+
+std::unique_ptr<FeedForwardBlock> dense_ffn(Decoder& d, int l) {
+    return std::make_unique<FeedForward>(d.weights(), layer_prefix(l) + "ffn.", d.config().dim, d.config().hidden_dim,
+                                         d.partition());
+}
+
+std::unique_ptr<FeedForwardBlock> moe_ffn(Decoder& d, int l, MoeFeedForward::Scoring scoring) {
+    return std::make_unique<MoeFeedForward>(d.weights(), layer_prefix(l) + "moe.", d.config(), scoring, d.partition());
+}
+
+std::unique_ptr<Model> build_decoder(const ModelConfig& cfg, std::shared_ptr<const WeightSource> weights, int n_threads,
+                                     Partition part, Collective* collective,
+                                     const std::function<DecoderLayer(Decoder&, int)>& make_layer) {
+    auto decoder = std::make_unique<Decoder>(cfg, std::move(weights), n_threads, part, collective);
+    decoder->rope() = RopeTable(cfg.rope_dim, cfg.rope_theta, cfg.rope_scaling, cfg.seq_len, cfg.rope_style);
+    for (int l = 0; l < cfg.n_layers; l++) decoder->add_layer(make_layer(*decoder, l));
+    return decoder;
+}
+
+}  // namespace dllama

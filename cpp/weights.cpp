@@ -1,0 +1,100 @@
+#include "weights.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+#include "quants.h"
+
+namespace dllama {
+
+std::vector<uint8_t> copy_slice(const uint8_t* base, FloatType type, int64_t total_cols, Range rows, Range cols,
+                                const std::string& what) {
+    if (is_quantized(type) && (cols.begin % kBlockSize || cols.end % kBlockSize))
+        throw std::invalid_argument(what + ": columns " + std::to_string(cols.begin) + ".." + std::to_string(cols.end) +
+                                    " split " + float_type_name(type) + " blocks of 32 values");
+    const size_t row_bytes = bytes_of(type, total_cols);
+    const size_t offset = bytes_of(type, cols.begin), n = bytes_of(type, cols.size());
+    std::vector<uint8_t> out(n * rows.size());
+    for (int64_t r = rows.begin; r < rows.end; r++)
+        std::memcpy(out.data() + (r - rows.begin) * n, base + r * row_bytes + offset, n);
+    return out;
+}
+
+Matrix WeightSource::matrix(const std::string& name) const {
+    const TensorInfo& t = info(name);
+    return matrix(name, Range::all(t.rows), Range::all(t.cols));
+}
+
+Matrix WeightSource::matrix(const std::string& name, Range rows, Range cols) const {
+    const std::vector<uint8_t> bytes = read(name, rows, cols);
+    return Matrix(info(name).type, rows.size(), cols.size(), bytes.data());
+}
+
+std::vector<float> WeightSource::vector(const std::string& name) const {
+    const TensorInfo& t = info(name);
+    return vector(name, Range::all(t.rows * t.cols));
+}
+
+std::vector<float> WeightSource::vector(const std::string& name, Range part) const {
+    const TensorInfo& t = info(name);
+    if (t.rows != 1) throw std::runtime_error(describe() + ": tensor " + name + " is a matrix, expected a vector");
+    const std::vector<uint8_t> bytes = read(name, Range::all(1), part);
+    std::vector<float> v(part.size());
+    dequantize(t.type, bytes.data(), v.size(), v.data());
+    return v;
+}
+
+void WeightSource::row(const std::string& name, int64_t r, float* out) const {
+    const TensorInfo& t = info(name);
+    const std::vector<uint8_t> bytes = read(name, Range{r, r + 1}, Range::all(t.cols));
+    dequantize(t.type, bytes.data(), t.cols, out);
+}
+
+TensorStore::TensorStore(const std::string& path, const std::vector<TensorInfo>& tensors) : path_(path), order_(tensors) {
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd < 0) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
+    struct stat st;
+    if (::fstat(fd, &st) != 0) {
+        ::close(fd);
+        throw std::runtime_error(path + ": cannot stat: " + std::strerror(errno));
+    }
+    size_ = (size_t)st.st_size;
+    void* p = size_ ? ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0) : nullptr;
+    ::close(fd);
+    if (p == MAP_FAILED) throw std::runtime_error(path + ": cannot map: " + std::strerror(errno));
+    base_ = static_cast<const uint8_t*>(p);
+    for (const auto& t : tensors) {
+        const size_t n = bytes_of(t.type, (size_t)t.rows * t.cols);
+        if (t.offset + n > size_)
+            throw std::runtime_error(path + ": tensor " + t.name + " ends at byte " + std::to_string(t.offset + n) +
+                                     " but the file has " + std::to_string(size_) + " bytes (truncated?)");
+        tensors_[t.name] = t;
+    }
+}
+
+TensorStore::~TensorStore() {
+    if (base_) ::munmap(const_cast<uint8_t*>(base_), size_);
+}
+
+const TensorInfo& TensorStore::info(const std::string& name) const {
+    auto it = tensors_.find(name);
+    if (it == tensors_.end()) throw std::runtime_error(path_ + ": missing tensor " + name);
+    return it->second;
+}
+
+std::vector<uint8_t> TensorStore::read(const std::string& name, Range rows, Range cols) const {
+    const TensorInfo& t = info(name);
+    if (rows.begin < 0 || rows.end > t.rows || cols.begin < 0 || cols.end > t.cols || rows.empty() || cols.empty())
+        throw std::out_of_range(path_ + ": tensor " + name + " has no rows " + std::to_string(rows.begin) + ".." +
+                                std::to_string(rows.end) + ", columns " + std::to_string(cols.begin) + ".." +
+                                std::to_string(cols.end));
+    return copy_slice(base_ + t.offset, t.type, t.cols, rows, cols, path_ + ": tensor " + name);
+}
+
+}  // namespace dllama

@@ -1,0 +1,68 @@
+// Where a model's weights come from: the .m file (mapped), or — on a worker — the root over the
+// network. The graph asks for tensors by name and for the slice its partition needs.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "kernels/matmul.h"
+#include "partition.h"
+#include "tensor.h"
+
+namespace dllama {
+
+// Where one tensor lies in the model file.
+struct TensorInfo {
+    std::string name;
+    FloatType type;
+    int64_t rows, cols;  // a vector has rows == 1
+    uint64_t offset;
+};
+
+class WeightSource {
+public:
+    virtual ~WeightSource() = default;
+    virtual const TensorInfo& info(const std::string& name) const = 0;
+    virtual bool has(const std::string& name) const = 0;
+    // Rows x columns of a tensor in its stored type (quantized column ranges on 32-value blocks).
+    virtual std::vector<uint8_t> read(const std::string& name, Range rows, Range cols) const = 0;
+    // Names this source in error messages (the file path, or the root's address).
+    virtual std::string describe() const = 0;
+
+    Matrix matrix(const std::string& name) const;
+    Matrix matrix(const std::string& name, Range rows, Range cols) const;
+    // A vector (norm weights, biases), or part of one, as f32.
+    std::vector<float> vector(const std::string& name) const;
+    std::vector<float> vector(const std::string& name, Range part) const;
+    // Row r of a table (the embedding) as f32.
+    void row(const std::string& name, int64_t r, float* out) const;
+};
+
+// Copies rows x cols out of a row-major tensor of type `type` with `total_cols` columns at `base`.
+std::vector<uint8_t> copy_slice(const uint8_t* base, FloatType type, int64_t total_cols, Range rows, Range cols,
+                                const std::string& what);
+
+// The model file mapped read-only.
+class TensorStore : public WeightSource {
+public:
+    TensorStore(const std::string& path, const std::vector<TensorInfo>& tensors);
+    ~TensorStore() override;
+    TensorStore(const TensorStore&) = delete;
+    TensorStore& operator=(const TensorStore&) = delete;
+
+    const TensorInfo& info(const std::string& name) const override;
+    bool has(const std::string& name) const override { return tensors_.count(name) != 0; }
+    std::vector<uint8_t> read(const std::string& name, Range rows, Range cols) const override;
+    std::string describe() const override { return path_; }
+    const std::vector<TensorInfo>& tensors() const { return order_; }
+
+private:
+    std::string path_;
+    const uint8_t* base_ = nullptr;
+    size_t size_ = 0;
+    std::map<std::string, TensorInfo> tensors_;
+    std::vector<TensorInfo> order_;
+};
+
+}  // namespace dllama
