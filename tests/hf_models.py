@@ -27,6 +27,22 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     # GLM-4-0414: the same plus sandwich norms; head_dim 64 so q is wider than the hidden size.
     "glm4": ("glm4", dict(COMMON, num_key_value_heads=1, head_dim=64, partial_rotary_factor=0.5, rope_theta=10000.0,
                           attention_bias=True, pad_token_id=0, eos_token_id=[1, 2])),
+    # GLM-4.5-Air's shape in small: 1 dense layer, no q/k norm, scaling 1, one shared expert,
+    # head_dim independent of hidden/heads.
+    "glm4_moe_air": ("glm4_moe", dict(COMMON, num_hidden_layers=3, num_key_value_heads=2, head_dim=48,
+                                      partial_rotary_factor=0.5, rope_theta=1000000.0, attention_bias=True,
+                                      use_qk_norm=False, moe_intermediate_size=64, n_routed_experts=8,
+                                      n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=1, n_group=1,
+                                      topk_group=1, routed_scaling_factor=1.0, norm_topk_prob=True)),
+    # GLM-4.6's: q/k norm, scaling 2.5, several dense layers, group-limited routing (n_group > 1).
+    "glm4_moe_46": ("glm4_moe", dict(COMMON, num_hidden_layers=4, num_key_value_heads=2, head_dim=32,
+                                     partial_rotary_factor=0.5, rope_theta=1000000.0, attention_bias=True,
+                                     use_qk_norm=True, moe_intermediate_size=64, n_routed_experts=8,
+                                     n_shared_experts=1, num_experts_per_tok=3, first_k_dense_replace=2, n_group=4,
+                                     topk_group=2, routed_scaling_factor=2.5, norm_topk_prob=True)),
+    "qwen3_moe": ("qwen3_moe", dict(COMMON, num_key_value_heads=2, head_dim=32, rope_theta=1000000.0,
+                                    num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64,
+                                    norm_topk_prob=True)),
 }
 
 
@@ -35,14 +51,63 @@ def sequence(vocab_size: int) -> list[int]:
     return rng.integers(0, vocab_size, N_PREFILL + N_DECODE).tolist()
 
 
+# An MoE model's router decisions on the test sequence must be at least this far from a tie (in
+# router scores), so that quantization noise measures numerical error rather than flipping an expert.
+MIN_ROUTING_MARGIN = 0.01
+
+
+def routing_margin(model, ids: list[int]) -> float:
+    """The smallest gap, over tokens and MoE layers, between the last expert (or expert group) a
+    router keeps and the best one it drops; inf for dense models."""
+    import torch
+
+    margins = []
+
+    def hook(router, inputs, _):
+        logits = inputs[0].reshape(-1, router.hidden_dim).float() @ router.weight.float().T
+        if hasattr(router, "e_score_correction_bias"):  # GLM-4.5: sigmoid, bias, expert groups
+            score = logits.sigmoid() + router.e_score_correction_bias
+            groups = score.view(len(score), router.num_group, -1)
+            group_score = groups.topk(2, dim=-1)[0].sum(-1).sort(-1, descending=True)[0]
+            if router.num_group > router.topk_group:
+                margins.append(float((group_score[:, router.topk_group - 1] - group_score[:, router.topk_group]).min()))
+            kept = groups.topk(2, dim=-1)[0].sum(-1).topk(router.topk_group, dim=-1)[1]
+            mask = torch.zeros_like(groups[..., 0]).scatter_(1, kept, 1).bool()
+            score = groups.masked_fill(~mask.unsqueeze(-1), -1e9).reshape(len(score), -1)
+        else:  # Qwen3-MoE: softmax, which keeps the order of the logits
+            score = logits
+        ranked = score.sort(-1, descending=True)[0]
+        margins.append(float((ranked[:, router.top_k - 1] - ranked[:, router.top_k]).min()))
+
+    handles = [layer.mlp.gate.register_forward_hook(hook) for layer in model.model.layers if hasattr(layer.mlp, "gate")]
+    with torch.no_grad():
+        model(torch.tensor([ids]))
+    for h in handles:
+        h.remove()
+    return min(margins, default=float("inf"))
+
+
 def build(name: str, directory: Path):
     """Creates the named tiny model with random weights (norm weights and biases randomized too, so
-    that a missing or misplaced one changes the logits), saves it, returns (model, token ids)."""
+    that a missing or misplaced one changes the logits), saves it, returns (model, token ids).
+    MoE models take the first seed whose routing on the test sequence has no near-tie."""
+    ids = sequence(CONFIGS[name][1]["vocab_size"])
+    for seed in range(30):
+        model = _random_model(name, seed)
+        if routing_margin(model, ids) >= MIN_ROUTING_MARGIN:
+            break
+    else:
+        raise RuntimeError(f"no seed gives {name} a routing margin of {MIN_ROUTING_MARGIN}")
+    model.save_pretrained(directory, safe_serialization=True)
+    return model, ids
+
+
+def _random_model(name: str, seed: int):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_type, kwargs = CONFIGS[name]
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = AutoConfig.for_model(model_type, **kwargs)
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
@@ -55,12 +120,17 @@ def build(name: str, directory: Path):
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
             elif "embed_tokens" in pname:
                 p.copy_(torch.randn_like(p))
+            elif pname.endswith("mlp.gate.weight"):
+                # Routers with well-separated scores, so that quantization noise rarely flips a choice.
+                p.copy_(0.15 * torch.randn_like(p))
             elif pname.endswith(".bias"):
                 p.copy_(0.06 * torch.randn_like(p))
             else:
                 p.copy_(0.06 * torch.randn_like(p))
-    model.save_pretrained(directory, safe_serialization=True)
-    return model, sequence(config.vocab_size)
+        for bname, b in model.named_buffers():
+            if bname.endswith("e_score_correction_bias"):
+                b.copy_(0.05 * torch.randn_like(b))
+    return model
 
 
 def reference_logits(model, ids: list[int]) -> np.ndarray:

@@ -170,11 +170,44 @@ def chatglm_config(cfg: dict) -> dict:
     }
 
 
+def qwen3_moe_header(cfg: dict) -> dict:
+    if cfg.get("mlp_only_layers") or cfg.get("decoder_sparse_step", 1) != 1:
+        raise UnsupportedModelError("qwen3_moe with dense layers (mlp_only_layers / decoder_sparse_step) is not supported")
+    params = decoder_header(cfg, ArchType.QWEN3_MOE)
+    params.update(n_experts=cfg.get("num_experts") or _require(cfg, "num_local_experts"), n_active_experts=_require(cfg, "num_experts_per_tok"),
+                  moe_hidden_dim=_require(cfg, "moe_intermediate_size"))
+    if not cfg.get("norm_topk_prob", False):
+        params["norm_topk_prob"] = 0  # distributed-llama always renormalizes; this key says not to
+    return params
+
+
+def glm4_moe_header(cfg: dict) -> dict:
+    n_heads = _require(cfg, "num_attention_heads")
+    rope = rope_parameters(cfg)
+    cfg = dict(cfg, head_dim=cfg.get("head_dim") or _require(cfg, "hidden_size") // n_heads, rope_scaling=None,
+               rope_parameters=dict(rope, partial_rotary_factor=rope.get("partial_rotary_factor", 0.5)))
+    params = decoder_header(cfg, ArchType.GLM4_MOE, allow_bias=True)
+    n_experts = cfg.get("n_routed_experts") or _require(cfg, "num_local_experts")
+    params.update(
+        n_experts=n_experts,
+        n_active_experts=_require(cfg, "num_experts_per_tok"),
+        moe_hidden_dim=_require(cfg, "moe_intermediate_size"),
+        n_shared_experts=cfg.get("n_shared_experts", 0) or 0,
+        n_dense_layers=min(cfg.get("first_k_dense_replace", 0) or 0, params["n_layers"]),
+        n_expert_groups=cfg.get("n_group", 1) or 1,
+        topk_groups=cfg.get("topk_group", 1) or 1,
+        routed_scaling_factor_f32=float(cfg.get("routed_scaling_factor", 1.0)),
+        norm_topk_prob=int(bool(cfg.get("norm_topk_prob", True))),
+        qk_norm=int(bool(cfg.get("use_qk_norm", False))),
+    )
+    return params
+
+
 def compact_embedding_dtype(p: dict) -> FloatType:
-    """Our architectures keep the embedding table in Q80 when the weights are quantized (F32 in
-    distributed-llama's files): one row is read per token, so this only saves memory."""
-    weights = FloatType(p["weights_float_type"])
-    return FloatType.Q80 if weights in (FloatType.Q40, FloatType.Q80) else weights
+    """Our architectures keep the embedding table in F16 unless the weights are F32 (distributed-llama
+    always stores F32): one row is read per token, so this halves its memory at no cost in speed, and
+    unlike a quantized table it adds no noise that could flip an MoE router's choice."""
+    return FloatType.F32 if FloatType(p["weights_float_type"]) == FloatType.F32 else FloatType.F16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,27 +239,38 @@ def head_dim_of(p: dict) -> int:
     return p.get("head_dim") or p["dim"] // p["n_heads"]
 
 
+_LLAMA_LAYER_NAMES = {
+    "attn.q": "self_attn.q_proj.weight", "attn.k": "self_attn.k_proj.weight", "attn.v": "self_attn.v_proj.weight",
+    "attn.o": "self_attn.o_proj.weight", "attn.q_bias": "self_attn.q_proj.bias", "attn.k_bias": "self_attn.k_proj.bias",
+    "attn.v_bias": "self_attn.v_proj.bias", "attn.q_norm": "self_attn.q_norm.weight",
+    "attn.k_norm": "self_attn.k_norm.weight", "ffn.gate": "mlp.gate_proj.weight", "ffn.up": "mlp.up_proj.weight",
+    "ffn.down": "mlp.down_proj.weight", "moe.router": "mlp.gate.weight",
+    "moe.router_bias": "mlp.gate.e_score_correction_bias", "attn_norm": "input_layernorm.weight",
+    "ffn_norm": "post_attention_layernorm.weight", "post_attn_norm": "post_self_attn_layernorm.weight",
+    "post_ffn_norm": "post_mlp_layernorm.weight",
+}
+
+
 def llama_names(p: dict, layer: int | None, role: str) -> Source:
-    """HF names of Llama-style checkpoints (also Qwen3, GLM and GLM-4 apart from their fused MLP)."""
+    """HF names of Llama-style checkpoints (Qwen3, Qwen3-MoE, GLM-4.5 too; GLM and GLM-4 apart from
+    their fused MLP). Roles are our tensor names without the "layers.N." prefix."""
     if layer is None:
         return Source({"embedding": "model.embed_tokens.weight", "final_norm": "model.norm.weight",
                        "lm_head": "lm_head.weight"}[role])
-    names = {
-        "q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
-        "o": "self_attn.o_proj.weight", "q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias",
-        "v_bias": "self_attn.v_proj.bias", "q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight",
-        "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight", "down": "mlp.down_proj.weight",
-        "attn_norm": "input_layernorm.weight", "ffn_norm": "post_attention_layernorm.weight",
-        "post_attn_norm": "post_self_attn_layernorm.weight", "post_ffn_norm": "post_mlp_layernorm.weight",
-    }
-    return Source(f"model.layers.{layer}.{names[role]}")
+    prefix = f"model.layers.{layer}."
+    if role.startswith("moe.experts."):  # moe.experts.E.gate -> mlp.experts.E.gate_proj.weight
+        _, _, e, w = role.split(".")
+        return Source(f"{prefix}mlp.experts.{e}.{w}_proj.weight")
+    if role.startswith("moe.shared."):
+        return Source(f"{prefix}mlp.shared_experts.{role.split('.')[-1]}_proj.weight")
+    return Source(prefix + _LLAMA_LAYER_NAMES[role])
 
 
 def glm_names(p: dict, layer: int | None, role: str) -> Source:
     """GLM / GLM-4: Llama names, with gate and up as the two halves of the fused gate_up_proj."""
-    if layer is not None and role in ("gate", "up"):
+    if layer is not None and role in ("ffn.gate", "ffn.up"):
         ff = p["hidden_dim"]
-        return Source(f"model.layers.{layer}.mlp.gate_up_proj.weight", (0, ff) if role == "gate" else (ff, 2 * ff))
+        return Source(f"model.layers.{layer}.mlp.gate_up_proj.weight", (0, ff) if role == "ffn.gate" else (ff, 2 * ff))
     return llama_names(p, layer, role)
 
 
@@ -242,52 +286,82 @@ def chatglm_names(p: dict, layer: int | None, role: str) -> Source:
     kv_dim = p["n_kv_heads"] * head_dim_of(p)
     qkv_rows = {"q": (0, q_dim), "k": (q_dim, q_dim + kv_dim), "v": (q_dim + kv_dim, q_dim + 2 * kv_dim)}
     ff = p["hidden_dim"]
-    if role in qkv_rows:
-        return Source(prefix + "self_attention.query_key_value.weight", qkv_rows[role])
-    if role.endswith("_bias"):
-        return Source(prefix + "self_attention.query_key_value.bias", qkv_rows[role[0]])
-    if role in ("gate", "up"):
-        return Source(prefix + "mlp.dense_h_to_4h.weight", (0, ff) if role == "gate" else (ff, 2 * ff))
-    return Source(prefix + {"o": "self_attention.dense.weight", "down": "mlp.dense_4h_to_h.weight",
+    if role in ("attn.q", "attn.k", "attn.v"):
+        return Source(prefix + "self_attention.query_key_value.weight", qkv_rows[role[-1]])
+    if role in ("attn.q_bias", "attn.k_bias", "attn.v_bias"):
+        return Source(prefix + "self_attention.query_key_value.bias", qkv_rows[role[5]])
+    if role in ("ffn.gate", "ffn.up"):
+        return Source(prefix + "mlp.dense_h_to_4h.weight", (0, ff) if role == "ffn.gate" else (ff, 2 * ff))
+    return Source(prefix + {"attn.o": "self_attention.dense.weight", "ffn.down": "mlp.dense_4h_to_h.weight",
                             "attn_norm": "input_layernorm.weight",
                             "ffn_norm": "post_attention_layernorm.weight"}[role])
 
 
-def decoder_tensors(p: dict, names, *, qk_norm=False, bias=False, sandwich=False, permute_qk=False,
-                    embedding_dtype: FloatType | None = FloatType.F32) -> list[TensorSpec]:
-    """The tensor list of a dense decoder. The order of the roles is distributed-llama's for LLAMA
-    and QWEN3; biases and sandwich norms (our architectures only) follow the norms."""
-    dim, ff, vocab = p["dim"], p["hidden_dim"], p["vocab_size"]
-    head_dim = head_dim_of(p)
+def is_moe_layer(p: dict, layer: int) -> bool:
+    return p.get("n_experts", 0) > 0 and layer >= p.get("n_dense_layers", 0)
+
+
+def layer_roles(p: dict, layer: int, *, qk_norm: bool, bias: bool, sandwich: bool, router_bias: bool) -> list[str]:
+    """Layer `layer`'s tensors (names after "layers.N."), in file order: distributed-llama's for LLAMA,
+    QWEN3 and QWEN3_MOE (attention, feed-forward or router then experts as gate/down/up, q/k norms,
+    norms); our architectures append biases and sandwich norms."""
+    roles = ["attn.q", "attn.k", "attn.v", "attn.o"]
+    if is_moe_layer(p, layer):
+        roles += ["moe.router"] + (["moe.router_bias"] if router_bias else [])
+        for e in range(p["n_experts"]):
+            roles += [f"moe.experts.{e}.gate", f"moe.experts.{e}.down", f"moe.experts.{e}.up"]
+        if p.get("n_shared_experts", 0):
+            roles += ["moe.shared.gate", "moe.shared.down", "moe.shared.up"]
+    else:
+        roles += ["ffn.gate", "ffn.down", "ffn.up"]
+    roles += ["attn.q_norm", "attn.k_norm"] if qk_norm else []
+    roles += ["attn_norm", "ffn_norm"]
+    roles += ["attn.q_bias", "attn.k_bias", "attn.v_bias"] if bias else []
+    roles += ["post_attn_norm", "post_ffn_norm"] if sandwich else []
+    return roles
+
+
+def role_shape(p: dict, role: str) -> tuple[int, int, FloatType | None]:
+    """(rows, cols, stored type or None for the weight type) of a layer tensor."""
+    dim, head_dim = p["dim"], head_dim_of(p)
     q_dim, kv_dim = p["n_heads"] * head_dim, p["n_kv_heads"] * head_dim
     f32 = FloatType.F32
-    shapes = {
-        "q": (q_dim, dim, None), "k": (kv_dim, dim, None), "v": (kv_dim, dim, None), "o": (dim, q_dim, None),
-        "gate": (ff, dim, None), "down": (dim, ff, None), "up": (ff, dim, None),
-        "q_norm": (1, head_dim, f32), "k_norm": (1, head_dim, f32),
-        "attn_norm": (1, dim, f32), "ffn_norm": (1, dim, f32),
-        "q_bias": (1, q_dim, f32), "k_bias": (1, kv_dim, f32), "v_bias": (1, kv_dim, f32),
-        "post_attn_norm": (1, dim, f32), "post_ffn_norm": (1, dim, f32),
-    }
-    roles = ["q", "k", "v", "o", "gate", "down", "up"]
-    roles += ["q_norm", "k_norm"] if qk_norm else []
-    roles += ["attn_norm", "ffn_norm"]
-    roles += ["q_bias", "k_bias", "v_bias"] if bias else []
-    roles += ["post_attn_norm", "post_ffn_norm"] if sandwich else []
+    if role.startswith(("moe.experts.", "moe.shared.", "ffn.")):
+        if role.startswith("ffn."):
+            width = p["hidden_dim"]
+        elif role.startswith("moe.experts."):
+            width = p["moe_hidden_dim"]
+        else:
+            width = p["moe_hidden_dim"] * p["n_shared_experts"]
+        return (dim, width, None) if role.endswith("down") else (width, dim, None)
+    return {
+        "attn.q": (q_dim, dim, None), "attn.k": (kv_dim, dim, None), "attn.v": (kv_dim, dim, None),
+        "attn.o": (dim, q_dim, None), "attn.q_norm": (1, head_dim, f32), "attn.k_norm": (1, head_dim, f32),
+        "attn.q_bias": (1, q_dim, f32), "attn.k_bias": (1, kv_dim, f32), "attn.v_bias": (1, kv_dim, f32),
+        "moe.router": (p.get("n_experts", 0), dim, f32), "moe.router_bias": (1, p.get("n_experts", 0), f32),
+        "attn_norm": (1, dim, f32), "ffn_norm": (1, dim, f32), "post_attn_norm": (1, dim, f32),
+        "post_ffn_norm": (1, dim, f32),
+    }[role]
+
+
+def decoder_tensors(p: dict, names, *, qk_norm=False, bias=False, sandwich=False, permute_qk=False,
+                    router_bias=False, embedding_dtype: FloatType | None = FloatType.F32) -> list[TensorSpec]:
+    """Every tensor of a decoder model in file order: embedding, each layer's, final norm, output head."""
+    dim, vocab = p["dim"], p["vocab_size"]
     transforms = {}
     if permute_qk:
-        transforms = {"q": permute_for_interleaved_rope(p["n_heads"]), "k": permute_for_interleaved_rope(p["n_kv_heads"])}
+        transforms = {"attn.q": permute_for_interleaved_rope(p["n_heads"]),
+                      "attn.k": permute_for_interleaved_rope(p["n_kv_heads"])}
 
     def spec(name: str, rows: int, cols: int, dtype, src: Source, transform=None, fallback=None) -> TensorSpec:
         return TensorSpec(name, rows, cols, dtype, src.name, transform, fallback, src.rows)
 
     specs = [spec("embedding", vocab, dim, embedding_dtype, names(p, None, "embedding"))]
     for l in range(p["n_layers"]):
-        for role in roles:
-            rows, cols, dtype = shapes[role]
-            group = "attn." if role[0] in "qkvo" else ("ffn." if role in ("gate", "up", "down") else "")
-            specs.append(spec(f"layers.{l}.{group}{role}", rows, cols, dtype, names(p, l, role), transforms.get(role)))
-    specs.append(spec("final_norm", 1, dim, f32, names(p, None, "final_norm")))
+        for role in layer_roles(p, l, qk_norm=qk_norm, bias=bias, sandwich=sandwich, router_bias=router_bias):
+            rows, cols, dtype = role_shape(p, role)
+            specs.append(spec(f"layers.{l}.{role}", rows, cols, dtype, names(p, l, role), transforms.get(role)))
+    specs.append(spec("final_norm", 1, dim, FloatType.F32, names(p, None, "final_norm")))
     specs.append(spec("lm_head", vocab, dim, None, names(p, None, "lm_head"),
                       fallback=names(p, None, "embedding").name))
     return specs
@@ -346,6 +420,25 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         lambda p, names: decoder_tensors(p, names, bias=bool(p.get("attention_bias")), sandwich=True,
                                          embedding_dtype=compact_embedding_dtype(p)),
         glm_names,
+    ),
+    Architecture(
+        ArchType.QWEN3_MOE,
+        "qwen3_moe",
+        ("qwen3_moe",),
+        "halves",
+        qwen3_moe_header,
+        lambda p, names: decoder_tensors(p, names, qk_norm=True),
+        llama_names,
+    ),
+    Architecture(
+        ArchType.GLM4_MOE,
+        "glm4_moe",
+        ("glm4_moe",),
+        "halves",
+        glm4_moe_header,
+        lambda p, names: decoder_tensors(p, names, qk_norm=bool(p.get("qk_norm")), bias=bool(p.get("attention_bias")),
+                                         router_bias=True, embedding_dtype=compact_embedding_dtype(p)),
+        llama_names,
     ),
 )
 

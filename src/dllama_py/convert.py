@@ -119,6 +119,11 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
         total = placed[-1].offset + placed[-1].nbytes
         log(f"Converting {hf_dir} ({model_type} -> {arch.builder}, {weight_type.name}) to {out_path}: "
             f"{len(specs)} tensors, {total / 1e6:,.1f} MB")
+        extra_layers = sorted({int(n.split(".")[2]) for n in skipped
+                               if n.startswith("model.layers.") and int(n.split(".")[2]) >= plan.params["n_layers"]})
+        if extra_layers:
+            log(f"Skipping layer(s) {', '.join(map(str, extra_layers))} past num_hidden_layers "
+                f"(multi-token-prediction weights, not used for generation)")
         if skipped:
             log(f"Skipping {len(skipped)} checkpoint tensors the model does not use, e.g. {skipped[0]}")
 

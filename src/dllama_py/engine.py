@@ -51,8 +51,14 @@ def model_config(layout: ModelLayout, max_seq_len: int | None) -> "_core.ModelCo
         s.original_max_position = p.get("rope_scaling_orig_max_seq_len") or model_ctx
         c.rope_scaling = s
     c.attention_bias = bool(p.get("attention_bias", 0))
+    c.qk_norm = bool(p.get("qk_norm", 0))
     c.n_experts, c.n_active_experts = p.get("n_experts", 0), p.get("n_active_experts", 0)
     c.moe_hidden_dim = p.get("moe_hidden_dim", 0)
+    c.n_shared_experts = p.get("n_shared_experts", 0)
+    c.n_dense_layers = p.get("n_dense_layers", 0)
+    c.n_expert_groups, c.topk_groups = p.get("n_expert_groups", 1), p.get("topk_groups", 1)
+    c.routed_scaling = p.get("routed_scaling_factor_f32", 1.0)
+    c.norm_topk_prob = bool(p.get("norm_topk_prob", 1))
     return c
 
 

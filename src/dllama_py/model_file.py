@@ -48,6 +48,7 @@ class ArchType(IntEnum):
     QWEN3_MOE = 0xABCD02
     GLM = 0xABCD10  # HF glm and the legacy chatglm layout
     GLM4 = 0xABCD11
+    GLM4_MOE = 0xABCD12
 
 
 class HiddenAct(IntEnum):
@@ -96,6 +97,15 @@ HEADER_KEYS = {
     "rope_dim": 261,
     # Ours: 1 when q/k/v projections carry biases.
     "attention_bias": 262,
+    # Ours: mixture-of-experts routing beyond distributed-llama's softmax top-k.
+    "n_shared_experts": 263,
+    "n_dense_layers": 264,  # the first layers use a dense FFN of width hidden_dim
+    "n_expert_groups": 265,
+    "topk_groups": 266,
+    "routed_scaling_factor_f32": 267,
+    "norm_topk_prob": 268,  # absent: 1, as distributed-llama always renormalizes
+    # Ours: 1 when q and k get a per-head RMSNorm (implied by QWEN3 and QWEN3_MOE).
+    "qk_norm": 269,
 }
 KEY_NAMES = {v: k for k, v in HEADER_KEYS.items()}
 FLOAT_BITS_KEYS = {k for k in HEADER_KEYS if k.endswith("_f32")}
