@@ -13,7 +13,7 @@
 
 namespace dllama::kernels {
 
-constexpr int kMaxTile = 4;  // tokens per pass: 16 ymm registers hold 8 weight vectors + 2 x 4 accumulators
+constexpr int kMaxTile = 4;  // tokens per pass (16 ymm registers: 8 weight vectors, 2 x T accumulators)
 constexpr int64_t kPrefetchBytes = 4096;  // as tuned for the AVX-512 kernels
 
 static inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }

@@ -55,7 +55,7 @@ inline int64_t group_bytes(FloatType type, int64_t cols) {
     return (n + 63) / 64 * 64;
 }
 
-// Activations quantized to Q80 for n tokens, structure of arrays: block i = token i / nb, block i % nb.
+// Activations quantized to Q80, structure of arrays: block i is token i / nb, column block i % nb.
 struct QuantizedX {
     const int8_t* qs;    // 32 per block
     const float* d;      // scale (the f16 value, widened)

@@ -47,37 +47,44 @@ void group_f16(const uint8_t* g, int64_t cols, const float* x, int n_tokens, flo
     group_float<uint16_t>(reinterpret_cast<const uint16_t*>(g), cols, x, n_tokens, y, ldy, n_rows, f16_to_f32);
 }
 
-// Shared by Q40 and Q80: `weight(block, j, row)` is the integer weight of element j.
-template <typename Weight>
-static void group_quantized(const uint8_t* scales, const QuantizedX& x, int n_tokens, float* y, int64_t ldy,
-                            int n_rows, Weight weight) {
+// Shared by Q40 and Q80. For each block, dot_block(quants, x_q, dot) adds the integer products of all
+// 16 rows into dot[16]; the loops run across rows so compilers can vectorize them.
+template <int64_t BlockBytes, typename Dot>
+static void group_quantized(const uint8_t* g, const QuantizedX& x, int n_tokens, float* y, int64_t ldy, int n_rows,
+                            Dot dot_block) {
+    const uint8_t* scales = g + x.nb * BlockBytes;
     for (int t = 0; t < n_tokens; t++) {
-        const int8_t* xq = x.qs + t * x.nb * kBlockSize;
-        for (int i = 0; i < n_rows; i++) {
-            float acc = 0.0f;
-            for (int64_t b = 0; b < x.nb; b++) {
-                int32_t dot = 0;
-                for (int j = 0; j < kBlockSize; j++) dot += weight(b, j, i) * xq[b * kBlockSize + j];
+        float acc[kGroupRows] = {};
+        for (int64_t b = 0; b < x.nb; b++) {
+            const int64_t xb = t * x.nb + b;
+            int32_t dot[kGroupRows] = {};
+            dot_block(g + b * BlockBytes, x.qs + xb * kBlockSize, dot);
+            for (int i = 0; i < kGroupRows; i++) {
                 uint16_t h;
                 std::memcpy(&h, scales + (b * kGroupRows + i) * 2, 2);
-                acc += (float)dot * (f16_to_f32(h) * x.d[t * x.nb + b]);
+                acc[i] += (float)dot[i] * (f16_to_f32(h) * x.d[xb]);
             }
-            y[t * ldy + i] = acc;
         }
+        for (int i = 0; i < n_rows; i++) y[t * ldy + i] = acc[i];
     }
 }
 
 void group_q40(const uint8_t* g, const QuantizedX& x, int n_tokens, float* y, int64_t ldy, int n_rows) {
-    group_quantized(g + x.nb * kQ40BlockBytes, x, n_tokens, y, ldy, n_rows, [g](int64_t b, int j, int i) {
-        const int jj = j % 16;
-        const uint8_t q = g[b * kQ40BlockBytes + jj / 4 * 64 + i * 4 + jj % 4];
-        return (j < 16 ? q & 15 : q >> 4) - 8;
+    group_quantized<kQ40BlockBytes>(g, x, n_tokens, y, ldy, n_rows, [](const uint8_t* q, const int8_t* xs, int32_t* dot) {
+        for (int k = 0; k < 4; k++)
+            for (int i = 0; i < kGroupRows; i++)
+                for (int e = 0; e < 4; e++) {
+                    const uint8_t v = q[k * 64 + i * 4 + e];
+                    dot[i] += ((v & 15) - 8) * xs[4 * k + e] + ((v >> 4) - 8) * xs[16 + 4 * k + e];
+                }
     });
 }
 
 void group_q80(const uint8_t* g, const QuantizedX& x, int n_tokens, float* y, int64_t ldy, int n_rows) {
-    group_quantized(g + x.nb * kQ80BlockBytes, x, n_tokens, y, ldy, n_rows, [g](int64_t b, int j, int i) {
-        return (int)(int8_t)g[b * kQ80BlockBytes + j / 4 * 64 + i * 4 + j % 4];
+    group_quantized<kQ80BlockBytes>(g, x, n_tokens, y, ldy, n_rows, [](const uint8_t* q, const int8_t* xs, int32_t* dot) {
+        for (int k = 0; k < 8; k++)
+            for (int i = 0; i < kGroupRows; i++)
+                for (int e = 0; e < 4; e++) dot[i] += (int8_t)q[k * 64 + i * 4 + e] * xs[4 * k + e];
     });
 }
 

@@ -1,0 +1,452 @@
+#include "mesh.h"
+
+#include <poll.h>
+
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+
+#include "../quants.h"
+#include "auth.h"
+#include "handshake.h"
+#include "wire.h"
+
+namespace dllama::net {
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "collectives send floats and Q80 blocks in memory layout");
+static_assert(sizeof(BlockQ80) == 34, "a Q80 block is 34 bytes on the wire");
+
+namespace {
+
+constexpr uint32_t kMaxFrameBytes = 1u << 20;
+constexpr uint32_t kMaxHostBytes = 255;
+constexpr int kMaxNodes = 64;
+enum Message : uint8_t { kJoin = 1, kBuild = 2, kPeerHello = 3, kPeerWelcome = 4, kReady = 5, kFailed = 6, kStart = 7 };
+
+using SessionId = std::array<uint8_t, 16>;
+
+struct Address {
+    std::string host;
+    int port;
+};
+
+// What JOIN tells a worker.
+struct Session {
+    int node = 0, n_nodes = 0;
+    SessionId id{};
+    std::vector<Address> workers;  // node k at index k-1
+    const Address& address(int node) const { return workers[node - 1]; }
+};
+
+int64_t now_ms() {
+    using namespace std::chrono;
+    return duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
+}
+
+double now_seconds() {
+    using namespace std::chrono;
+    return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+std::string node_label(int node, const std::string& address) {
+    return "node " + std::to_string(node) + " (" + address + ")";
+}
+
+void log(const std::string& message) { std::fprintf(stderr, "dllama_py worker: %s\n", message.c_str()); }
+
+void send_message(Socket& s, const Writer& w) { s.send_frame(w.data()); }
+
+void send_simple(Socket& s, Message type) {
+    Writer w;
+    w.u8(type);
+    send_message(s, w);
+}
+
+// Receives the next frame, which must be of `type`; a FAILED frame raises the sender's reason.
+// Returns the payload after the type byte.
+std::vector<uint8_t> expect(Socket& s, Message type) {
+    std::vector<uint8_t> payload = s.recv_frame(kMaxFrameBytes);
+    if (payload.empty()) throw ProtocolError(s.label() + ": empty message");
+    const uint8_t got = payload[0];
+    payload.erase(payload.begin());
+    if (got == kFailed && type != kFailed) {
+        Reader r(payload);
+        throw NetError(s.label() + ": " + r.string("failure reason"));
+    }
+    if (got != type) {
+        throw ProtocolError(s.label() + ": expected message type " + std::to_string(type) + ", got " + std::to_string(got));
+    }
+    return payload;
+}
+
+// Runs parse(reader) over a payload from s, prefixing decoding errors with s's label.
+template <class Parse>
+auto parse_from(const Socket& s, const std::vector<uint8_t>& payload, Parse parse) {
+    try {
+        Reader r(payload);
+        return parse(r);
+    } catch (const ProtocolError& e) {
+        throw ProtocolError(s.label() + ": " + e.what());
+    }
+}
+
+// ---- root side ----
+
+void send_join(Socket& s, int node, const std::vector<Address>& workers, const SessionId& id) {
+    Writer w;
+    w.u8(kJoin);
+    w.u32((uint32_t)node);
+    w.u32((uint32_t)workers.size() + 1);
+    w.bytes(id.data(), id.size());
+    for (const Address& a : workers) {
+        w.string(a.host);
+        w.u32((uint32_t)a.port);
+    }
+    send_message(s, w);
+}
+
+// ---- worker side ----
+
+Session parse_join(const Socket& root, const std::vector<uint8_t>& payload) {
+    return parse_from(root, payload, [&](Reader& r) {
+        Session s;
+        s.node = (int)r.u32("node index");
+        s.n_nodes = (int)r.u32("node count");
+        r.bytes(s.id.data(), s.id.size(), "session id");
+        if (s.n_nodes < 2 || s.n_nodes > kMaxNodes || s.node < 1 || s.node >= s.n_nodes) {
+            throw ProtocolError("bad JOIN: node " + std::to_string(s.node) + " of " + std::to_string(s.n_nodes));
+        }
+        for (int k = 1; k < s.n_nodes; k++) {
+            Address a;
+            a.host = r.string("worker host", kMaxHostBytes);
+            a.port = (int)r.u32("worker port");
+            if (a.port < 1 || a.port > 65535) throw ProtocolError("bad JOIN: port " + std::to_string(a.port));
+            s.workers.push_back(a);
+        }
+        return s;
+    });
+}
+
+// Connects to every worker above this one.
+void connect_up(const Session& session, const std::string& secret, int timeout_ms, std::vector<Socket>& peers) {
+    for (int k = session.node + 1; k < session.n_nodes; k++) {
+        const Address& a = session.address(k);
+        Socket s = Socket::connect(a.host, a.port, timeout_ms, node_label(k, format_address(a.host, a.port)));
+        client_handshake(s, Role::Peer, secret);
+        Writer hello;
+        hello.u8(kPeerHello);
+        hello.bytes(session.id.data(), session.id.size());
+        hello.u32((uint32_t)session.node);
+        send_message(s, hello);
+        expect(s, kPeerWelcome);
+        peers[k] = std::move(s);
+    }
+}
+
+// Handshakes one connection from a lower worker and returns its node index.
+int accept_peer(Socket& s, const Session& session, const std::string& secret, const std::vector<Socket>& peers) {
+    server_handshake(s, Role::Peer, secret);
+    const std::vector<uint8_t> payload = expect(s, kPeerHello);
+    return parse_from(s, payload, [&](Reader& r) {
+        SessionId id;
+        r.bytes(id.data(), id.size(), "session id");
+        const int from = (int)r.u32("node index");
+        if (id != session.id) throw ProtocolError("connection from another session");
+        if (from < 1 || from >= session.node || peers[from].is_open()) {
+            throw ProtocolError("unexpected connection from node " + std::to_string(from));
+        }
+        return from;
+    });
+}
+
+// Accepts one connection from every worker below this one, refusing strangers.
+void accept_down(Listener& listener, const Session& session, const std::string& secret, int timeout_ms,
+                 int wait_ms, std::vector<Socket>& peers) {
+    const int64_t deadline = now_ms() + wait_ms;
+    for (;;) {
+        std::string missing;
+        for (int k = 1; k < session.node; k++) {
+            if (!peers[k].is_open()) missing += (missing.empty() ? "" : ", ") + std::to_string(k);
+        }
+        if (missing.empty()) return;
+        if (!listener.wait((int)std::max<int64_t>(0, deadline - now_ms()))) {
+            throw NetError("timed out after " + std::to_string(wait_ms) + " ms waiting for node(s) " + missing + " to connect");
+        }
+        try {
+            Socket s = listener.accept(timeout_ms);
+            const int from = accept_peer(s, session, secret, peers);
+            const Address& a = session.address(from);
+            s.set_label(node_label(from, format_address(a.host, a.port)));
+            send_simple(s, kPeerWelcome);
+            peers[from] = std::move(s);
+        } catch (const NetError& e) {
+            log(std::string("refused a connection while joining the mesh: ") + e.what());
+        }
+    }
+}
+
+// Everything after the root's handshake: JOIN, BUILD, the peer connections, READY, START.
+// Returns the connections indexed by node.
+std::vector<Socket> join_session(Listener& listener, Socket root, const std::string& secret, int timeout_ms, int& node) {
+    root.set_label(node_label(0, root.label()));
+    const Session session = parse_join(root, expect(root, kJoin));
+    const int setup_wait = 2 * session.n_nodes * timeout_ms;
+    root.set_timeout(setup_wait);
+    expect(root, kBuild);
+    std::vector<Socket> peers(session.n_nodes);
+    try {
+        connect_up(session, secret, timeout_ms, peers);
+        accept_down(listener, session, secret, timeout_ms, setup_wait, peers);
+    } catch (const NetError& e) {
+        Writer failed;
+        failed.u8(kFailed);
+        failed.string(std::string("could not join the mesh: ") + e.what());
+        try {
+            send_message(root, failed);
+        } catch (const NetError&) {
+            // The root is gone too; the original error says more.
+        }
+        throw;
+    }
+    send_simple(root, kReady);
+    root.set_timeout(2 * setup_wait);
+    expect(root, kStart);
+    root.set_timeout(timeout_ms);
+    node = session.node;
+    peers[0] = std::move(root);
+    return peers;
+}
+
+}  // namespace
+
+// ---- setup ----
+
+Mesh::Mesh(int node, std::vector<Socket> peers, int timeout_ms) : node_(node), peers_(std::move(peers)) {
+    set_timeout(timeout_ms);
+    reset_stats();
+}
+
+Mesh::~Mesh() = default;
+
+std::unique_ptr<Mesh> Mesh::connect_root(const std::vector<std::string>& workers, const std::string& secret, int timeout_ms) {
+    const int n = (int)workers.size() + 1;
+    if (n > kMaxNodes) throw std::invalid_argument("at most " + std::to_string(kMaxNodes - 1) + " workers are supported");
+    std::vector<Address> addresses;
+    for (const std::string& w : workers) {
+        const auto [host, port] = parse_host_port(w);
+        addresses.push_back({host, port});
+    }
+    SessionId id;
+    random_bytes(id.data(), id.size());
+
+    std::vector<Socket> peers(n);
+    for (int k = 1; k < n; k++) {
+        const Address& a = addresses[k - 1];
+        peers[k] = Socket::connect(a.host, a.port, timeout_ms, node_label(k, workers[k - 1]));
+        client_handshake(peers[k], Role::Root, secret);
+        send_join(peers[k], k, addresses, id);
+    }
+    for (int k = 1; k < n; k++) send_simple(peers[k], kBuild);
+    for (int k = 1; k < n; k++) {
+        peers[k].set_timeout(2 * n * timeout_ms);
+        expect(peers[k], kReady);
+    }
+    for (int k = 1; k < n; k++) send_simple(peers[k], kStart);
+    return std::unique_ptr<Mesh>(new Mesh(0, std::move(peers), timeout_ms));
+}
+
+std::unique_ptr<Mesh> Mesh::accept_worker(Listener& listener, const std::string& secret, int timeout_ms, int wait_ms) {
+    const int64_t deadline = now_ms() + wait_ms;
+    for (;;) {
+        const int left = wait_ms < 0 ? -1 : (int)std::max<int64_t>(0, deadline - now_ms());
+        if (!listener.wait(left)) return nullptr;
+        try {
+            Socket root = listener.accept(timeout_ms);
+            server_handshake(root, Role::Root, secret);
+            int node = 0;
+            std::vector<Socket> peers = join_session(listener, std::move(root), secret, timeout_ms, node);
+            return std::unique_ptr<Mesh>(new Mesh(node, std::move(peers), timeout_ms));
+        } catch (const NetError& e) {
+            log(std::string("session refused or failed before it started: ") + e.what());
+        }
+    }
+}
+
+// ---- accessors ----
+
+Socket& Mesh::peer(int node) {
+    if (node < 0 || node >= n_nodes() || node == node_) {
+        throw std::out_of_range("node " + std::to_string(node) + " is not a peer of node " + std::to_string(node_));
+    }
+    return peers_[node];
+}
+
+void Mesh::set_timeout(int timeout_ms) {
+    timeout_ms_ = timeout_ms;
+    for (Socket& s : peers_) s.set_timeout(timeout_ms);
+}
+
+Mesh::Stats Mesh::stats() const {
+    Stats s = stats_;
+    for (const Socket& p : peers_) {
+        s.bytes_sent += p.bytes_sent();
+        s.bytes_received += p.bytes_received();
+    }
+    s.bytes_sent -= sent_base_;
+    s.bytes_received -= received_base_;
+    return s;
+}
+
+void Mesh::reset_stats() {
+    stats_ = Stats{};
+    const Stats now = stats();
+    sent_base_ += now.bytes_sent;
+    received_base_ += now.bytes_received;
+}
+
+void Mesh::close() {
+    for (Socket& s : peers_) s.close();
+}
+
+// ---- collectives ----
+
+struct Mesh::Transfer {
+    const uint8_t* send = nullptr;
+    size_t send_left = 0;
+    uint8_t* recv = nullptr;
+    size_t recv_left = 0;
+};
+
+// Moves every transfer at once: sends and receives whatever the sockets take without blocking,
+// and poll()s all pending sockets when none moved. Sending and receiving together means no node
+// waits for a peer that is itself blocked on a full send buffer. The timeout counts from the last
+// byte that moved.
+void Mesh::run(std::vector<Transfer>& transfers) {
+    int64_t last_progress = now_ms();
+    std::vector<pollfd> fds;
+    for (;;) {
+        bool pending = false, progressed = false;
+        fds.clear();
+        for (int p = 0; p < n_nodes(); p++) {
+            Transfer& t = transfers[p];
+            if (t.send_left > 0) {
+                const size_t k = peers_[p].send_some(t.send, t.send_left);
+                t.send += k, t.send_left -= k, progressed |= k > 0;
+            }
+            if (t.recv_left > 0) {
+                const size_t k = peers_[p].recv_some(t.recv, t.recv_left);
+                t.recv += k, t.recv_left -= k, progressed |= k > 0;
+            }
+            if (t.send_left > 0 || t.recv_left > 0) {
+                pending = true;
+                fds.push_back({peers_[p].fd(), (short)((t.send_left ? POLLOUT : 0) | (t.recv_left ? POLLIN : 0)), 0});
+            }
+        }
+        if (!pending) return;
+        if (progressed) {
+            last_progress = now_ms();
+            continue;
+        }
+        const int64_t left = timeout_ms_ < 0 ? -1 : std::max<int64_t>(0, timeout_ms_ - (now_ms() - last_progress));
+        const int rc = ::poll(fds.data(), fds.size(), (int)left);
+        if (rc < 0 && errno != EINTR) throw NetError(std::string("poll failed: ") + std::strerror(errno));
+        if (rc == 0) {
+            // Blame the first node we are still waiting to hear from (else the first we cannot send to).
+            for (const bool receiving : {true, false}) {
+                for (int p = 0; p < n_nodes(); p++) {
+                    if (receiving ? transfers[p].recv_left > 0 : transfers[p].send_left > 0) {
+                        peers_[p].fail("timed out after " + std::to_string(timeout_ms_) + " ms " +
+                                       (receiving ? "waiting for data" : "waiting to send"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+void Mesh::count_sync(double start_seconds) {
+    stats_.seconds_in_sync += now_seconds() - start_seconds;
+    stats_.syncs++;
+}
+
+void Mesh::all_reduce_sum(float* data, size_t n, Exchange type) {
+    const double start = now_seconds();
+    if (type == Exchange::Q80 && n % kBlockSize != 0) {
+        throw std::invalid_argument("Q80 all_reduce needs a multiple of 32 values, got " + std::to_string(n));
+    }
+    const size_t part_bytes = type == Exchange::F32 ? n * sizeof(float) : n / kBlockSize * sizeof(BlockQ80);
+    send_buf_.resize(part_bytes);
+    if (type == Exchange::F32) {
+        std::memcpy(send_buf_.data(), data, part_bytes);
+    } else {
+        quantize_q80(data, n, reinterpret_cast<BlockQ80*>(send_buf_.data()));
+    }
+    recv_buf_.resize(part_bytes * n_nodes());
+    std::vector<Transfer> transfers(n_nodes());
+    for (int p = 0; p < n_nodes(); p++) {
+        if (p == node_) continue;
+        transfers[p] = {send_buf_.data(), part_bytes, recv_buf_.data() + p * part_bytes, part_bytes};
+    }
+    run(transfers);
+    sum_partials(data, n, type);
+    count_sync(start);
+}
+
+// data = partial(0) + partial(1) + ... + partial(N-1), added in this order on every node. Node p's
+// partial is in recv_buf_'s slot p, this node's own in send_buf_, both in wire form.
+void Mesh::sum_partials(float* data, size_t n, Exchange type) {
+    const size_t part_bytes = send_buf_.size();
+    part_.resize(n);
+    sum_.resize(n);
+    for (int p = 0; p < n_nodes(); p++) {
+        const uint8_t* bytes = p == node_ ? send_buf_.data() : recv_buf_.data() + p * part_bytes;
+        float* out = p == 0 ? sum_.data() : part_.data();
+        dequantize(type == Exchange::F32 ? FloatType::F32 : FloatType::Q80, bytes, n, out);
+        if (p > 0) {
+            for (size_t i = 0; i < n; i++) sum_[i] += part_[i];
+        }
+    }
+    std::memcpy(data, sum_.data(), n * sizeof(float));
+}
+
+void Mesh::broadcast(void* data, size_t bytes) {
+    const double start = now_seconds();
+    std::vector<Transfer> transfers(n_nodes());
+    for (int p = 0; p < n_nodes(); p++) {
+        if (p == node_) continue;
+        if (node_ == 0) transfers[p] = {static_cast<const uint8_t*>(data), bytes, nullptr, 0};
+        if (p == 0) transfers[p] = {nullptr, 0, static_cast<uint8_t*>(data), bytes};
+    }
+    run(transfers);
+    count_sync(start);
+}
+
+void Mesh::gather_to_root(const void* mine, size_t bytes, void* all) {
+    gather_to_root(mine, bytes, all, std::vector<size_t>(n_nodes(), bytes));
+}
+
+void Mesh::gather_to_root(const void* mine, size_t my_bytes, void* all, const std::vector<size_t>& bytes_per_node) {
+    const double start = now_seconds();
+    if ((int)bytes_per_node.size() != n_nodes() || bytes_per_node[node_] != my_bytes) {
+        throw std::invalid_argument("gather_to_root: bytes_per_node must list every node, this one with my_bytes");
+    }
+    std::vector<Transfer> transfers(n_nodes());
+    if (node_ == 0) {
+        uint8_t* out = static_cast<uint8_t*>(all);
+        std::memcpy(out, mine, my_bytes);
+        out += my_bytes;
+        for (int p = 1; p < n_nodes(); p++) {
+            transfers[p] = {nullptr, 0, out, bytes_per_node[p]};
+            out += bytes_per_node[p];
+        }
+    } else {
+        transfers[0] = {static_cast<const uint8_t*>(mine), my_bytes, nullptr, 0};
+    }
+    run(transfers);
+    count_sync(start);
+}
+
+}  // namespace dllama::net

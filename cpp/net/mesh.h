@@ -1,0 +1,131 @@
+// The connections of one tensor-parallel inference session among N nodes: node 0 is the root,
+// nodes 1..N-1 are workers, and every pair of nodes has its own TCP connection (a full mesh, as in
+// distributed-llama), so that every node can exchange partial results with every other directly.
+//
+// Setting up a session
+// --------------------
+// Every connection starts with the handshake of handshake.h (the root's connections with role 1 =
+// root, worker-to-worker connections with role 2 = peer). After it, messages are frames: a u32
+// little-endian payload length (at most 1 MiB), then the payload, whose first byte is its type.
+// Strings are a u32 length and the bytes, integers little-endian.
+//
+// 1. The root connects to every worker in --workers order (worker k is node k+1), handshakes, and
+//    sends it
+//      JOIN   u8 1, u32 node index i, u32 n_nodes N (2..64), 16 bytes session id (random, the same
+//             for all), then for each worker node 1..N-1 in order: string host (<= 255 bytes),
+//             u32 port
+//    (the hosts exactly as the root was given them: they must be reachable from the workers).
+// 2. Once every worker has JOINed, the root sends each
+//      BUILD  u8 2
+//    (not earlier: a worker still waiting for its root would refuse another worker's connection).
+// 3. Worker i connects to every worker j > i (handshake as a peer, on j's listening port, which is
+//    the port the root reached j on) and sends
+//      PEER_HELLO    u8 3, 16 bytes session id, u32 node index i
+//    and j answers
+//      PEER_WELCOME  u8 4
+//    Worker i also accepts one connection from every worker 1 <= j < i on its listener, refusing
+//    (and logging) connections with a wrong handshake, session id or node index.
+//    Connecting upwards first cannot deadlock: the highest node only accepts.
+// 4. Each worker tells the root how it went:
+//      READY   u8 5                      the worker is connected to every other node
+//      FAILED  u8 6, string reason       the worker gives up (the root raises with the reason)
+// 5. When every worker is READY, the root sends each
+//      START   u8 7
+//    and the session begins. A failure before START closes every connection; workers go back to
+//    waiting for a root.
+//
+// Steps that wait for other nodes' work (BUILD, READY, peers' connections) allow 2 * N * timeout,
+// and a worker waits 4 * N * timeout for START: longer than the steps they wait for can take, so
+// that the node that actually failed is the one that reports it.
+//
+// During the session
+// ------------------
+// No framing: every node calls the same collectives in the same order, and each one moves a
+// known number of raw bytes. Floats are IEEE-754 binary32 little-endian; a Q80 block is 34 bytes:
+// f16 scale d (little-endian) then 32 int8 values, element = value * d. Both equal the in-memory
+// layout on the little-endian hosts we build for (checked at compile time). The root also uses
+// peer(i) directly, before and between collectives, to stream configuration and weights.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "socket.h"
+
+namespace dllama::net {
+
+// How all_reduce_sum moves partials: raw f32, or quantized to Q80 (about 3.8x fewer bytes).
+enum class Exchange { F32, Q80 };
+
+class Mesh {
+public:
+    struct Stats {
+        uint64_t bytes_sent = 0, bytes_received = 0;  // over all of this node's sockets, peer() traffic included
+        double seconds_in_sync = 0;                   // time spent inside collectives
+        uint64_t syncs = 0;                           // collectives called
+    };
+
+    // The root: connects to the workers ("host:port" or "[ipv6]:port"), handshakes and builds the
+    // mesh. Throws NetError/ProtocolError/AuthError naming the node that failed and why, or
+    // std::invalid_argument for a malformed address. timeout_ms is the I/O timeout of every step
+    // and of the collectives later.
+    static std::unique_ptr<Mesh> connect_root(const std::vector<std::string>& workers, const std::string& secret,
+                                              int timeout_ms = kDefaultTimeoutMs);
+
+    // A worker: waits on `listener` for a root and joins its mesh. Connections that fail the
+    // handshake, and sessions that fail before they start, are logged to stderr and the worker
+    // keeps waiting. wait_ms < 0 waits forever; otherwise nullptr when no session started within
+    // wait_ms (so that a caller can check for Ctrl-C and call again).
+    static std::unique_ptr<Mesh> accept_worker(Listener& listener, const std::string& secret,
+                                               int timeout_ms = kDefaultTimeoutMs, int wait_ms = -1);
+
+    ~Mesh();
+    Mesh(const Mesh&) = delete;
+    Mesh& operator=(const Mesh&) = delete;
+
+    int node() const { return node_; }
+    int n_nodes() const { return (int)peers_.size(); }
+    Socket& peer(int node);  // the connection to another node
+
+    // Collectives. Every node calls them in the same order with the same sizes. A dead or silent
+    // peer raises NetError within the timeout, naming the node.
+    //
+    // Sums data[0..n) over all nodes, in place. Every node receives every other node's partial and
+    // adds the N partials in node order 0..N-1, so the result is bit-identical on every node. With
+    // Q80 (n a multiple of 32), each node also uses the dequantized version of its own partial.
+    void all_reduce_sum(float* data, size_t n, Exchange type);
+    // Copies the root's data[0..bytes) to every node.
+    void broadcast(void* data, size_t bytes);
+    // The root receives every node's bytes in node order into `all` (its own included); on workers
+    // `all` is unused. The first form has equal sizes, the second one size per node.
+    void gather_to_root(const void* mine, size_t bytes, void* all);
+    void gather_to_root(const void* mine, size_t my_bytes, void* all, const std::vector<size_t>& bytes_per_node);
+
+    void set_timeout(int timeout_ms);
+    int timeout_ms() const { return timeout_ms_; }
+
+    Stats stats() const;
+    void reset_stats();
+
+    void close();  // closes every connection; later collectives raise NetError
+
+private:
+    struct Transfer;  // what to send to and receive from one peer in a collective
+
+    Mesh(int node, std::vector<Socket> peers, int timeout_ms);
+    void run(std::vector<Transfer>& transfers);  // moves all transfers at once
+    void sum_partials(float* data, size_t n, Exchange type);  // decodes the partials in send/recv_buf_
+    void count_sync(double start_seconds);
+
+    int node_;
+    std::vector<Socket> peers_;  // indexed by node; peers_[node_] stays closed
+    int timeout_ms_;
+    Stats stats_;
+    uint64_t sent_base_ = 0, received_base_ = 0;
+    std::vector<uint8_t> send_buf_, recv_buf_;  // scratch for all_reduce_sum
+    std::vector<float> part_, sum_;
+};
+
+}  // namespace dllama::net
