@@ -92,7 +92,15 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("n_expert_groups", &ModelConfig::n_expert_groups)
         .def_readwrite("topk_groups", &ModelConfig::topk_groups)
         .def_readwrite("routed_scaling", &ModelConfig::routed_scaling)
-        .def_readwrite("norm_topk_prob", &ModelConfig::norm_topk_prob);
+        .def_readwrite("norm_topk_prob", &ModelConfig::norm_topk_prob)
+        .def_readwrite("q_lora_rank", &ModelConfig::q_lora_rank)
+        .def_readwrite("kv_lora_rank", &ModelConfig::kv_lora_rank)
+        .def_readwrite("qk_nope_dim", &ModelConfig::qk_nope_dim)
+        .def_readwrite("qk_rope_dim", &ModelConfig::qk_rope_dim)
+        .def_readwrite("v_head_dim", &ModelConfig::v_head_dim)
+        .def_readwrite("latent_norm_eps", &ModelConfig::latent_norm_eps)
+        .def_readwrite("attention_scale", &ModelConfig::attention_scale)
+        .def_readwrite("attention_out_bias", &ModelConfig::attention_out_bias);
 
     py::class_<TensorInfo>(m, "TensorInfo")
         .def(py::init([](std::string name, FloatType type, int64_t rows, int64_t cols, uint64_t offset) {

@@ -37,6 +37,12 @@ struct ModelConfig {
     int n_expert_groups = 1, topk_groups = 1;
     float routed_scaling = 1.0f;
     bool norm_topk_prob = true;
+    // Multi-head latent attention (GLM-4.7-Flash): ranks of the compressed q and kv, per-head dims.
+    int q_lora_rank = 0;  // 0: q comes from a plain projection
+    int kv_lora_rank = 0, qk_nope_dim = 0, qk_rope_dim = 0, v_head_dim = 0;
+    float latent_norm_eps = 1e-6f;
+    float attention_scale = 0.0f;  // softmax scale; 0: 1/sqrt(head_dim)
+    bool attention_out_bias = false;
 };
 
 // Buffers the forward pass reuses between calls, sized for the largest chunk of tokens.

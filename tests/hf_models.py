@@ -40,6 +40,20 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                      use_qk_norm=True, moe_intermediate_size=64, n_routed_experts=8,
                                      n_shared_experts=1, num_experts_per_tok=3, first_k_dense_replace=2, n_group=4,
                                      topk_group=2, routed_scaling_factor=2.5, norm_topk_prob=True)),
+    # GLM-4.7-Flash's shape in small: multi-head latent attention (q-LoRA and plain q), 1 dense layer.
+    "glm4_moe_lite": ("glm4_moe_lite", dict(COMMON, num_hidden_layers=3, num_key_value_heads=4, q_lora_rank=64,
+                                            kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32,
+                                            moe_intermediate_size=64, n_routed_experts=8, n_shared_experts=1,
+                                            num_experts_per_tok=2, mlp_layer_types=["dense", "sparse", "sparse"],
+                                            n_group=1, topk_group=1, routed_scaling_factor=1.8, norm_topk_prob=True,
+                                            rope_theta=1000000.0, topk_method="noaux_tc")),
+    "glm4_moe_lite_noqlora": ("glm4_moe_lite", dict(COMMON, num_hidden_layers=2, num_key_value_heads=4,
+                                                    q_lora_rank=None, kv_lora_rank=64, qk_nope_head_dim=32,
+                                                    qk_rope_head_dim=32, v_head_dim=64, attention_bias=True,
+                                                    moe_intermediate_size=64, n_routed_experts=8, n_shared_experts=1,
+                                                    num_experts_per_tok=2, mlp_layer_types=["dense", "sparse"],
+                                                    n_group=2, topk_group=1, routed_scaling_factor=1.8,
+                                                    norm_topk_prob=True, rope_theta=10000.0)),
     "qwen3_moe": ("qwen3_moe", dict(COMMON, num_key_value_heads=2, head_dim=32, rope_theta=1000000.0,
                                     num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64,
                                     norm_topk_prob=True)),
@@ -93,7 +107,7 @@ def build(name: str, directory: Path):
     MoE models take the first seed whose routing on the test sequence has no near-tie."""
     ids = sequence(CONFIGS[name][1]["vocab_size"])
     for seed in range(50):
-        model = _random_model(name, seed)
+        model = random_model(name, seed)
         if routing_margin(model, ids) >= MIN_ROUTING_MARGIN:
             break
     else:
@@ -102,13 +116,14 @@ def build(name: str, directory: Path):
     return model, ids
 
 
-def _random_model(name: str, seed: int):
+def random_model(name: str, seed: int, **overrides):
+    """The named tiny model's architecture (config fields overridden as given) with random weights."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_type, kwargs = CONFIGS[name]
     torch.manual_seed(seed)
-    config = AutoConfig.for_model(model_type, **kwargs)
+    config = AutoConfig.for_model(model_type, **dict(kwargs, **overrides))
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
         for pname, p in model.named_parameters():

@@ -24,11 +24,13 @@ DLLAMA_BUILDER(build_qwen3_moe);
 DLLAMA_BUILDER(build_glm);
 DLLAMA_BUILDER(build_glm4);
 DLLAMA_BUILDER(build_glm4_moe);
+DLLAMA_BUILDER(build_glm4_moe_lite);
 
 inline const std::vector<GraphBuilder>& graph_builders() {
     static const std::vector<GraphBuilder> builders = {
         {"llama", build_llama}, {"qwen3", build_qwen3}, {"qwen3_moe", build_qwen3_moe},
         {"glm", build_glm},     {"glm4", build_glm4},   {"glm4_moe", build_glm4_moe},
+        {"glm4_moe_lite", build_glm4_moe_lite},
     };
     return builders;
 }

@@ -13,7 +13,7 @@ namespace {
 enum Status : uint8_t { kGoOn = 0, kBadVersion = 1, kRoleRefused = 2 };
 enum Verdict : uint8_t { kAccepted = 0, kWrongSecret = 1, kClientLacksSecret = 2, kServerLacksSecret = 3 };
 
-constexpr size_t kHelloBytes = 16, kWelcomeBytes = 46, kProofBytes = 65, kVerdictBytes = 33;
+constexpr size_t kHelloBytes = 16, kWelcomeBytes = 45, kProofBytes = 65, kVerdictBytes = 33;
 
 const char* role_name(uint32_t role) { return role == (uint32_t)Role::Root ? "root" : "peer"; }
 
@@ -43,7 +43,9 @@ Digest proof(const std::string& secret, const uint8_t* challenge, const uint8_t*
     return hmac_sha256(secret, msg, 64 + label_len);
 }
 
-[[noreturn]] void protocol_fail(const Socket& s, const std::string& cause) { throw ProtocolError(s.label() + ": " + cause); }
+[[noreturn]] void protocol_fail(const Socket& s, const std::string& cause) {
+    throw ProtocolError(s.label() + ": " + cause);
+}
 [[noreturn]] void auth_fail(const Socket& s, const std::string& cause) {
     throw AuthError(s.label() + ": authentication failed: " + cause);
 }
@@ -81,11 +83,12 @@ void client_handshake(Socket& s, Role role, const std::string& secret, uint32_t 
     Reader welcome(welcome_rest, sizeof(welcome_rest));
     const uint32_t server_version = welcome.u32("server version");
     const uint8_t status = welcome.u8("status");
-    welcome.u8("secret flag");  // informative only: the VERDICT says whether the secrets match
     uint8_t challenge[32];
     welcome.bytes(challenge, sizeof(challenge), "challenge");
     if (status == kBadVersion || server_version != version) protocol_fail(s, version_error(version, server_version));
-    if (status == kRoleRefused) protocol_fail(s, std::string("the worker does not accept a ") + role_name((uint32_t)role) + " connection now");
+    if (status == kRoleRefused) {
+        protocol_fail(s, std::string("the worker does not accept a ") + role_name((uint32_t)role) + " connection now");
+    }
     if (status != kGoOn) protocol_fail(s, "unknown handshake status " + std::to_string(status));
 
     uint8_t nonce[32];
@@ -129,12 +132,12 @@ void server_handshake(Socket& s, Role expected, const std::string& secret) {
     welcome.bytes(kMagic, sizeof(kMagic));
     welcome.u32(kProtocolVersion);
     welcome.u8(status);
-    welcome.u8(secret.empty() ? 0 : 1);
     welcome.bytes(challenge, sizeof(challenge));
     send(s, welcome);
     if (status == kBadVersion) protocol_fail(s, version_error(version, kProtocolVersion));
     if (status == kRoleRefused) {
-        protocol_fail(s, std::string("expected a ") + role_name((uint32_t)expected) + " connection, got role " + std::to_string(role));
+        protocol_fail(s, std::string("expected a ") + role_name((uint32_t)expected) + " connection, got role " +
+                             std::to_string(role));
     }
 
     uint8_t proof_bytes[kProofBytes];

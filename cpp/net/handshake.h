@@ -11,13 +11,12 @@
 //      8   4  u32 protocol version (kProtocolVersion = 1)
 //     12   4  u32 role: 1 = root (opens a session), 2 = peer (a worker joining another worker)
 //    The server checks the magic first and drops the connection without answering if it is wrong.
-// 2. WELCOME, server -> client, 46 bytes
+// 2. WELCOME, server -> client, 45 bytes
 //      0   8  magic "DLPYNET\0"
 //      8   4  u32 the server's protocol version
 //     12   1  u8 status: 0 = go on, 1 = version not supported, 2 = role not accepted now (e.g. a
 //             root arriving while the worker is joining a mesh)
-//     13   1  u8 1 if the server has a secret, else 0
-//     14  32  challenge: 32 bytes from /dev/urandom
+//     13  32  challenge: 32 bytes from /dev/urandom
 //    On a non-zero status both sides close the connection.
 // 3. PROOF, client -> server, 65 bytes
 //      0   1  u8 1 if the client has a secret, else 0

@@ -2,9 +2,11 @@
 
 #include <poll.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
@@ -51,6 +53,13 @@ double now_seconds() {
     return duration<double>(steady_clock::now().time_since_epoch()).count();
 }
 
+// Setup waits are multiples of the timeout, so it must be finite.
+void check_timeout(int timeout_ms) {
+    if (timeout_ms <= 0) {
+        throw std::invalid_argument("the mesh timeout must be positive, got " + std::to_string(timeout_ms));
+    }
+}
+
 std::string node_label(int node, const std::string& address) {
     return "node " + std::to_string(node) + " (" + address + ")";
 }
@@ -65,23 +74,6 @@ void send_simple(Socket& s, Message type) {
     send_message(s, w);
 }
 
-// Receives the next frame, which must be of `type`; a FAILED frame raises the sender's reason.
-// Returns the payload after the type byte.
-std::vector<uint8_t> expect(Socket& s, Message type) {
-    std::vector<uint8_t> payload = s.recv_frame(kMaxFrameBytes);
-    if (payload.empty()) throw ProtocolError(s.label() + ": empty message");
-    const uint8_t got = payload[0];
-    payload.erase(payload.begin());
-    if (got == kFailed && type != kFailed) {
-        Reader r(payload);
-        throw NetError(s.label() + ": " + r.string("failure reason"));
-    }
-    if (got != type) {
-        throw ProtocolError(s.label() + ": expected message type " + std::to_string(type) + ", got " + std::to_string(got));
-    }
-    return payload;
-}
-
 // Runs parse(reader) over a payload from s, prefixing decoding errors with s's label.
 template <class Parse>
 auto parse_from(const Socket& s, const std::vector<uint8_t>& payload, Parse parse) {
@@ -90,6 +82,47 @@ auto parse_from(const Socket& s, const std::vector<uint8_t>& payload, Parse pars
         return parse(r);
     } catch (const ProtocolError& e) {
         throw ProtocolError(s.label() + ": " + e.what());
+    }
+}
+
+// Receives the next frame, which must be of `type`; a FAILED frame raises the sender's reason.
+// Returns the payload after the type byte.
+std::vector<uint8_t> expect(Socket& s, Message type) {
+    std::vector<uint8_t> payload = s.recv_frame(kMaxFrameBytes);
+    if (payload.empty()) throw ProtocolError(s.label() + ": empty message");
+    const uint8_t got = payload[0];
+    payload.erase(payload.begin());
+    if (got == kFailed && type != kFailed) {
+        const auto reason = [](Reader& r) { return r.string("failure reason"); };
+        throw NetError(s.label() + ": " + parse_from(s, payload, reason));
+    }
+    if (got != type) {
+        throw ProtocolError(s.label() + ": expected message type " + std::to_string(type) + ", got " +
+                            std::to_string(got));
+    }
+    return payload;
+}
+
+// The same bytes as dllama::quantize_q80 (amax / 127 scale, multiply by the reciprocal, round half
+// to even), written so that the compiler vectorizes it: about 1 us instead of 35 us for 5120 values
+// with -O3 -march=native, which matters on the all_reduce path.
+void quantize_q80_fast(const float* x, size_t n, BlockQ80* out) {
+    for (size_t b = 0; b < n / kBlockSize; b++) {
+        const float* g = x + b * kBlockSize;
+        uint32_t amax_bits = 0;  // |x| as integers: same order as the floats, and vectorizes
+        for (int j = 0; j < kBlockSize; j++) {
+            uint32_t bits;
+            std::memcpy(&bits, g + j, 4);
+            amax_bits = std::max(amax_bits, bits & 0x7fffffffu);
+        }
+        float amax;
+        std::memcpy(&amax, &amax_bits, 4);
+        const float d = amax / 127.0f;
+        const float inv = d != 0.0f ? 1.0f / d : 0.0f;
+        int8_t q[kBlockSize];
+        for (int j = 0; j < kBlockSize; j++) q[j] = (int8_t)std::nearbyint(g[j] * inv);
+        out[b].d = f32_to_f16(d);
+        std::memcpy(out[b].qs, q, sizeof(q));
     }
 }
 
@@ -173,7 +206,8 @@ void accept_down(Listener& listener, const Session& session, const std::string& 
         }
         if (missing.empty()) return;
         if (!listener.wait((int)std::max<int64_t>(0, deadline - now_ms()))) {
-            throw NetError("timed out after " + std::to_string(wait_ms) + " ms waiting for node(s) " + missing + " to connect");
+            throw NetError("timed out after " + std::to_string(wait_ms) + " ms waiting for node(s) " + missing +
+                           " to connect");
         }
         try {
             Socket s = listener.accept(timeout_ms);
@@ -190,7 +224,8 @@ void accept_down(Listener& listener, const Session& session, const std::string& 
 
 // Everything after the root's handshake: JOIN, BUILD, the peer connections, READY, START.
 // Returns the connections indexed by node.
-std::vector<Socket> join_session(Listener& listener, Socket root, const std::string& secret, int timeout_ms, int& node) {
+std::vector<Socket> join_session(Listener& listener, Socket root, const std::string& secret, int timeout_ms,
+                                 int& node) {
     root.set_label(node_label(0, root.label()));
     const Session session = parse_join(root, expect(root, kJoin));
     const int setup_wait = 2 * session.n_nodes * timeout_ms;
@@ -231,11 +266,18 @@ Mesh::Mesh(int node, std::vector<Socket> peers, int timeout_ms) : node_(node), p
 
 Mesh::~Mesh() = default;
 
-std::unique_ptr<Mesh> Mesh::connect_root(const std::vector<std::string>& workers, const std::string& secret, int timeout_ms) {
+std::unique_ptr<Mesh> Mesh::connect_root(const std::vector<std::string>& workers, const std::string& secret,
+                                         int timeout_ms) {
     const int n = (int)workers.size() + 1;
-    if (n > kMaxNodes) throw std::invalid_argument("at most " + std::to_string(kMaxNodes - 1) + " workers are supported");
+    check_timeout(timeout_ms);
+    if (n > kMaxNodes) {
+        throw std::invalid_argument("at most " + std::to_string(kMaxNodes - 1) + " workers are supported");
+    }
     std::vector<Address> addresses;
     for (const std::string& w : workers) {
+        if (std::count(workers.begin(), workers.end(), w) > 1) {
+            throw std::invalid_argument("worker " + w + " is listed twice");
+        }
         const auto [host, port] = parse_host_port(w);
         addresses.push_back({host, port});
     }
@@ -259,6 +301,7 @@ std::unique_ptr<Mesh> Mesh::connect_root(const std::vector<std::string>& workers
 }
 
 std::unique_ptr<Mesh> Mesh::accept_worker(Listener& listener, const std::string& secret, int timeout_ms, int wait_ms) {
+    check_timeout(timeout_ms);
     const int64_t deadline = now_ms() + wait_ms;
     for (;;) {
         const int left = wait_ms < 0 ? -1 : (int)std::max<int64_t>(0, deadline - now_ms());
@@ -382,7 +425,7 @@ void Mesh::all_reduce_sum(float* data, size_t n, Exchange type) {
     if (type == Exchange::F32) {
         std::memcpy(send_buf_.data(), data, part_bytes);
     } else {
-        quantize_q80(data, n, reinterpret_cast<BlockQ80*>(send_buf_.data()));
+        quantize_q80_fast(data, n, reinterpret_cast<BlockQ80*>(send_buf_.data()));
     }
     recv_buf_.resize(part_bytes * n_nodes());
     std::vector<Transfer> transfers(n_nodes());

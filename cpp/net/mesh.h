@@ -69,8 +69,8 @@ public:
 
     // The root: connects to the workers ("host:port" or "[ipv6]:port"), handshakes and builds the
     // mesh. Throws NetError/ProtocolError/AuthError naming the node that failed and why, or
-    // std::invalid_argument for a malformed address. timeout_ms is the I/O timeout of every step
-    // and of the collectives later.
+    // std::invalid_argument for a malformed or repeated address. timeout_ms (> 0) is the I/O timeout
+    // of every step and of the collectives later.
     static std::unique_ptr<Mesh> connect_root(const std::vector<std::string>& workers, const std::string& secret,
                                               int timeout_ms = kDefaultTimeoutMs);
 

@@ -8,8 +8,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 
@@ -292,7 +294,8 @@ Socket Listener::accept(int timeout_ms) {
     for (;;) {
         const int left = timeout_ms < 0 ? -1 : (int)std::max<int64_t>(0, deadline - now_ms());
         if (!wait(left)) {
-            throw NetError(format_address(host_, port_) + ": no connection within " + std::to_string(timeout_ms) + " ms");
+            throw NetError(format_address(host_, port_) + ": no connection within " + std::to_string(timeout_ms) +
+                           " ms");
         }
         sockaddr_storage addr{};
         socklen_t len = sizeof(addr);

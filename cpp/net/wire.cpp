@@ -36,7 +36,9 @@ void Writer::bytes(const void* data, size_t n) {
 }
 
 void Writer::string(const std::string& s) {
-    if (s.size() > kMaxStringBytes) throw std::invalid_argument("string of " + std::to_string(s.size()) + " bytes is too long to send");
+    if (s.size() > kMaxStringBytes) {
+        throw std::invalid_argument("string of " + std::to_string(s.size()) + " bytes is too long to send");
+    }
     u32((uint32_t)s.size());
     bytes(s.data(), s.size());
 }

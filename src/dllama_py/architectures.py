@@ -38,6 +38,7 @@ class TensorSpec:
     transform: Transform | None = None  # applied to the HF tensor (as float32) before writing
     fallback: str | None = None  # HF tensor to use when `source` is absent (tied lm_head)
     source_rows: tuple[int, int] | None = None  # only these rows of `source` (split fused weights)
+    source_shape: tuple[int, ...] | None = None  # the HF shape, when `transform` changes it
 
 
 class UnsupportedModelError(ValueError):
@@ -203,6 +204,37 @@ def glm4_moe_header(cfg: dict) -> dict:
     return params
 
 
+def glm4_moe_lite_header(cfg: dict) -> dict:
+    n_layers = _require(cfg, "num_hidden_layers")
+    kinds = cfg.get("mlp_layer_types") or (["dense"] * (cfg.get("first_k_dense_replace") or 0)
+                                          + ["sparse"] * (n_layers - (cfg.get("first_k_dense_replace") or 0)))
+    n_dense = kinds.index("sparse") if "sparse" in kinds else len(kinds)
+    if len(kinds) != n_layers or any(k != "sparse" for k in kinds[n_dense:]):
+        raise UnsupportedModelError(f"mlp_layer_types {kinds} is not supported: dense layers must all come first")
+    rope = rope_parameters(cfg)
+    nope, rope_dim = _require(cfg, "qk_nope_head_dim"), _require(cfg, "qk_rope_head_dim")
+    scale = (nope + rope_dim) ** -0.5
+    if rope["rope_type"] not in ("default",):
+        raise UnsupportedModelError(f"rope type {rope['rope_type']!r} is not supported for glm4_moe_lite yet")
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise UnsupportedModelError("glm4_moe_lite with partial_rotary_factor != 1 is not supported")
+    params = glm4_moe_header(dict(cfg, first_k_dense_replace=n_dense, head_dim=nope + rope_dim,
+                                  rope_parameters=dict(rope, partial_rotary_factor=1.0), use_qk_norm=False))
+    params.update(
+        arch_type=int(ArchType.GLM4_MOE_LITE),
+        n_kv_heads=params["n_heads"],
+        rope_dim=rope_dim,
+        q_lora_rank=cfg.get("q_lora_rank") or 0,
+        kv_lora_rank=_require(cfg, "kv_lora_rank"),
+        qk_nope_head_dim=nope,
+        qk_rope_head_dim=rope_dim,
+        v_head_dim=_require(cfg, "v_head_dim"),
+        attention_scale_f32=scale,
+        latent_norm_epsilon_f32=1e-6,  # transformers builds q_a/kv_a_layernorm with their default eps
+    )
+    return params
+
+
 def compact_embedding_dtype(p: dict) -> FloatType:
     """Our architectures keep the embedding table in F16 unless the weights are F32 (distributed-llama
     always stores F32): one row is read per token, so this halves its memory at no cost in speed, and
@@ -235,6 +267,21 @@ def permute_for_interleaved_rope(n_heads: int) -> Transform:
     return permute
 
 
+def split_kv_b(p: dict, part: str) -> Transform:
+    """MLA's kv_b_proj holds, per head, nope rows of the key then v rows of the value, over the latent.
+    The absorbed attention wants each head's key block transposed ([kv_lora x nope]: it maps a query
+    into latent space) and each value block as is ([v x kv_lora])."""
+    n, nope, v, kv_lora = p["n_heads"], p["qk_nope_head_dim"], p["v_head_dim"], p["kv_lora_rank"]
+
+    def split(w: np.ndarray) -> np.ndarray:
+        per_head = w.reshape(n, nope + v, kv_lora)
+        if part == "k":
+            return per_head[:, :nope, :].transpose(0, 2, 1).reshape(n * kv_lora, nope)
+        return per_head[:, nope:, :].reshape(n * v, kv_lora)
+
+    return split
+
+
 def head_dim_of(p: dict) -> int:
     return p.get("head_dim") or p["dim"] // p["n_heads"]
 
@@ -248,6 +295,12 @@ _LLAMA_LAYER_NAMES = {
     "moe.router_bias": "mlp.gate.e_score_correction_bias", "attn_norm": "input_layernorm.weight",
     "ffn_norm": "post_attention_layernorm.weight", "post_attn_norm": "post_self_attn_layernorm.weight",
     "post_ffn_norm": "post_mlp_layernorm.weight",
+    # multi-head latent attention
+    "attn.q_a": "self_attn.q_a_proj.weight", "attn.q_a_bias": "self_attn.q_a_proj.bias",
+    "attn.q_a_norm": "self_attn.q_a_layernorm.weight", "attn.q_b": "self_attn.q_b_proj.weight",
+    "attn.kv_a": "self_attn.kv_a_proj_with_mqa.weight", "attn.kv_a_bias": "self_attn.kv_a_proj_with_mqa.bias",
+    "attn.kv_a_norm": "self_attn.kv_a_layernorm.weight", "attn.k_b": "self_attn.kv_b_proj.weight",
+    "attn.v_b": "self_attn.kv_b_proj.weight", "attn.o_bias": "self_attn.o_proj.bias",
 }
 
 
@@ -301,11 +354,30 @@ def is_moe_layer(p: dict, layer: int) -> bool:
     return p.get("n_experts", 0) > 0 and layer >= p.get("n_dense_layers", 0)
 
 
+def is_latent_attention(p: dict) -> bool:
+    return p.get("kv_lora_rank", 0) > 0
+
+
+def kv_cache_values_per_token(p: dict) -> int:
+    """Values the KV cache holds per position, over all layers: keys and values of every KV head, or,
+    with latent attention, only the compressed latent and the shared RoPE key."""
+    if is_latent_attention(p):
+        return p["n_layers"] * (p["kv_lora_rank"] + p["qk_rope_head_dim"])
+    return p["n_layers"] * 2 * p["n_kv_heads"] * head_dim_of(p)
+
+
+def attention_roles(p: dict) -> list[str]:
+    if not is_latent_attention(p):
+        return ["attn.q", "attn.k", "attn.v", "attn.o"]
+    q = ["attn.q_a", "attn.q_a_norm", "attn.q_b"] if p.get("q_lora_rank") else ["attn.q"]
+    return q + ["attn.kv_a", "attn.kv_a_norm", "attn.k_b", "attn.v_b", "attn.o"]
+
+
 def layer_roles(p: dict, layer: int, *, qk_norm: bool, bias: bool, sandwich: bool, router_bias: bool) -> list[str]:
     """Layer `layer`'s tensors (names after "layers.N."), in file order: distributed-llama's for LLAMA,
     QWEN3 and QWEN3_MOE (attention, feed-forward or router then experts as gate/down/up, q/k norms,
     norms); our architectures append biases and sandwich norms."""
-    roles = ["attn.q", "attn.k", "attn.v", "attn.o"]
+    roles = attention_roles(p)
     if is_moe_layer(p, layer):
         roles += ["moe.router"] + (["moe.router_bias"] if router_bias else [])
         for e in range(p["n_experts"]):
@@ -316,7 +388,10 @@ def layer_roles(p: dict, layer: int, *, qk_norm: bool, bias: bool, sandwich: boo
         roles += ["ffn.gate", "ffn.down", "ffn.up"]
     roles += ["attn.q_norm", "attn.k_norm"] if qk_norm else []
     roles += ["attn_norm", "ffn_norm"]
-    roles += ["attn.q_bias", "attn.k_bias", "attn.v_bias"] if bias else []
+    if bias and is_latent_attention(p):
+        roles += (["attn.q_a_bias"] if p.get("q_lora_rank") else []) + ["attn.kv_a_bias", "attn.o_bias"]
+    elif bias:
+        roles += ["attn.q_bias", "attn.k_bias", "attn.v_bias"]
     roles += ["post_attn_norm", "post_ffn_norm"] if sandwich else []
     return roles
 
@@ -326,6 +401,16 @@ def role_shape(p: dict, role: str) -> tuple[int, int, FloatType | None]:
     dim, head_dim = p["dim"], head_dim_of(p)
     q_dim, kv_dim = p["n_heads"] * head_dim, p["n_kv_heads"] * head_dim
     f32 = FloatType.F32
+    if is_latent_attention(p) and role.startswith("attn."):
+        n, q_lora, kv_lora = p["n_heads"], p.get("q_lora_rank", 0), p["kv_lora_rank"]
+        nope, rope, v = p["qk_nope_head_dim"], p["qk_rope_head_dim"], p["v_head_dim"]
+        return {
+            "attn.q": (n * (nope + rope), dim, None), "attn.q_a": (q_lora, dim, None), "attn.q_a_norm": (1, q_lora, f32),
+            "attn.q_a_bias": (1, q_lora, f32), "attn.q_b": (n * (nope + rope), q_lora, None),
+            "attn.kv_a": (kv_lora + rope, dim, None), "attn.kv_a_bias": (1, kv_lora + rope, f32),
+            "attn.kv_a_norm": (1, kv_lora, f32), "attn.k_b": (n * kv_lora, nope, None),
+            "attn.v_b": (n * v, kv_lora, None), "attn.o": (dim, n * v, None), "attn.o_bias": (1, dim, f32),
+        }[role]
     if role.startswith(("moe.experts.", "moe.shared.", "ffn.")):
         if role.startswith("ffn."):
             width = p["hidden_dim"]
@@ -348,19 +433,25 @@ def decoder_tensors(p: dict, names, *, qk_norm=False, bias=False, sandwich=False
                     router_bias=False, embedding_dtype: FloatType | None = FloatType.F32) -> list[TensorSpec]:
     """Every tensor of a decoder model in file order: embedding, each layer's, final norm, output head."""
     dim, vocab = p["dim"], p["vocab_size"]
-    transforms = {}
+    transforms, source_shapes = {}, {}
     if permute_qk:
         transforms = {"attn.q": permute_for_interleaved_rope(p["n_heads"]),
                       "attn.k": permute_for_interleaved_rope(p["n_kv_heads"])}
+    if is_latent_attention(p):
+        transforms = {"attn.k_b": split_kv_b(p, "k"), "attn.v_b": split_kv_b(p, "v")}
+        kv_b_shape = (p["n_heads"] * (p["qk_nope_head_dim"] + p["v_head_dim"]), p["kv_lora_rank"])
+        source_shapes = {"attn.k_b": kv_b_shape, "attn.v_b": kv_b_shape}
 
-    def spec(name: str, rows: int, cols: int, dtype, src: Source, transform=None, fallback=None) -> TensorSpec:
-        return TensorSpec(name, rows, cols, dtype, src.name, transform, fallback, src.rows)
+    def spec(name: str, rows: int, cols: int, dtype, src: Source, transform=None, fallback=None,
+             source_shape=None) -> TensorSpec:
+        return TensorSpec(name, rows, cols, dtype, src.name, transform, fallback, src.rows, source_shape)
 
     specs = [spec("embedding", vocab, dim, embedding_dtype, names(p, None, "embedding"))]
     for l in range(p["n_layers"]):
         for role in layer_roles(p, l, qk_norm=qk_norm, bias=bias, sandwich=sandwich, router_bias=router_bias):
             rows, cols, dtype = role_shape(p, role)
-            specs.append(spec(f"layers.{l}.{role}", rows, cols, dtype, names(p, l, role), transforms.get(role)))
+            specs.append(spec(f"layers.{l}.{role}", rows, cols, dtype, names(p, l, role), transforms.get(role),
+                              source_shape=source_shapes.get(role)))
     specs.append(spec("final_norm", 1, dim, FloatType.F32, names(p, None, "final_norm")))
     specs.append(spec("lm_head", vocab, dim, None, names(p, None, "lm_head"),
                       fallback=names(p, None, "embedding").name))
@@ -438,6 +529,16 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         glm4_moe_header,
         lambda p, names: decoder_tensors(p, names, qk_norm=bool(p.get("qk_norm")), bias=bool(p.get("attention_bias")),
                                          router_bias=True, embedding_dtype=compact_embedding_dtype(p)),
+        llama_names,
+    ),
+    Architecture(
+        ArchType.GLM4_MOE_LITE,
+        "glm4_moe_lite",
+        ("glm4_moe_lite",),
+        "interleaved",
+        glm4_moe_lite_header,
+        lambda p, names: decoder_tensors(p, names, bias=bool(p.get("attention_bias")), router_bias=True,
+                                         embedding_dtype=compact_embedding_dtype(p)),
         llama_names,
     ),
 )

@@ -109,7 +109,7 @@ def _fmt_bytes(n: float) -> str:
 
 
 def cmd_inspect(args) -> int:
-    from .architectures import read_layout
+    from .architectures import kv_cache_values_per_token, read_layout
     from .engine import model_config
 
     layout = read_layout(args.model)
@@ -119,9 +119,10 @@ def cmd_inspect(args) -> int:
     for k, v in layout.params.items():
         print(f"  {k:34s} {v}")
     cfg = model_config(layout, None)
-    kv_per_token = 2 * 4 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim
-    print(f"KV cache: {_fmt_bytes(kv_per_token)} per token, {_fmt_bytes(kv_per_token * cfg.seq_len)} "
-          f"at the default context of {cfg.seq_len}")
+    kv_values = kv_cache_values_per_token(layout.params)
+    kv_per_token = 4 * kv_values
+    print(f"KV cache: {_fmt_bytes(kv_per_token)} per token ({kv_values // cfg.n_layers} f32 values per layer), "
+          f"{_fmt_bytes(kv_per_token * cfg.seq_len)} at the default context of {cfg.seq_len}")
     if args.tensors:
         print("tensors:")
         for t in layout.tensors:

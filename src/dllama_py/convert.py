@@ -63,6 +63,8 @@ def _check_shape(spec: TensorSpec, name: str, ckpt: Checkpoint):
         ok = shape[0] >= hi and (len(shape) == 1 and spec.rows == 1 and hi - lo == spec.cols
                                  or len(shape) == 2 and hi - lo == spec.rows and shape[1] == spec.cols)
         expected = f"rows {lo}..{hi} of a tensor with {spec.cols} columns" if spec.rows > 1 else f"at least {hi} values"
+    elif spec.source_shape:
+        ok, expected = shape == spec.source_shape, str(list(spec.source_shape))
     else:
         ok = shape == ((spec.cols,) if spec.rows == 1 else (spec.rows, spec.cols)) or (spec.rows == 1 and shape == (1, spec.cols))
         expected = str([spec.rows, spec.cols] if spec.rows > 1 else [spec.cols])
@@ -160,9 +162,9 @@ def _write_tensor(f, ckpt: Checkpoint, spec: TensorSpec, name: str, dtype: Float
     first, last = spec.source_rows or (0, spec.rows)
     if spec.transform is not None or spec.rows == 1:
         values = ckpt.read(name, *spec.source_rows) if spec.source_rows else ckpt.read(name)
-        values = values.reshape(spec.rows, spec.cols)
         if spec.transform is not None:
-            values = spec.transform(values)
+            values = spec.transform(values.reshape(spec.source_shape or (spec.rows, spec.cols)))
+        values = values.reshape(spec.rows, spec.cols)
         f.write(encode_tensor(values, dtype))
         return
     rows_per_chunk = max(1, CHUNK_BYTES // (4 * spec.cols))

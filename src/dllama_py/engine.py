@@ -59,6 +59,12 @@ def model_config(layout: ModelLayout, max_seq_len: int | None) -> "_core.ModelCo
     c.n_expert_groups, c.topk_groups = p.get("n_expert_groups", 1), p.get("topk_groups", 1)
     c.routed_scaling = p.get("routed_scaling_factor_f32", 1.0)
     c.norm_topk_prob = bool(p.get("norm_topk_prob", 1))
+    c.q_lora_rank, c.kv_lora_rank = p.get("q_lora_rank", 0), p.get("kv_lora_rank", 0)
+    c.qk_nope_dim, c.qk_rope_dim = p.get("qk_nope_head_dim", 0), p.get("qk_rope_head_dim", 0)
+    c.v_head_dim = p.get("v_head_dim", 0)
+    c.latent_norm_eps = p.get("latent_norm_epsilon_f32", 1e-6)
+    c.attention_scale = p.get("attention_scale_f32", 0.0)
+    c.attention_out_bias = c.attention_bias and c.kv_lora_rank > 0
     return c
 
 

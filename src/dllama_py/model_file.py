@@ -49,6 +49,7 @@ class ArchType(IntEnum):
     GLM = 0xABCD10  # HF glm and the legacy chatglm layout
     GLM4 = 0xABCD11
     GLM4_MOE = 0xABCD12
+    GLM4_MOE_LITE = 0xABCD13
 
 
 class HiddenAct(IntEnum):
@@ -106,6 +107,14 @@ HEADER_KEYS = {
     "norm_topk_prob": 268,  # absent: 1, as distributed-llama always renormalizes
     # Ours: 1 when q and k get a per-head RMSNorm (implied by QWEN3 and QWEN3_MOE).
     "qk_norm": 269,
+    # Ours: multi-head latent attention.
+    "q_lora_rank": 270,  # 0: plain q projection
+    "kv_lora_rank": 271,
+    "qk_nope_head_dim": 272,
+    "qk_rope_head_dim": 273,
+    "v_head_dim": 274,
+    "attention_scale_f32": 275,  # the softmax scale, when not 1/sqrt(head_dim)
+    "latent_norm_epsilon_f32": 276,
 }
 KEY_NAMES = {v: k for k, v in HEADER_KEYS.items()}
 FLOAT_BITS_KEYS = {k for k in HEADER_KEYS if k.endswith("_f32")}
