@@ -43,12 +43,18 @@ def _raw_keys(path):
 
 def _dllama_style_file(hf_dir, out, n_heads, n_kv_heads, head_dim, qwen3: bool):
     """A .m file written the way distributed-llama's convert-hf.py writes one (its documented key
-    order, its tensor plan and q/k permutation for LLAMA), independently of our converter."""
+    order, its tensor plan and q/k permutation for LLAMA; Qwen3-MoE's router and experts as gate, down,
+    up), independently of our converter."""
     cfg = json.loads((hf_dir / "config.json").read_text())
-    header = [(0, 0), (1, 0xABCD01 if qwen3 else 0xABCD00), (11, 1), (2, cfg["hidden_size"]),
+    n_experts = cfg.get("num_local_experts", 0)
+    arch = 0xABCD02 if n_experts else 0xABCD01 if qwen3 else 0xABCD00
+    header = [(0, 0), (1, arch), (11, 1), (2, cfg["hidden_size"]),
               (3, cfg["intermediate_size"]), (4, cfg["num_hidden_layers"]), (5, n_heads), (6, n_kv_heads),
-              (13, 0), (10, cfg["max_position_embeddings"]), (9, cfg["vocab_size"]), (7, 0), (8, 0),
+              (13, 0), (10, cfg["max_position_embeddings"]), (9, cfg["vocab_size"]), (7, n_experts),
+              (8, cfg.get("num_experts_per_tok", 0)),
               (12, int(cfg.get("rope_theta") or cfg["rope_parameters"]["rope_theta"])), (19, head_dim), (20, 5)]
+    if n_experts:
+        header.append((21, cfg["moe_intermediate_size"]))
     if qwen3:
         header.append((18, 0))  # distributed-llama forces FALCON rope for Qwen3 whatever the file says
 
@@ -61,8 +67,13 @@ def _dllama_style_file(hf_dir, out, n_heads, n_kv_heads, head_dim, qwen3: bool):
             p = f"model.layers.{l}."
             q, k = ck.read(p + "self_attn.q_proj.weight"), ck.read(p + "self_attn.k_proj.weight")
             tensors += [q if qwen3 else permute(q, n_heads), k if qwen3 else permute(k, n_kv_heads)]
-            tensors += [ck.read(p + n) for n in ("self_attn.v_proj.weight", "self_attn.o_proj.weight",
-                                                  "mlp.gate_proj.weight", "mlp.down_proj.weight", "mlp.up_proj.weight")]
+            tensors += [ck.read(p + "self_attn.v_proj.weight"), ck.read(p + "self_attn.o_proj.weight")]
+            if n_experts:
+                tensors.append(ck.read(p + "mlp.gate.weight"))
+                for e in range(n_experts):
+                    tensors += [ck.read(p + f"mlp.experts.{e}.{w}_proj.weight") for w in ("gate", "down", "up")]
+            else:
+                tensors += [ck.read(p + f"mlp.{w}_proj.weight") for w in ("gate", "down", "up")]
             if qwen3:
                 tensors += [ck.read(p + "self_attn.q_norm.weight"), ck.read(p + "self_attn.k_norm.weight")]
             tensors += [ck.read(p + "input_layernorm.weight"), ck.read(p + "post_attention_layernorm.weight")]
@@ -74,7 +85,7 @@ def _dllama_style_file(hf_dir, out, n_heads, n_kv_heads, head_dim, qwen3: bool):
             f.write(t.astype("<f4").tobytes())
 
 
-@pytest.mark.parametrize("name,qwen3", [("llama", False), ("qwen3", True)])
+@pytest.mark.parametrize("name,qwen3", [("llama", False), ("qwen3", True), ("qwen3_moe", True)])
 def test_distributed_llama_written_files_run(tiny_models, tmp_path, name, qwen3):
     hf_dir, ids, ref = tiny_models.hf(name)
     cfg = json.loads((hf_dir / "config.json").read_text())
