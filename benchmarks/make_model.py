@@ -24,11 +24,22 @@ PRESETS = {
     # Llama-3.2-1B's widths with a 32k vocabulary.
     "llama-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                      num_attention_heads=32, num_key_value_heads=8, vocab_size=32000, rope_theta=500000.0),
+    # GLM-4.5-Air's widths (106B-A12B): 1 dense layer then MoE layers; 3 layers instead of 46 by default.
+    "glm45-air": dict(model_type="glm4_moe", hidden_size=4096, intermediate_size=10944, num_hidden_layers=3,
+                      num_attention_heads=96, num_key_value_heads=8, head_dim=128, vocab_size=151552,
+                      partial_rotary_factor=0.5, rope_theta=1000000.0, attention_bias=True, use_qk_norm=False,
+                      moe_intermediate_size=1408, n_routed_experts=128, n_shared_experts=1, num_experts_per_tok=8,
+                      first_k_dense_replace=1, n_group=1, topk_group=1, routed_scaling_factor=1.0,
+                      norm_topk_prob=True, num_nextn_predict_layers=1),
     # Qwen3-0.6B's widths.
     "qwen3-0.6b": dict(model_type="qwen3", hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                        num_attention_heads=16, num_key_value_heads=8, head_dim=128, vocab_size=151936,
                        rope_theta=1000000.0, tie_word_embeddings=True),
 }
+
+
+def mlp_shapes(prefix: str, h: int, ff: int) -> dict[str, tuple[int, ...]]:
+    return {prefix + "gate_proj.weight": (ff, h), prefix + "up_proj.weight": (ff, h), prefix + "down_proj.weight": (h, ff)}
 
 
 def tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
@@ -40,33 +51,49 @@ def tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
         p = f"model.layers.{l}."
         shapes |= {p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
                    p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
-                   p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
-                   p + "mlp.gate_proj.weight": (ff, h), p + "mlp.up_proj.weight": (ff, h),
-                   p + "mlp.down_proj.weight": (h, ff)}
+                   p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q)}
+        if cfg.get("attention_bias"):
+            shapes |= {p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
+                       p + "self_attn.v_proj.bias": (kv,)}
         if cfg["model_type"] == "qwen3":
             shapes |= {p + "self_attn.q_norm.weight": (hd,), p + "self_attn.k_norm.weight": (hd,)}
+        if l < cfg.get("first_k_dense_replace", cfg["num_hidden_layers"]):
+            shapes |= mlp_shapes(p + "mlp.", h, ff)
+            continue
+        e, mff = cfg["n_routed_experts"], cfg["moe_intermediate_size"]
+        shapes |= {p + "mlp.gate.weight": (e, h), p + "mlp.gate.e_score_correction_bias": (e,)}
+        for i in range(e):
+            shapes |= mlp_shapes(f"{p}mlp.experts.{i}.", h, mff)
+        shapes |= mlp_shapes(p + "mlp.shared_experts.", h, mff * cfg["n_shared_experts"])
+    if cfg.get("num_nextn_predict_layers"):  # published GLM-4.5 checkpoints carry an MTP layer
+        p = f"model.layers.{cfg['num_hidden_layers']}."
+        shapes |= {p + "eh_proj.weight": (h, 2 * h), p + "enorm.weight": (h,), p + "hnorm.weight": (h,)}
     shapes["model.norm.weight"] = (h,)
     if not cfg.get("tie_word_embeddings"):
         shapes["lm_head.weight"] = (v, h)
     return shapes
 
 
-def random_bf16(shape: tuple[int, ...], rng: np.random.Generator, is_norm: bool) -> bytes:
-    x = np.ones(shape, np.float32) if is_norm else rng.standard_normal(shape, dtype=np.float32) * 0.02
-    return (x.view(np.uint32) >> 16).astype(np.uint16).tobytes()
+def random_tensor(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> tuple[str, bytes]:
+    """(safetensors dtype, bytes): norms are ones, the router's correction bias F32 as published, the
+    rest bf16 with std 0.02."""
+    if name.endswith("e_score_correction_bias"):
+        return "F32", (0.01 * rng.standard_normal(shape, dtype=np.float32)).tobytes()
+    x = np.ones(shape, np.float32) if name.endswith("norm.weight") else rng.standard_normal(shape, dtype=np.float32) * 0.02
+    return "BF16", (x.view(np.uint32) >> 16).astype(np.uint16).tobytes()
 
 
-def write_shard(path: Path, tensors: dict[str, tuple[tuple[int, ...], bytes]]):
+def write_shard(path: Path, tensors: dict[str, tuple[tuple[int, ...], str, bytes]]):
     header, offset = {}, 0
-    for name, (shape, data) in tensors.items():
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
+    for name, (shape, dtype, data) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
         offset += len(data)
     blob = json.dumps(header).encode()
     blob += b" " * (-len(blob) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
-        for _, data in tensors.values():
+        for _, _, data in tensors.values():
             f.write(data)
 
 
@@ -89,7 +116,7 @@ def write_checkpoint(cfg: dict, out: Path, shard_bytes: int = 2 << 30, seed: int
     weight_map = {}
     for i, shard in enumerate(shards, 1):
         fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        write_shard(out / fname, {n: (s, random_bf16(s, rng, n.endswith("norm.weight"))) for n, s in shard.items()})
+        write_shard(out / fname, {n: (s, *random_tensor(n, s, rng)) for n, s in shard.items()})
         weight_map |= {n: fname for n in shard}
         print(f"wrote {fname}")
     (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))

@@ -3,6 +3,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <thread>
+
 #include "kernels/bandwidth.h"
 #include "model.h"
 #include "quants.h"
@@ -43,7 +45,17 @@ static py::bytes quantize_to_bytes(py::array_t<float, py::array::c_style | py::a
     std::string out(n / kBlockSize * sizeof(Block), '\0');
     {
         py::gil_scoped_release release;
-        Quantize(x.data(), n, reinterpret_cast<Block*>(&out[0]));
+        // Blocks are independent: split them across the cores.
+        const size_t n_blocks = n / kBlockSize;
+        const size_t n_threads = std::max<size_t>(1, std::min<size_t>(std::thread::hardware_concurrency(), n_blocks / 4096));
+        std::vector<std::thread> threads;
+        for (size_t t = 0; t < n_threads; t++) {
+            const size_t b0 = n_blocks * t / n_threads, b1 = n_blocks * (t + 1) / n_threads;
+            threads.emplace_back([&, b0, b1] {
+                Quantize(x.data() + b0 * kBlockSize, (b1 - b0) * kBlockSize, reinterpret_cast<Block*>(&out[0]) + b0);
+            });
+        }
+        for (auto& th : threads) th.join();
     }
     return py::bytes(out);
 }

@@ -411,6 +411,33 @@ void test_mesh_sizes() {
     }
 }
 
+// A host name (every address getaddrinfo gives is tried) and IPv6 loopback, where available.
+void test_addresses() {
+    Listener v4("127.0.0.1", 0);
+    std::unique_ptr<Mesh> worker;
+    std::thread t([&] { worker = Mesh::accept_worker(v4, "", 2000, 5000); });
+    auto root = Mesh::connect_root({"localhost:" + std::to_string(v4.port())}, "", 2000);
+    t.join();
+    check(root && worker, "connect to localhost:port");
+
+    std::unique_ptr<Listener> v6;
+    try {
+        v6 = std::make_unique<Listener>("::1", 0);
+    } catch (const NetError& e) {
+        std::printf("  skipped IPv6: %s\n", e.what());
+        return;
+    }
+    t = std::thread([&] { worker = Mesh::accept_worker(*v6, "", 2000, 5000); });
+    root = Mesh::connect_root({"[::1]:" + std::to_string(v6->port())}, "", 2000);
+    t.join();
+    float x[32] = {1.0f};
+    std::thread w([&] { worker->all_reduce_sum(x, 32, Exchange::F32); });
+    float y[32] = {2.0f};
+    root->all_reduce_sum(y, 32, Exchange::F32);
+    w.join();
+    check(y[0] == 3.0f && x[0] == 3.0f, "mesh over IPv6 [::1]");
+}
+
 // ---- failures ----
 
 void test_worker_survives_bad_connections() {
@@ -547,6 +574,7 @@ int main() {
         {"auth", test_auth},
         {"handshake", test_handshake},
         {"mesh sizes", test_mesh_sizes},
+        {"addresses", test_addresses},
         {"worker survives bad connections", test_worker_survives_bad_connections},
         {"setup failures", test_setup_failures},
         {"dead peer mid-collective", test_dead_peer_mid_collective},
