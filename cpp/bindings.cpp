@@ -70,13 +70,6 @@ PYBIND11_MODULE(_core, m) {
         .value("Q80", FloatType::Q80);
     py::enum_<RopeStyle>(m, "RopeStyle").value("INTERLEAVED", RopeStyle::Interleaved).value("HALVES", RopeStyle::Halves);
 
-    py::class_<RopeScaling>(m, "RopeScaling")
-        .def(py::init<>())
-        .def_readwrite("factor", &RopeScaling::factor)
-        .def_readwrite("low_freq_factor", &RopeScaling::low_freq_factor)
-        .def_readwrite("high_freq_factor", &RopeScaling::high_freq_factor)
-        .def_readwrite("original_max_position", &RopeScaling::original_max_position);
-
     py::class_<ModelConfig>(m, "ModelConfig")
         .def(py::init<>())
         .def_readwrite("arch", &ModelConfig::arch)
@@ -93,7 +86,8 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("rope_theta", &ModelConfig::rope_theta)
         .def_readwrite("rope_dim", &ModelConfig::rope_dim)
         .def_readwrite("rope_style", &ModelConfig::rope_style)
-        .def_readwrite("rope_scaling", &ModelConfig::rope_scaling)
+        .def_readwrite("rope_inv_freq", &ModelConfig::rope_inv_freq)
+        .def_readwrite("rope_attention_factor", &ModelConfig::rope_attention_factor)
         .def_readwrite("attention_bias", &ModelConfig::attention_bias)
         .def_readwrite("n_experts", &ModelConfig::n_experts)
         .def_readwrite("n_active_experts", &ModelConfig::n_active_experts)

@@ -27,7 +27,8 @@ struct ModelConfig {
     float rope_theta = 10000.0f;
     int rope_dim = 0;  // leading dims of each head that RoPE rotates (partial rotary when < head_dim)
     RopeStyle rope_style = RopeStyle::Interleaved;
-    RopeScaling rope_scaling;
+    std::vector<float> rope_inv_freq;  // rope_dim / 2 frequencies, scaling applied
+    float rope_attention_factor = 1.0f;
     bool attention_bias = false;
     bool qk_norm = false;
     // Mixture of experts

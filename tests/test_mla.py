@@ -42,3 +42,18 @@ def test_thousand_token_decode_stays_within_f32_bound(tmp_path):
     err = np.abs(ours - ref).max(axis=1) / ref.std()
     assert err.max() <= 1e-3, f"max error {err.max():.2e} x std (at position {err.argmax()})"
     assert err[-8:].max() <= 1e-3
+
+
+def test_yarn_scaling_matches(tmp_path):
+    """DeepSeek-style YaRN: scaled frequencies, cos/sin attention factor and mscale^2 in the softmax."""
+    yarn = dict(rope_type="yarn", rope_theta=1000000.0, factor=4.0, original_max_position_embeddings=64,
+                mscale=1.0, mscale_all_dim=0.707, beta_fast=32.0, beta_slow=1.0)
+    model = random_model("glm4_moe_lite", 0, rope_parameters=yarn)
+    model.save_pretrained(tmp_path / "hf")
+    ids = np.random.default_rng(6).integers(0, 384, 200).tolist()  # well past the original 64 positions
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].float().numpy()
+    convert(tmp_path / "hf", tmp_path / "m.m", dtype="f32", progress=False, log=lambda *a: None)
+    with Engine(tmp_path / "m.m") as eng:
+        ours = np.concatenate([eng.forward(ids[:64])] + [eng.forward(ids[i:i + 17]) for i in range(64, 200, 17)])
+    assert np.abs(ours - ref).max() <= 1e-3 * ref.std()

@@ -35,34 +35,17 @@ void softmax(float* x, int n) {
     for (int i = 0; i < n; i++) x[i] *= inv;
 }
 
-RopeTable::RopeTable(int rope_dim, float theta, const RopeScaling& s, int max_pos, RopeStyle style)
-    : rope_dim_(rope_dim), style_(style) {
-    const int half = rope_dim / 2;
-    std::vector<double> inv_freq(half);
-    for (int j = 0; j < half; j++) {
-        double f = 1.0 / std::pow((double)theta, (2.0 * j) / rope_dim);
-        if (s.factor != 1.0f) {
-            const double low_wavelen = s.original_max_position / s.low_freq_factor;
-            const double high_wavelen = s.original_max_position / s.high_freq_factor;
-            const double wavelen = 2.0 * M_PI / f;
-            if (wavelen > low_wavelen) {
-                f /= s.factor;
-            } else if (wavelen >= high_wavelen) {
-                const double smooth = (s.original_max_position / wavelen - s.low_freq_factor) /
-                                      (s.high_freq_factor - s.low_freq_factor);
-                f = (1.0 - smooth) * f / s.factor + smooth * f;
-            }
-        }
-        inv_freq[j] = f;
-    }
+RopeTable::RopeTable(const std::vector<float>& inv_freq, float attention_factor, int max_pos, RopeStyle style)
+    : rope_dim_(2 * (int)inv_freq.size()), style_(style) {
+    const int half = (int)inv_freq.size();
     cos_.resize((size_t)max_pos * half);
     sin_.resize((size_t)max_pos * half);
     for (int p = 0; p < max_pos; p++) {
         for (int j = 0; j < half; j++) {
-            // Angles in float32 like the reference implementation, then cos/sin in double.
-            const float angle = (float)p * (float)inv_freq[j];
-            cos_[(size_t)p * half + j] = (float)std::cos((double)angle);
-            sin_[(size_t)p * half + j] = (float)std::sin((double)angle);
+            // The angle in float32 like the reference implementation, then cos/sin in double.
+            const float angle = (float)p * inv_freq[j];
+            cos_[(size_t)p * half + j] = (float)std::cos((double)angle) * attention_factor;
+            sin_[(size_t)p * half + j] = (float)std::sin((double)angle) * attention_factor;
         }
     }
 }

@@ -21,17 +21,13 @@ void softmax(float* x, int n);
 // layout and GLM; or halves (j, j + rope_dim/2), as in HF's rotate_half (Qwen3, GLM-4.5).
 enum class RopeStyle : int { Interleaved = 0, Halves = 1 };
 
-struct RopeScaling {
-    // Llama 3.1 frequency smoothing; factor 1 disables it.
-    float factor = 1.0f, low_freq_factor = 1.0f, high_freq_factor = 4.0f;
-    int original_max_position = 8192;
-};
-
-// cos/sin for every position < max_pos and every rotated pair of the first rope_dim dims of a head.
+// cos/sin for every position < max_pos and every rotated pair (inv_freq holds one frequency per pair;
+// the Python side computes them for plain, Llama 3.1 and YaRN RoPE). YaRN's attention factor scales
+// cos and sin.
 class RopeTable {
 public:
     RopeTable() = default;
-    RopeTable(int rope_dim, float theta, const RopeScaling& scaling, int max_pos, RopeStyle style);
+    RopeTable(const std::vector<float>& inv_freq, float attention_factor, int max_pos, RopeStyle style);
     // Rotates the first rope_dim values of each of n_heads heads (stride head_dim) at position pos.
     void apply(float* x, int n_heads, int head_dim, int pos) const;
     int rope_dim() const { return rope_dim_; }

@@ -73,7 +73,10 @@ std::unique_ptr<Model> build_decoder(const ModelConfig& cfg, std::shared_ptr<con
                                      Partition part, Collective* collective,
                                      const std::function<DecoderLayer(Decoder&, int)>& make_layer) {
     auto decoder = std::make_unique<Decoder>(cfg, std::move(weights), n_threads, part, collective);
-    decoder->rope() = RopeTable(cfg.rope_dim, cfg.rope_theta, cfg.rope_scaling, cfg.seq_len, cfg.rope_style);
+    if ((int)cfg.rope_inv_freq.size() * 2 != cfg.rope_dim)
+        throw std::invalid_argument("rope_inv_freq has " + std::to_string(cfg.rope_inv_freq.size()) +
+                                    " frequencies for " + std::to_string(cfg.rope_dim) + " rotary dims");
+    decoder->rope() = RopeTable(cfg.rope_inv_freq, cfg.rope_attention_factor, cfg.seq_len, cfg.rope_style);
     for (int l = 0; l < cfg.n_layers; l++) decoder->add_layer(make_layer(*decoder, l));
     return decoder;
 }

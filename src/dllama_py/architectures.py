@@ -22,6 +22,7 @@ from .model_file import (
     RopeType,
     read_header,
 )
+from .rope import yarn_mscale
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -86,6 +87,35 @@ def _int_or_f32(name: str, value: float) -> dict:
     return {name + "_f32": float(value)}
 
 
+def rope_scaling_params(rope: dict, max_position: int, arch_name: str) -> dict:
+    """Header keys for a RoPE scaling: Llama 3.1's in distributed-llama's keys, YaRN in ours."""
+    kind = rope["rope_type"]
+    if kind == "default":
+        return {}
+    if kind == "llama3":
+        params = {"rope_type": int(RopeType.LLAMA3_1),
+                  "rope_scaling_orig_max_seq_len": int(rope["original_max_position_embeddings"])}
+        params.update(_int_or_f32("rope_scaling_factor", rope["factor"]))
+        params.update(_int_or_f32("rope_scaling_low_freq_factor", rope["low_freq_factor"]))
+        high = rope["high_freq_factor"]
+        params.update({"rope_scaling_high_freq_factory": int(high)} if float(high).is_integer()
+                      else {"rope_scaling_high_freq_factor_f32": float(high)})
+        return params
+    if kind == "yarn":
+        original = int(rope["original_max_position_embeddings"])
+        factor = rope.get("factor") or max_position / original
+        attention_factor = rope.get("attention_factor")
+        if attention_factor is None:
+            mscale, mscale_all_dim = rope.get("mscale"), rope.get("mscale_all_dim")
+            attention_factor = (yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+                                if mscale and mscale_all_dim else yarn_mscale(factor))
+        return {"rope_type": int(RopeType.YARN), "rope_scaling_factor_f32": float(factor),
+                "rope_scaling_orig_max_seq_len": original,
+                "yarn_beta_fast_f32": float(rope.get("beta_fast") or 32), "yarn_beta_slow_f32": float(rope.get("beta_slow") or 1),
+                "yarn_attention_factor_f32": float(attention_factor), "yarn_truncate": int(rope.get("truncate", True))}
+    raise UnsupportedModelError(f"rope type {kind!r} is not supported for {arch_name} (default, llama3 or yarn)")
+
+
 def decoder_header(cfg: dict, arch: ArchType, *, allow_bias: bool = False) -> dict:
     """Header params for a dense decoder config (distributed-llama's keys where they can hold the values)."""
     name = arch.name.lower()
@@ -115,16 +145,7 @@ def decoder_header(cfg: dict, arch: ArchType, *, allow_bias: bool = False) -> di
     }
     rope = rope_parameters(cfg)
     params.update(_int_or_f32("rope_theta", rope["rope_theta"]))
-    if rope["rope_type"] == "llama3":
-        params.update(_int_or_f32("rope_scaling_factor", rope["factor"]))
-        params.update(_int_or_f32("rope_scaling_low_freq_factor", rope["low_freq_factor"]))
-        high = rope["high_freq_factor"]
-        params.update({"rope_scaling_high_freq_factory": int(high)} if float(high).is_integer()
-                      else {"rope_scaling_high_freq_factor_f32": float(high)})
-        params["rope_scaling_orig_max_seq_len"] = int(rope["original_max_position_embeddings"])
-        params["rope_type"] = int(RopeType.LLAMA3_1)
-    elif rope["rope_type"] != "default":
-        raise UnsupportedModelError(f"rope type {rope['rope_type']!r} is not supported for {name} (default or llama3)")
+    params.update(rope_scaling_params(rope, params["max_seq_len"], name))
     params["head_dim"] = head_dim
     params.update(norm_epsilon_params(cfg.get("rms_norm_eps", 1e-5)))
     rope_dim = int(head_dim * rope.get("partial_rotary_factor", 1.0))
@@ -214,8 +235,10 @@ def glm4_moe_lite_header(cfg: dict) -> dict:
     rope = rope_parameters(cfg)
     nope, rope_dim = _require(cfg, "qk_nope_head_dim"), _require(cfg, "qk_rope_head_dim")
     scale = (nope + rope_dim) ** -0.5
-    if rope["rope_type"] not in ("default",):
-        raise UnsupportedModelError(f"rope type {rope['rope_type']!r} is not supported for glm4_moe_lite yet")
+    if rope["rope_type"] != "default" and rope.get("mscale_all_dim"):
+        # DeepSeek-style YaRN also sharpens the softmax by mscale^2.
+        factor = rope.get("factor") or cfg["max_position_embeddings"] / rope["original_max_position_embeddings"]
+        scale *= yarn_mscale(factor, rope["mscale_all_dim"]) ** 2
     if rope.get("partial_rotary_factor", 1.0) != 1.0:
         raise UnsupportedModelError("glm4_moe_lite with partial_rotary_factor != 1 is not supported")
     params = glm4_moe_header(dict(cfg, first_k_dense_replace=n_dense, head_dim=nope + rope_dim,

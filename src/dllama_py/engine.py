@@ -12,8 +12,9 @@ import numpy as np
 
 from . import _core
 from .architectures import ModelLayout, read_layout
-from .model_file import NORM_EPSILON_CODES, RopeType
+from .model_file import NORM_EPSILON_CODES
 from .reasoning import ThinkingSplitter, prompt_starts_in_thinking
+from .rope import rope_frequencies
 from .sampling import Sampler
 from .tokenizer import Tokenizer, bundle_path
 
@@ -42,14 +43,8 @@ def model_config(layout: ModelLayout, max_seq_len: int | None) -> "_core.ModelCo
     c.rope_theta = p.get("rope_theta_f32") or float(p.get("rope_theta", 10000))
     c.rope_dim = p.get("rope_dim") or c.head_dim
     c.rope_style = _core.RopeStyle.INTERLEAVED if layout.arch.rope_style == "interleaved" else _core.RopeStyle.HALVES
-    factor = p.get("rope_scaling_factor_f32") or float(p.get("rope_scaling_factor", 1))
-    if factor != 1.0 and p.get("rope_type", RopeType.LLAMA3_1) in (RopeType.LLAMA, RopeType.LLAMA3_1):
-        s = _core.RopeScaling()
-        s.factor = factor
-        s.low_freq_factor = p.get("rope_scaling_low_freq_factor_f32") or float(p.get("rope_scaling_low_freq_factor", 1))
-        s.high_freq_factor = p.get("rope_scaling_high_freq_factor_f32") or float(p.get("rope_scaling_high_freq_factory", 4))
-        s.original_max_position = p.get("rope_scaling_orig_max_seq_len") or model_ctx
-        c.rope_scaling = s
+    inv_freq, c.rope_attention_factor = rope_frequencies(p, c.rope_dim, c.rope_theta)
+    c.rope_inv_freq = inv_freq.tolist()
     c.attention_bias = bool(p.get("attention_bias", 0))
     c.qk_norm = bool(p.get("qk_norm", 0))
     c.n_experts, c.n_active_experts = p.get("n_experts", 0), p.get("n_active_experts", 0)

@@ -61,6 +61,7 @@ class RopeType(IntEnum):
     LLAMA = 0
     FALCON = 1
     LLAMA3_1 = 2
+    YARN = 3  # ours
 
 
 # Header keys. 0..21 are distributed-llama's (same ids, same meanings); 256 and up are ours and
@@ -115,6 +116,11 @@ HEADER_KEYS = {
     "v_head_dim": 274,
     "attention_scale_f32": 275,  # the softmax scale, when not 1/sqrt(head_dim)
     "latent_norm_epsilon_f32": 276,
+    # Ours: YaRN rope scaling (rope_type 3), with rope_scaling_factor(_f32) and _orig_max_seq_len.
+    "yarn_beta_fast_f32": 277,
+    "yarn_beta_slow_f32": 278,
+    "yarn_attention_factor_f32": 279,  # multiplies cos and sin
+    "yarn_truncate": 280,
 }
 KEY_NAMES = {v: k for k, v in HEADER_KEYS.items()}
 FLOAT_BITS_KEYS = {k for k in HEADER_KEYS if k.endswith("_f32")}
