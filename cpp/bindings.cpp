@@ -5,6 +5,7 @@
 
 #include <thread>
 
+#include "distributed.h"
 #include "kernels/bandwidth.h"
 #include "model.h"
 #include "quants.h"
@@ -116,11 +117,37 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<Model>(m, "Model")
         .def(py::init([](const std::string& path, const ModelConfig& cfg, const std::vector<TensorInfo>& tensors,
-                         int n_threads) {
+                         int n_threads, const std::vector<std::string>& workers, const std::string& secret,
+                         const std::string& exchange, int timeout_ms) {
                  py::gil_scoped_release release;
-                 return build_model(cfg, std::make_shared<TensorStore>(path, tensors), n_threads);
+                 if (workers.empty()) return build_model(cfg, std::make_shared<TensorStore>(path, tensors), n_threads);
+                 if (exchange != "f32" && exchange != "q80")
+                     throw std::invalid_argument("exchange must be f32 or q80, got " + exchange);
+                 ClusterOptions options;
+                 options.workers = workers;
+                 options.secret = secret;
+                 options.exchange = exchange == "f32" ? net::Exchange::F32 : net::Exchange::Q80;
+                 options.timeout_ms = timeout_ms;
+                 return build_root_model(cfg, path, tensors, n_threads, options);
              }),
-             py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_threads"))
+             py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_threads"),
+             py::arg("workers") = std::vector<std::string>{}, py::arg("secret") = "", py::arg("exchange") = "q80",
+             py::arg("timeout_ms") = 10000)
+        .def("stop_workers", &Model::stop_workers, py::call_guard<py::gil_scoped_release>())
+        .def_property_readonly("n_nodes", [](const Model& m) { return m.partition().n_nodes; })
+        .def("net_stats",
+             [](const Model& m) {
+                 py::dict d;
+                 const Collective::Stats s = m.collective() ? m.collective()->stats() : Collective::Stats{};
+                 d["bytes_sent"] = s.bytes_sent;
+                 d["bytes_received"] = s.bytes_received;
+                 d["seconds_in_sync"] = s.seconds_in_sync;
+                 d["syncs"] = s.syncs;
+                 return d;
+             })
+        .def("reset_net_stats", [](Model& m) {
+            if (m.collective()) m.collective()->reset_stats();
+        })
         .def(
             "forward",
             [](Model& model, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens, bool all_logits) {
@@ -143,6 +170,14 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("weight_bytes_per_token", &Model::weight_bytes_per_token)
         .def("kv_bytes_read_at", &Model::kv_bytes_read_at)
         .def_property_readonly("config", &Model::config);
+
+    py::class_<Worker>(m, "Worker")
+        .def(py::init<const std::string&, int, int, std::string, std::string, int>(), py::arg("host"), py::arg("port"),
+             py::arg("n_threads"), py::arg("secret") = "", py::arg("local_model") = "", py::arg("timeout_ms") = 10000)
+        .def("serve_one", &Worker::serve_one, py::arg("wait_ms"), py::call_guard<py::gil_scoped_release>(),
+             "Serves one root's session if one arrives within wait_ms; False if none came")
+        .def_property_readonly("port", &Worker::port);
+    m.def("model_identity", &model_identity);
 
     m.def("quantize_q40", &quantize_to_bytes<BlockQ40, quantize_q40>, "Quantize float32 values to Q40 blocks (bytes)");
     m.def("quantize_q80", &quantize_to_bytes<BlockQ80, quantize_q80>, "Quantize float32 values to Q80 blocks (bytes)");

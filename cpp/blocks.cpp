@@ -123,8 +123,12 @@ void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, floa
 
 FeedForward::FeedForward(const WeightSource& weights, const std::string& prefix, int dim, int hidden,
                          const Partition& part) {
-    const Range rows = part.share_of(hidden, hidden % kBlockSize == 0 ? kBlockSize : 1);
-    if (rows.empty()) throw std::invalid_argument(split_error("FFN rows (in blocks of 32) of " + prefix, hidden, part));
+    // Quantized down projections are split between 32-value blocks of their input columns.
+    const bool blocks = is_quantized(weights.info(prefix + "down").type);
+    const Range rows = part.share_of(hidden, blocks ? kBlockSize : 1);
+    if (rows.empty())
+        throw std::invalid_argument(split_error(std::string(blocks ? "32-row blocks" : "rows") + " of " + prefix +
+                                                "down's input", blocks ? hidden / kBlockSize : hidden, part));
     gate_ = weights.matrix(prefix + "gate", rows, Range::all(dim));
     up_ = weights.matrix(prefix + "up", rows, Range::all(dim));
     down_ = weights.matrix(prefix + "down", Range::all(dim), rows);

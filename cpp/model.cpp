@@ -9,8 +9,8 @@
 namespace dllama {
 
 Model::Model(const ModelConfig& config, std::shared_ptr<const WeightSource> weights, int n_threads, Partition partition,
-             Collective* collective)
-    : cfg_(config), weights_(std::move(weights)), part_(partition), collective_(collective), pool_(n_threads) {
+             std::shared_ptr<Collective> collective)
+    : cfg_(config), weights_(std::move(weights)), part_(partition), collective_(std::move(collective)), pool_(n_threads) {
     if (part_.node == 0) {
         const TensorInfo& emb = weights_->info("embedding");
         if (emb.rows != cfg_.vocab_size || emb.cols != cfg_.dim)
@@ -54,10 +54,17 @@ void Model::forward(const int32_t* tokens, int n, bool all_logits, float* logits
     }
 }
 
+void Model::broadcast_step(Step& step) {
+    int32_t msg[4] = {step.n, step.pos, step.head_first, step.head_rows};
+    static_assert(sizeof(msg) == 16, "four int32");
+    collective_->broadcast(msg, sizeof(msg));  // int32 in memory order: little-endian targets only
+    step = Step{msg[0], msg[1], msg[2], msg[3]};
+}
+
 void Model::serve() {
     for (;;) {
         Step step;
-        collective_->broadcast(&step, sizeof(step));
+        broadcast_step(step);
         if (step.n == 0) return;
         run_step(step, nullptr, nullptr);
     }
@@ -66,7 +73,7 @@ void Model::serve() {
 void Model::stop_workers() {
     if (!collective_) return;
     Step stop;
-    collective_->broadcast(&stop, sizeof(stop));
+    broadcast_step(stop);
 }
 
 void Model::run_step(const Step& step, const int32_t* tokens, float* logits) {
@@ -75,8 +82,10 @@ void Model::run_step(const Step& step, const int32_t* tokens, float* logits) {
     if (part_.node == 0)
         for (int t = 0; t < n; t++) weights_->row("embedding", tokens[t], x + (size_t)t * dim);
     if (collective_) {
-        Step copy = step;
-        if (part_.node == 0) collective_->broadcast(&copy, sizeof(copy));
+        if (part_.node == 0) {
+            Step copy = step;
+            broadcast_step(copy);
+        }
         collective_->broadcast(x, sizeof(float) * n * dim);
     }
     run_layers(x, n, step.pos);
@@ -115,7 +124,7 @@ size_t Model::weight_bytes_per_token() const {
 }
 
 std::unique_ptr<Model> build_model(const ModelConfig& config, std::shared_ptr<const WeightSource> weights,
-                                   int n_threads, Partition partition, Collective* collective) {
+                                   int n_threads, Partition partition, std::shared_ptr<Collective> collective) {
     for (const auto& b : graph_builders())
         if (b.name == config.arch) return b.build(config, std::move(weights), n_threads, partition, collective);
     std::string known;

@@ -55,7 +55,7 @@ struct Scratch {
 class Model {
 public:
     Model(const ModelConfig& config, std::shared_ptr<const WeightSource> weights, int n_threads, Partition partition,
-          Collective* collective);
+          std::shared_ptr<Collective> collective);
     virtual ~Model() = default;
 
     const ModelConfig& config() const { return cfg_; }
@@ -73,6 +73,8 @@ public:
     void serve();
     // On node 0 of a split model: tells the workers the session is over.
     void stop_workers();
+    // The exchanges between nodes (nullptr on one machine).
+    Collective* collective() const { return collective_.get(); }
 
     size_t kv_cache_bytes() const { return kv_bytes_per_position() * (size_t)cfg_.seq_len; }
     // Weight bytes one decoded token reads on this node (matmuls, embedding row, norms), without the KV cache.
@@ -95,14 +97,16 @@ protected:
     ModelConfig cfg_;
     std::shared_ptr<const WeightSource> weights_;
     Partition part_;
-    Collective* collective_;
+    std::shared_ptr<Collective> collective_;
     ThreadPool pool_;
     Scratch scratch_;
 
 private:
+    // What node 0 tells the workers before each step, sent as four little-endian int32.
     struct Step {
         int32_t n = 0, pos = 0, head_first = 0, head_rows = 0;  // n == 0: stop
     };
+    void broadcast_step(Step& step);
     void run_step(const Step& step, const int32_t* tokens, float* logits);
     Range vocab_share_ = {};
     int pos_ = 0;
@@ -113,7 +117,8 @@ private:
 
 // Builds the graph the config's arch names; throws std::invalid_argument for an unknown arch.
 std::unique_ptr<Model> build_model(const ModelConfig& config, std::shared_ptr<const WeightSource> weights,
-                                   int n_threads, Partition partition = {}, Collective* collective = nullptr);
+                                   int n_threads, Partition partition = {},
+                                   std::shared_ptr<Collective> collective = nullptr);
 std::vector<std::string> builder_names();
 
 }  // namespace dllama

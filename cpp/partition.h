@@ -33,7 +33,14 @@ struct Partition {
 // identical on every node.
 class Collective {
 public:
+    struct Stats {
+        uint64_t bytes_sent = 0, bytes_received = 0;
+        double seconds_in_sync = 0;
+        uint64_t syncs = 0;
+    };
     virtual ~Collective() = default;
+    virtual Stats stats() const = 0;
+    virtual void reset_stats() = 0;
     // Sums each node's partial data[0..n) across nodes, in place.
     virtual void all_reduce_sum(float* data, size_t n) = 0;
     // Node 0's bytes to every node.

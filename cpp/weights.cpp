@@ -16,8 +16,9 @@ namespace dllama {
 std::vector<uint8_t> copy_slice(const uint8_t* base, FloatType type, int64_t total_cols, Range rows, Range cols,
                                 const std::string& what) {
     if (is_quantized(type) && (cols.begin % kBlockSize || cols.end % kBlockSize))
-        throw std::invalid_argument(what + ": columns " + std::to_string(cols.begin) + ".." + std::to_string(cols.end) +
-                                    " split " + float_type_name(type) + " blocks of 32 values");
+        throw std::invalid_argument("cannot split " + what + " there: columns " + std::to_string(cols.begin) + ".." +
+                                    std::to_string(cols.end) + " would cut " + float_type_name(type) +
+                                    " blocks of 32 values (use fewer nodes, or F32/F16 weights)");
     const size_t row_bytes = bytes_of(type, total_cols);
     const size_t offset = bytes_of(type, cols.begin), n = bytes_of(type, cols.size());
     std::vector<uint8_t> out(n * rows.size());

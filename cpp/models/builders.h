@@ -9,7 +9,7 @@
 namespace dllama {
 
 using BuildFn = std::unique_ptr<Model> (*)(const ModelConfig&, std::shared_ptr<const WeightSource>, int n_threads,
-                                          Partition, Collective*);
+                                          Partition, std::shared_ptr<Collective>);
 struct GraphBuilder {
     std::string name;
     BuildFn build;
@@ -17,7 +17,7 @@ struct GraphBuilder {
 
 #define DLLAMA_BUILDER(fn)                                                                                        \
     std::unique_ptr<Model> fn(const ModelConfig& cfg, std::shared_ptr<const WeightSource> weights, int n_threads, \
-                              Partition part, Collective* collective)
+                              Partition part, std::shared_ptr<Collective> collective)
 DLLAMA_BUILDER(build_llama);
 DLLAMA_BUILDER(build_qwen3);
 DLLAMA_BUILDER(build_qwen3_moe);

@@ -70,7 +70,7 @@ std::unique_ptr<FeedForwardBlock> moe_ffn(Decoder& d, int l, MoeFeedForward::Sco
 }
 
 std::unique_ptr<Model> build_decoder(const ModelConfig& cfg, std::shared_ptr<const WeightSource> weights, int n_threads,
-                                     Partition part, Collective* collective,
+                                     Partition part, std::shared_ptr<Collective> collective,
                                      const std::function<DecoderLayer(Decoder&, int)>& make_layer) {
     auto decoder = std::make_unique<Decoder>(cfg, std::move(weights), n_threads, part, collective);
     if ((int)cfg.rope_inv_freq.size() * 2 != cfg.rope_dim)

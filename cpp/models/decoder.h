@@ -47,7 +47,7 @@ std::unique_ptr<FeedForwardBlock> moe_ffn(Decoder& d, int l, MoeFeedForward::Sco
 
 // A decoder with RoPE from the config, and layers made by `make_layer(decoder, l)`.
 std::unique_ptr<Model> build_decoder(const ModelConfig& cfg, std::shared_ptr<const WeightSource> weights, int n_threads,
-                                     Partition part, Collective* collective,
+                                     Partition part, std::shared_ptr<Collective> collective,
                                      const std::function<DecoderLayer(Decoder&, int)>& make_layer);
 
 }  // namespace dllama

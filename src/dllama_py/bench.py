@@ -27,6 +27,10 @@ class BenchResult:
     bandwidth_share: float
     kv_cache_bytes: int
     peak_rss_bytes: int
+    nodes: int = 1
+    net_bytes_sent_per_token: float = 0.0  # by this (root) node
+    net_bytes_received_per_token: float = 0.0
+    sync_share: float = 0.0  # of decode time spent in exchanges between nodes
 
     def table(self) -> str:
         rows = [
@@ -43,17 +47,25 @@ class BenchResult:
             ("KV cache", f"{self.kv_cache_bytes / 1e6:,.1f} MB"),
             ("peak RSS", f"{self.peak_rss_bytes / 1e6:,.0f} MB"),
         ]
+        if self.nodes > 1:
+            rows += [
+                ("nodes", self.nodes),
+                ("network per token (root)", f"sent {self.net_bytes_sent_per_token / 1e3:,.1f} kB, "
+                                             f"received {self.net_bytes_received_per_token / 1e3:,.1f} kB"),
+                ("time in sync", f"{self.sync_share:.0%} of decode"),
+            ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 def run_bench(model_path, threads=None, prompt_tokens=128, gen_tokens=32, bandwidth_gbps=None, max_seq_len=None,
-              print_table=True) -> BenchResult:
+              print_table=True, workers=None, secret=None, exchange=None) -> BenchResult:
     from . import _core
     from .engine import Engine
 
     t0 = time.perf_counter()
-    eng = Engine(model_path, threads=threads, max_seq_len=max_seq_len or max(4096, prompt_tokens + gen_tokens + 1))
+    eng = Engine(model_path, threads=threads, max_seq_len=max_seq_len or max(4096, prompt_tokens + gen_tokens + 1),
+                 workers=workers, secret=secret, exchange=exchange)
     load_seconds = time.perf_counter() - t0
     with eng:
         vocab = eng.config.vocab_size
@@ -68,11 +80,13 @@ def run_bench(model_path, threads=None, prompt_tokens=128, gen_tokens=32, bandwi
 
         token = int(logits[-1].argmax())
         kv_read = 0
+        eng.reset_net_stats()
         t0 = time.perf_counter()
         for _ in range(gen_tokens):
             kv_read += eng.model.kv_bytes_read_at(eng.position)
             token = int(eng.forward([token], all_logits=False)[-1].argmax())
         decode_s = time.perf_counter() - t0
+        net = eng.net_stats()
 
         weight_bytes = eng.model.weight_bytes_per_token
         decode_tps = gen_tokens / decode_s
@@ -86,6 +100,9 @@ def run_bench(model_path, threads=None, prompt_tokens=128, gen_tokens=32, bandwi
             weight_bytes_per_token=weight_bytes, kv_bytes_per_token=kv_per_token, decode_gb_per_s=traffic / 1e9,
             bandwidth_gb_per_s=bw / 1e9, bandwidth_share=traffic / bw, kv_cache_bytes=eng.kv_cache_bytes,
             peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            nodes=eng.n_nodes, net_bytes_sent_per_token=net["bytes_sent"] / gen_tokens,
+            net_bytes_received_per_token=net["bytes_received"] / gen_tokens,
+            sync_share=net["seconds_in_sync"] / decode_s,
         )
     if print_table:
         print(result.table())

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .engine import SECRET_ENV
 from .model_file import ModelFileError
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"  # reasoning is shown dimmed on a terminal
@@ -16,6 +17,18 @@ def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--max-seq-len", type=int, default=None,
                    help="context length to allocate (default: the model's, capped at 4096)")
+    p.add_argument("--workers", nargs="+", default=None, metavar="HOST:PORT",
+                   help="split the model with these `dllama-py worker`s")
+    p.add_argument("--secret", default=None, help=f"the workers' shared secret (default: ${SECRET_ENV})")
+    p.add_argument("--exchange", choices=["q80", "f32"], default=None,
+                   help="how partial sums travel between nodes (default: f32 for F32 models, else q80)")
+
+
+def _engine(args):
+    from .engine import Engine
+
+    return Engine(args.model, threads=args.threads, max_seq_len=args.max_seq_len, workers=args.workers,
+                  secret=args.secret, exchange=args.exchange)
 
 
 def _add_sampling_options(p: argparse.ArgumentParser, max_tokens: int):
@@ -40,12 +53,15 @@ def _print_stats(eng, out=sys.stderr):
     print(f"\n[{s.prompt_tokens} prompt tokens ({s.cached_tokens} cached) at {prefill_tps:.1f} tok/s, "
           f"{s.generated_tokens} generated at {s.decode_tokens_per_second:.1f} tok/s, finish: {s.finish_reason}]",
           file=out)
+    if eng.n_nodes > 1:
+        net = eng.net_stats()
+        steps = max(s.prompt_tokens - s.cached_tokens + s.generated_tokens, 1)
+        print(f"[{eng.n_nodes} nodes: sent {net['bytes_sent'] / 1e3:,.0f} kB, received {net['bytes_received'] / 1e3:,.0f} kB, "
+              f"{net['seconds_in_sync']:.2f} s in sync; {net['bytes_sent'] / steps / 1e3:,.1f} kB sent per token]", file=out)
 
 
 def cmd_generate(args) -> int:
-    from .engine import Engine
-
-    with Engine(args.model, threads=args.threads, max_seq_len=args.max_seq_len) as eng:
+    with _engine(args) as eng:
         for piece in eng.generate(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
                                   top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop):
             print(piece, end="", flush=True)
@@ -56,10 +72,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .engine import Engine
-
     dim = sys.stdout.isatty()
-    with Engine(args.model, threads=args.threads, max_seq_len=args.max_seq_len) as eng:
+    with _engine(args) as eng:
         messages = [{"role": "system", "content": args.system}] if args.system else []
         print(f"Chatting with {args.model} ({eng.context_length} tokens of context). "
               "Type /reset to start over, /exit or Ctrl-D to leave.", file=sys.stderr)
@@ -137,8 +151,28 @@ def cmd_bench(args) -> int:
     from .bench import run_bench
 
     run_bench(args.model, threads=args.threads, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
-              bandwidth_gbps=args.bandwidth, max_seq_len=args.max_seq_len)
+              bandwidth_gbps=args.bandwidth, max_seq_len=args.max_seq_len, workers=args.workers, secret=args.secret,
+              exchange=args.exchange)
     return 0
+
+
+def cmd_worker(args) -> int:
+    import os
+
+    from . import _core
+    from .engine import default_threads
+
+    secret = args.secret or os.environ.get(SECRET_ENV, "")
+    worker = _core.Worker(args.host, args.port, args.threads or default_threads(), secret, args.model or "")
+    print(f"dllama-py worker listening on {args.host}:{worker.port}", flush=True)
+    if not secret:
+        print(f"warning: no --secret (or ${SECRET_ENV}): anyone who can reach this port can use this worker",
+              file=sys.stderr, flush=True)
+    try:
+        while True:
+            worker.serve_one(500)
+    except KeyboardInterrupt:
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     think.add_argument("--no-think", dest="think", action="store_false",
                        help="ask for a direct answer (enable_thinking=False)")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("worker", help="serve a share of a model to a root over TCP",
+                       description="Wait for a root (Engine(workers=...) or --workers), run its share of the "
+                                   "model, then wait for the next root.")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=9990, help="port (default 9990; 0 picks a free one)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--secret", default=None, help=f"shared secret the root must prove (default: ${SECRET_ENV})")
+    p.add_argument("--model", default=None, help="a local copy of the root's .m file, to load from disk")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("inspect", help="show a .m file's header and tensors")
     p.add_argument("model", help="the .m model file")

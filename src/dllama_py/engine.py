@@ -12,13 +12,14 @@ import numpy as np
 
 from . import _core
 from .architectures import ModelLayout, read_layout
-from .model_file import NORM_EPSILON_CODES
+from .model_file import NORM_EPSILON_CODES, FloatType
 from .reasoning import ThinkingSplitter, prompt_starts_in_thinking
 from .rope import rope_frequencies
 from .sampling import Sampler
 from .tokenizer import Tokenizer, bundle_path
 
 DEFAULT_CONTEXT = 4096  # positions allocated unless asked for more: 128k-context models stay small
+SECRET_ENV = "DLLAMA_SECRET"  # the shared secret of root and workers, when not given
 
 
 def default_threads() -> int:
@@ -97,7 +98,11 @@ class Engine:
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, max_seq_len: int | None = None,
-                 tokenizer: str | os.PathLike | None = None):
+                 tokenizer: str | os.PathLike | None = None, workers: list[str] | None = None,
+                 secret: str | None = None, exchange: str | None = None, net_timeout: float = 10.0):
+        """workers: "host:port" of `dllama-py worker`s to split the model with (tensor parallelism);
+        secret: their shared secret (default: $DLLAMA_SECRET); exchange: "q80" or "f32" for the partial
+        sums sent between nodes (default: f32 for F32 models, else q80)."""
         self.path = Path(path)
         self.layout = read_layout(self.path)
         self.config = model_config(self.layout, max_seq_len)
@@ -105,7 +110,11 @@ class Engine:
             _core.TensorInfo(t.spec.name, _core.FloatType(int(t.dtype)), t.spec.rows, t.spec.cols, t.offset)
             for t in self.layout.tensors
         ]
-        self._model = _core.Model(str(self.path), self.config, tensors, threads or default_threads())
+        if exchange is None:
+            exchange = "f32" if self.layout.weight_type == FloatType.F32 else "q80"
+        self._model = _core.Model(str(self.path), self.config, tensors, threads or default_threads(),
+                                  workers=list(workers or []), secret=secret or os.environ.get(SECRET_ENV, ""),
+                                  exchange=exchange, timeout_ms=int(net_timeout * 1000))
         tok_path = Path(tokenizer) if tokenizer else bundle_path(self.path)
         self.tokenizer: Tokenizer | None = Tokenizer.load(tok_path) if tok_path.exists() else None
         self._cached: list[int] = []  # tokens whose keys/values are in the cache, in order
@@ -113,6 +122,11 @@ class Engine:
 
     # -- lifecycle --------------------------------------------------------------------------
     def close(self):
+        if self._model is not None and self._model.n_nodes > 1:
+            try:
+                self._model.stop_workers()
+            except RuntimeError:
+                pass  # a worker is already gone; closing the connections is all that is left
         self._model = None
 
     def __enter__(self) -> "Engine":
@@ -143,6 +157,18 @@ class Engine:
     @property
     def threads(self) -> int:
         return self.model.n_threads
+
+    @property
+    def n_nodes(self) -> int:
+        return self.model.n_nodes
+
+    def net_stats(self) -> dict:
+        """Traffic and time of the exchanges between nodes since the engine started (or the last
+        reset_net_stats): bytes_sent, bytes_received, seconds_in_sync, syncs."""
+        return self.model.net_stats()
+
+    def reset_net_stats(self):
+        self.model.reset_net_stats()
 
     # -- raw model ---------------------------------------------------------------------------
     def forward(self, token_ids: Iterable[int], all_logits: bool = True) -> np.ndarray:

@@ -1,0 +1,53 @@
+// Running one model across machines (tensor parallelism over TCP).
+//
+// The root (node 0) holds the .m file. It connects to the workers (net::Mesh), sends each a SETUP
+// frame (the model config, the worker's node index and the tensor table), then answers the weight
+// requests each worker makes while it builds its share of the graph, so workers need no model file
+// (or read a local copy, checked against the root's by identity). When every worker is READY the root
+// builds its own share, and each forward step runs on all nodes with partial sums exchanged after
+// attention and after the feed-forward (Collective). See docs/distributed.md for the frames.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model.h"
+#include "net/mesh.h"
+#include "net/socket.h"
+
+namespace dllama {
+
+struct ClusterOptions {
+    std::vector<std::string> workers;  // "host:port"
+    std::string secret;                // shared secret; empty: none
+    net::Exchange exchange = net::Exchange::Q80;
+    int timeout_ms = 10000;
+    bool show_progress = true;  // weight transfer progress on stderr
+};
+
+// The identity a worker's local model copy must share with the root's: a hash of the header and the size.
+std::string model_identity(const std::string& path);
+
+// Node 0 of a model split across `options.workers`.
+std::unique_ptr<Model> build_root_model(const ModelConfig& config, const std::string& path,
+                                        const std::vector<TensorInfo>& tensors, int n_threads,
+                                        const ClusterOptions& options);
+
+// A worker: listens for roots and serves one session at a time.
+class Worker {
+public:
+    Worker(const std::string& host, int port, int n_threads, std::string secret, std::string local_model = "",
+           int timeout_ms = 10000);
+    // Waits up to wait_ms (< 0: forever) for a root and serves its whole session; false if none came.
+    // Errors of a session are logged to stderr; the worker stays usable.
+    bool serve_one(int wait_ms);
+    int port() const { return listener_.port(); }
+
+private:
+    net::Listener listener_;
+    int n_threads_;
+    std::string secret_, local_model_;
+    int timeout_ms_;
+};
+
+}  // namespace dllama

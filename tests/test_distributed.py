@@ -1,0 +1,134 @@
+"""Tensor parallelism over loopback TCP: a root and 1-3 workers must give the single-node logits;
+workers survive garbage and bad secrets; a dead worker is reported quickly, not waited for."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from hf_models import N_PREFILL
+
+from dllama_py import Engine, _core
+
+
+class Workers:
+    """In-process workers (each serving in its own thread, the GIL released while it runs)."""
+
+    def __init__(self, n: int, secret: str = ""):
+        self.workers = [_core.Worker("127.0.0.1", 0, 1, secret) for _ in range(n)]
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._serve, args=(w,), daemon=True) for w in self.workers]
+        for t in self.threads:
+            t.start()
+
+    def _serve(self, worker):
+        while not self.stop.is_set():
+            worker.serve_one(100)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{w.port}" for w in self.workers]
+
+    def close(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def workers():
+    w = Workers(3)
+    yield w
+    w.close()
+
+
+def run(path, ids, workers=(), exchange=None, secret=None) -> np.ndarray:
+    with Engine(path, threads=1, workers=list(workers), exchange=exchange, secret=secret) as eng:
+        logits = [eng.forward(ids[:N_PREFILL])] + [eng.forward([t]) for t in ids[N_PREFILL:]]
+        assert eng.n_nodes == 1 + len(workers)
+    return np.concatenate(logits)
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3])
+@pytest.mark.parametrize("name", ["llama", "glm4", "glm4_moe_air", "glm4_moe_lite"])
+def test_f32_exchange_equals_single_node(tiny_models, workers, name, n_workers):
+    path = tiny_models.converted(name, "f32")
+    ids = tiny_models.hf(name)[1]
+    single = run(path, ids)
+    split = run(path, ids, workers.addresses[:n_workers], exchange="f32")
+    assert np.abs(split - single).max() <= 1e-4 * single.std()
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3])
+def test_q80_exchange_within_q80_bound(tiny_models, workers, n_workers):
+    _, ids, ref = tiny_models.hf("llama")
+    split = run(tiny_models.converted("llama", "q80"), ids, workers.addresses[:n_workers], exchange="q80")
+    assert np.abs(split - ref).max() <= 0.08 * ref.std()
+    assert (split.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+def test_traffic_is_counted(tiny_models, workers):
+    path = tiny_models.converted("llama", "f32")
+    with Engine(path, threads=1, workers=workers.addresses[:1], exchange="f32") as eng:
+        eng.forward([1, 2, 3])
+        eng.reset_net_stats()
+        eng.forward([4])
+        stats = eng.net_stats()
+    dim, layers = 128, 2
+    # Per token the root sends its partial twice per layer (f32), the step header and the embedded row.
+    assert stats["bytes_sent"] >= 2 * layers * dim * 4 + dim * 4
+    assert stats["syncs"] >= 2 * layers and stats["seconds_in_sync"] > 0
+
+
+def test_worker_survives_garbage_and_a_wrong_secret(tiny_models):
+    guarded = Workers(1, secret="s3cret")
+    try:
+        with socket.create_connection(("127.0.0.1", guarded.workers[0].port)) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + os.urandom(64))
+        path = tiny_models.converted("llama", "q40")
+        with pytest.raises(RuntimeError, match="authentication failed|wrong secret"):
+            Engine(path, threads=1, workers=guarded.addresses, secret="wrong")
+        with Engine(path, threads=1, workers=guarded.addresses, secret="s3cret") as eng:
+            assert eng.forward([1, 2, 3]).shape == (3, 384)
+    finally:
+        guarded.close()
+
+
+def test_impossible_split_names_the_constraint(tiny_models, workers):
+    # 3 workers + root = 4 nodes, but Q40's 64-wide expert FFN has only 2 blocks of 32 to share.
+    with pytest.raises(Exception, match="cannot split 2 32-row blocks of layers.2.moe.experts.0.down's input across 4 nodes"):
+        Engine(tiny_models.converted("glm4_moe_46", "q40"), threads=1, workers=workers.addresses)
+    # With head_dim 48, a head boundary falls inside a Q40 block of the output projection's columns.
+    with pytest.raises(Exception, match="cannot split .*layers.0.attn.o there: columns 48..96 would cut q40 blocks"):
+        Engine(tiny_models.converted("glm4_moe_air", "q40"), threads=1, workers=workers.addresses[:2])
+
+
+def test_dead_worker_is_reported_within_seconds(tiny_models, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "dllama_py.cli", "worker", "--host", "127.0.0.1", "--port", "0",
+                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        port = int(line.rsplit(":", 1)[1])
+        with Engine(tiny_models.converted("llama", "q40"), threads=1, workers=[f"127.0.0.1:{port}"]) as eng:
+            pieces = 0
+            eng.forward([1, 2, 3])
+            for t in range(5):
+                eng.forward([t])
+                pieces += 1
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            start = time.monotonic()
+            with pytest.raises(RuntimeError, match=f"127.0.0.1:{port}"):
+                eng.forward([7])
+            assert time.monotonic() - start < 5
+            assert pieces == 5
+    finally:
+        proc.kill()
+        proc.wait()
