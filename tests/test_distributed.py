@@ -21,8 +21,9 @@ from dllama_py import Engine, _core
 class Workers:
     """In-process workers (each serving in its own thread, the GIL released while it runs)."""
 
-    def __init__(self, n: int, secret: str = ""):
+    def __init__(self, n: int = 0, secret: str = "", local_models=()):
         self.workers = [_core.Worker("127.0.0.1", 0, 1, secret) for _ in range(n)]
+        self.workers += [_core.Worker("127.0.0.1", 0, 1, secret, str(m)) for m in local_models]
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._serve, args=(w,), daemon=True) for w in self.workers]
         for t in self.threads:
@@ -132,3 +133,17 @@ def test_dead_worker_is_reported_within_seconds(tiny_models, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_worker_with_a_local_copy_of_the_model(tiny_models):
+    path = tiny_models.converted("glm4", "f32")
+    ids = tiny_models.hf("glm4")[1]
+    local = Workers(local_models=[path, tiny_models.converted("llama", "f32")])  # the second is another model
+    try:
+        split = run(path, ids, local.addresses[:1], exchange="f32")
+        single = run(path, ids)
+        assert np.abs(split - single).max() <= 1e-4 * single.std()
+        with pytest.raises(RuntimeError, match="is not the root's model file"):
+            Engine(path, threads=1, workers=local.addresses[1:])
+    finally:
+        local.close()
