@@ -59,14 +59,20 @@ uint16_t f32_to_f16(float f) {
 #endif
 }
 
+// The smallest and largest value of a 32-value block.
+static void block_min_max(const float* g, float& gmin, float& gmax) {
+    gmin = gmax = g[0];
+    for (int j = 1; j < kBlockSize; j++) {
+        gmax = std::fmax(gmax, g[j]);
+        gmin = std::fmin(gmin, g[j]);
+    }
+}
+
 void quantize_q40(const float* x, size_t n, BlockQ40* out) {
     for (size_t b = 0; b < n / kBlockSize; b++) {
         const float* g = x + b * kBlockSize;
-        float gmax = g[0], gmin = g[0];
-        for (int j = 1; j < kBlockSize; j++) {
-            gmax = std::fmax(gmax, g[j]);
-            gmin = std::fmin(gmin, g[j]);
-        }
+        float gmin, gmax;
+        block_min_max(g, gmin, gmax);
         const float d = (-gmin > gmax ? gmin : gmax) / -8.0f;
         const float inv = d != 0.0f ? 1.0f / d : 0.0f;
         out[b].d = f32_to_f16(d);
@@ -83,11 +89,8 @@ void quantize_q40(const float* x, size_t n, BlockQ40* out) {
 void quantize_q80(const float* x, size_t n, BlockQ80* out) {
     for (size_t b = 0; b < n / kBlockSize; b++) {
         const float* g = x + b * kBlockSize;
-        float gmax = g[0], gmin = g[0];
-        for (int j = 1; j < kBlockSize; j++) {
-            gmax = std::fmax(gmax, g[j]);
-            gmin = std::fmin(gmin, g[j]);
-        }
+        float gmin, gmax;
+        block_min_max(g, gmin, gmax);
         const float amax = -gmin > gmax ? -gmin : gmax;
         const float d = amax / 127.0f;
         const float inv = d != 0.0f ? 1.0f / d : 0.0f;
