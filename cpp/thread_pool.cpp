@@ -29,22 +29,24 @@ ThreadPool::~ThreadPool() {
     for (auto& w : workers_) w.join();
 }
 
-void ThreadPool::run(const std::function<void(int, int)>& task) {
-    if (n_threads_ == 1) {
-        task(0, 1);
-        return;
-    }
-    task_ = &task;
-    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-    // Both this pair and the worker's (sleepers_ up, then generation_ read) are sequentially
-    // consistent, so either the worker sees the new generation or we see it asleep and wake it.
-    generation_.fetch_add(1);
+void ThreadPool::claim_chunks(int thread) {
+    for (size_t c; (c = next_chunk_.fetch_add(1)) < n_chunks_;) (*chunk_)(c, thread);
+}
+
+void ThreadPool::run_chunks(size_t n_chunks, const std::function<void(size_t, int)>& chunk) {
+    chunk_ = &chunk;
+    n_chunks_ = n_chunks;
+    next_chunk_.store(0);
+    // Sequentially consistent, like the worker's (sleepers_ up, then generation_ read), so either the
+    // worker sees the new generation or we see it asleep and wake it.
+    const uint64_t generation = generation_.fetch_add(1) + 1;
     if (sleepers_.load() > 0) {
         std::lock_guard<std::mutex> lock(mutex_);
         wake_.notify_all();
     }
-    task(0, n_threads_);
-    while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
+    claim_chunks(0);
+    closed_.store(generation);
+    while (busy_.load() != 0) cpu_relax();  // chunks other threads are still running
 }
 
 void ThreadPool::worker_loop(int index) {
@@ -60,12 +62,13 @@ void ThreadPool::worker_loop(int index) {
             sleepers_.fetch_add(1);
             wake_.wait(lock, [&] { return generation_.load() != seen; });
             sleepers_.fetch_sub(1);
-            gen = generation_.load(std::memory_order_acquire);
+            gen = generation_.load();
         }
         seen = gen;
         if (stop_.load()) return;
-        (*task_)(index, n_threads_);
-        pending_.fetch_sub(1, std::memory_order_acq_rel);
+        busy_.fetch_add(1);
+        if (closed_.load() < gen) claim_chunks(index);  // else: that parallel_for is already over
+        busy_.fetch_sub(1);
     }
 }
 
