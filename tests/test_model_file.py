@@ -187,3 +187,13 @@ def test_default_context_is_capped(tiny_models):
     with Engine(tiny_models.converted("llama", "q40")) as eng:
         assert eng.context_length == 512  # the model's own, below the 4096 cap
         assert eng.kv_cache_bytes == 2 * 2 * 512 * 2 * 32 * 4  # layers x (K,V) x positions x kv heads x head_dim x f32
+
+
+def test_sliding_window_caps_the_context():
+    from dllama_py.architectures import plan_conversion
+
+    base = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, vocab_size=64,
+                max_position_embeddings=32768)
+    assert plan_conversion(dict(base, model_type="mistral", sliding_window=4096)).params["max_seq_len"] == 4096
+    qwen = dict(base, model_type="qwen3", sliding_window=4096, use_sliding_window=False)
+    assert plan_conversion(qwen).params["max_seq_len"] == 32768

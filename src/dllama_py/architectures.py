@@ -143,9 +143,13 @@ def decoder_header(cfg: dict, arch: ArchType, *, allow_bias: bool = False) -> di
         "n_experts": 0,
         "n_active_experts": 0,
     }
+    window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
+    if window and window < params["max_seq_len"]:
+        # Within the window, sliding-window attention is plain causal attention: cap the context there.
+        params["max_seq_len"] = window
     rope = rope_parameters(cfg)
     params.update(_int_or_f32("rope_theta", rope["rope_theta"]))
-    params.update(rope_scaling_params(rope, params["max_seq_len"], name))
+    params.update(rope_scaling_params(rope, cfg.get("max_position_embeddings", 4096), name))
     params["head_dim"] = head_dim
     params.update(norm_epsilon_params(cfg.get("rms_norm_eps", 1e-5)))
     rope_dim = int(head_dim * rope.get("partial_rotary_factor", 1.0))
