@@ -97,20 +97,12 @@ void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, floa
             const int kvh = (q_first_ + h) / group_ - kv_first_;
             const int n_ctx = pos + t + 1;
             const float* q = &q_[(size_t)t * q_dim + (size_t)h * head_dim_];
-            for (int s = 0; s < n_ctx; s++) {
-                const float* k = &k_cache_[(size_t)s * kv_dim + (size_t)kvh * head_dim_];
-                float dot = 0.0f;
-                for (int d = 0; d < head_dim_; d++) dot += q[d] * k[d];
-                scores[s] = dot * scale;
-            }
+            for (int s = 0; s < n_ctx; s++)
+                scores[s] = dot(q, &k_cache_[(size_t)s * kv_dim + (size_t)kvh * head_dim_], head_dim_) * scale;
             softmax(scores.data(), n_ctx);
             float* o = &att_[(size_t)t * q_dim + (size_t)h * head_dim_];
             std::fill(o, o + head_dim_, 0.0f);
-            for (int s = 0; s < n_ctx; s++) {
-                const float* v = &v_cache_[(size_t)s * kv_dim + (size_t)kvh * head_dim_];
-                const float p = scores[s];
-                for (int d = 0; d < head_dim_; d++) o[d] += p * v[d];
-            }
+            for (int s = 0; s < n_ctx; s++) axpy(o, scores[s], &v_cache_[(size_t)s * kv_dim + (size_t)kvh * head_dim_], head_dim_);
         }
     });
 
@@ -360,22 +352,13 @@ void LatentAttention::forward(BlockContext& ctx, const float* xn, int n, int pos
             const int n_ctx = pos + t + 1;
             const float* ql = &q_lat_[i * kv_lora_];
             const float* qr = &q_[(size_t)t * q_width + h * qk + nope_];
-            for (int s = 0; s < n_ctx; s++) {
-                const float* c = &latent_cache_[(size_t)s * kv_lora_];
-                const float* r = &rope_cache_[(size_t)s * rope_dim_];
-                float dot = 0.0f;
-                for (int d = 0; d < kv_lora_; d++) dot += ql[d] * c[d];
-                for (int d = 0; d < rope_dim_; d++) dot += qr[d] * r[d];
-                scores[s] = dot * scale_;
-            }
+            for (int s = 0; s < n_ctx; s++)
+                scores[s] = (dot(ql, &latent_cache_[(size_t)s * kv_lora_], kv_lora_) +
+                             dot(qr, &rope_cache_[(size_t)s * rope_dim_], rope_dim_)) * scale_;
             softmax(scores.data(), n_ctx);
             float* l = &lat_[i * kv_lora_];
             std::fill(l, l + kv_lora_, 0.0f);
-            for (int s = 0; s < n_ctx; s++) {
-                const float* c = &latent_cache_[(size_t)s * kv_lora_];
-                const float p = scores[s];
-                for (int d = 0; d < kv_lora_; d++) l[d] += p * c[d];
-            }
+            for (int s = 0; s < n_ctx; s++) axpy(l, scores[s], &latent_cache_[(size_t)s * kv_lora_], kv_lora_);
         }
     });
 

@@ -11,6 +11,12 @@ void rms_norm(const float* x, const float* w, int n, float eps, float* out);
 // In place: x[i] += b[i].
 void add(float* x, const float* b, int n);
 
+// sum_i a[i] * b[i], with SIMD partial sums (attention scores).
+float dot(const float* a, const float* b, int n);
+
+// In place: y[i] += a * x[i] (attention's weighted sum of values).
+void axpy(float* y, float a, const float* x, int n);
+
 // In place: gate[i] = silu(gate[i]) * up[i].
 void silu_mul(float* gate, const float* up, int n);
 
