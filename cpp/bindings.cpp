@@ -83,6 +83,7 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("head_dim", &ModelConfig::head_dim)
         .def_readwrite("vocab_size", &ModelConfig::vocab_size)
         .def_readwrite("seq_len", &ModelConfig::seq_len)
+        .def_readwrite("kv_f16", &ModelConfig::kv_f16)
         .def_readwrite("norm_eps", &ModelConfig::norm_eps)
         .def_readwrite("rope_theta", &ModelConfig::rope_theta)
         .def_readwrite("rope_dim", &ModelConfig::rope_dim)

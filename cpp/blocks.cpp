@@ -1,6 +1,8 @@
 #include "blocks.h"
 
 #include <algorithm>
+
+#include "quants.h"
 #include <cmath>
 #include <numeric>
 #include <stdexcept>
@@ -22,6 +24,32 @@ static void ensure_size(std::vector<float>& v, size_t n) {
 static std::string split_error(const std::string& what, int64_t n, const Partition& part) {
     return "cannot split " + std::to_string(n) + " " + what + " across " + std::to_string(part.n_nodes) +
            " nodes: every node needs at least one";
+}
+
+// ---------------------------------------------------------------------------------------------
+// KV cache
+
+KvCache::KvCache(int rows, int row_width, bool f16) : rows_(rows), width_(row_width), f16_(f16) {
+    if (f16) half_.assign((size_t)rows * row_width, 0);
+    else f32_.assign((size_t)rows * row_width, 0.0f);
+}
+
+void KvCache::put(int row, const float* values) {
+    if (f16_)
+        for (int i = 0; i < width_; i++) half_[(size_t)row * width_ + i] = f32_to_f16(values[i]);
+    else
+        std::copy(values, values + width_, &f32_[(size_t)row * width_]);
+}
+
+float KvCache::dot(int row, int offset, const float* q, int n) const {
+    const size_t at = (size_t)row * width_ + offset;
+    return f16_ ? dot_f16(q, &half_[at], n) : dllama::dot(q, &f32_[at], n);
+}
+
+void KvCache::axpy(float* y, float a, int row, int offset, int n) const {
+    const size_t at = (size_t)row * width_ + offset;
+    if (f16_) axpy_f16(y, a, &half_[at], n);
+    else dllama::axpy(y, a, &f32_[at], n);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -52,8 +80,8 @@ Attention::Attention(const WeightSource& weights, const std::string& prefix, con
         q_norm_ = weights.vector(prefix + "q_norm");
         k_norm_ = weights.vector(prefix + "k_norm");
     }
-    k_cache_.assign((size_t)cfg.seq_len * kv_rows.size(), 0.0f);
-    v_cache_.assign((size_t)cfg.seq_len * kv_rows.size(), 0.0f);
+    k_cache_ = KvCache(cfg.seq_len, (int)kv_rows.size(), cfg.kv_f16);
+    v_cache_ = KvCache(cfg.seq_len, (int)kv_rows.size(), cfg.kv_f16);
 }
 
 void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, float* out) {
@@ -84,8 +112,8 @@ void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, floa
             }
             rope_.apply(q, n_q_, head_dim_, pos + (int)t);
             rope_.apply(k, n_kv_, head_dim_, pos + (int)t);
-            std::copy(k, k + kv_dim, &k_cache_[(size_t)(pos + t) * kv_dim]);
-            std::copy(v, v + kv_dim, &v_cache_[(size_t)(pos + t) * kv_dim]);
+            k_cache_.put(pos + (int)t, k);
+            v_cache_.put(pos + (int)t, v);
         }
     });
 
@@ -97,12 +125,11 @@ void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, floa
             const int kvh = (q_first_ + h) / group_ - kv_first_;
             const int n_ctx = pos + t + 1;
             const float* q = &q_[(size_t)t * q_dim + (size_t)h * head_dim_];
-            for (int s = 0; s < n_ctx; s++)
-                scores[s] = dot(q, &k_cache_[(size_t)s * kv_dim + (size_t)kvh * head_dim_], head_dim_) * scale;
+            for (int s = 0; s < n_ctx; s++) scores[s] = k_cache_.dot(s, kvh * head_dim_, q, head_dim_) * scale;
             softmax(scores.data(), n_ctx);
             float* o = &att_[(size_t)t * q_dim + (size_t)h * head_dim_];
             std::fill(o, o + head_dim_, 0.0f);
-            for (int s = 0; s < n_ctx; s++) axpy(o, scores[s], &v_cache_[(size_t)s * kv_dim + (size_t)kvh * head_dim_], head_dim_);
+            for (int s = 0; s < n_ctx; s++) v_cache_.axpy(o, scores[s], s, kvh * head_dim_, head_dim_);
         }
     });
 
@@ -286,8 +313,8 @@ LatentAttention::LatentAttention(const WeightSource& weights, const std::string&
     wo_ = weights.matrix(prefix + "o", dim, Range{heads.begin * v_dim_, heads.end * v_dim_});
     // A bias after the head-split output projection is added once, by node 0, before the sum.
     if (cfg.attention_out_bias && part.node == 0) o_bias_ = weights.vector(prefix + "o_bias");
-    latent_cache_.assign((size_t)cfg.seq_len * kv_lora_, 0.0f);
-    rope_cache_.assign((size_t)cfg.seq_len * rope_dim_, 0.0f);
+    latent_cache_ = KvCache(cfg.seq_len, kv_lora_, cfg.kv_f16);
+    rope_cache_ = KvCache(cfg.seq_len, rope_dim_, cfg.kv_f16);
 }
 
 size_t LatentAttention::weight_bytes() const {
@@ -318,12 +345,14 @@ void LatentAttention::forward(BlockContext& ctx, const float* xn, int n, int pos
     matmul(wkv_a_, in_, kv_.data(), ctx.pool);
 
     // Cache each token's normed latent and rotated shared key; rotate the queries' rope parts.
+    ensure_size(latent_, kv_lora_);
     for (int t = 0; t < n; t++) {
         float* kv = &kv_[(size_t)t * kv_width];
         if (!kv_a_bias_.empty()) add(kv, kv_a_bias_.data(), kv_width);
-        rms_norm(kv, kv_a_norm_.data(), kv_lora_, latent_eps_, &latent_cache_[(size_t)(pos + t) * kv_lora_]);
+        rms_norm(kv, kv_a_norm_.data(), kv_lora_, latent_eps_, latent_.data());
+        latent_cache_.put(pos + t, latent_.data());
         rope_.apply(kv + kv_lora_, 1, rope_dim_, pos + t);
-        std::copy(kv + kv_lora_, kv + kv_width, &rope_cache_[(size_t)(pos + t) * rope_dim_]);
+        rope_cache_.put(pos + t, kv + kv_lora_);
         for (int h = 0; h < n_heads_; h++) rope_.apply(&q_[(size_t)t * q_width + h * qk + nope_], 1, rope_dim_, pos + t);
     }
 
@@ -353,12 +382,11 @@ void LatentAttention::forward(BlockContext& ctx, const float* xn, int n, int pos
             const float* ql = &q_lat_[i * kv_lora_];
             const float* qr = &q_[(size_t)t * q_width + h * qk + nope_];
             for (int s = 0; s < n_ctx; s++)
-                scores[s] = (dot(ql, &latent_cache_[(size_t)s * kv_lora_], kv_lora_) +
-                             dot(qr, &rope_cache_[(size_t)s * rope_dim_], rope_dim_)) * scale_;
+                scores[s] = (latent_cache_.dot(s, 0, ql, kv_lora_) + rope_cache_.dot(s, 0, qr, rope_dim_)) * scale_;
             softmax(scores.data(), n_ctx);
             float* l = &lat_[i * kv_lora_];
             std::fill(l, l + kv_lora_, 0.0f);
-            for (int s = 0; s < n_ctx; s++) axpy(l, scores[s], &latent_cache_[(size_t)s * kv_lora_], kv_lora_);
+            for (int s = 0; s < n_ctx; s++) latent_cache_.axpy(l, scores[s], s, 0, kv_lora_);
         }
     });
 

@@ -17,6 +17,24 @@ struct BlockContext {
     Scratch& scratch;
 };
 
+// Rows of cached keys/values (or latents), in f32 or, to halve memory and bandwidth, in f16.
+class KvCache {
+public:
+    KvCache() = default;
+    KvCache(int rows, int row_width, bool f16);
+    void put(int row, const float* values);  // the whole row
+    float dot(int row, int offset, const float* q, int n) const;
+    void axpy(float* y, float a, int row, int offset, int n) const;
+    size_t bytes_per_row() const { return (size_t)width_ * (f16_ ? 2 : 4); }
+    size_t bytes() const { return bytes_per_row() * rows_; }
+
+private:
+    int rows_ = 0, width_ = 0;
+    bool f16_ = false;
+    std::vector<float> f32_;
+    std::vector<uint16_t> half_;
+};
+
 class AttentionBlock {
 public:
     virtual ~AttentionBlock() = default;
@@ -48,7 +66,7 @@ public:
 
     void forward(BlockContext& ctx, const float* xn, int n, int pos, float* out) override;
     size_t weight_bytes() const override { return wq_.bytes() + wk_.bytes() + wv_.bytes() + wo_.bytes(); }
-    size_t kv_bytes_per_position() const override { return 2 * sizeof(float) * (size_t)n_kv_ * head_dim_; }
+    size_t kv_bytes_per_position() const override { return k_cache_.bytes_per_row() + v_cache_.bytes_per_row(); }
 
 private:
     int n_q_, n_kv_, kv_first_, group_, head_dim_, q_first_;  // local heads; first global q/kv head
@@ -57,8 +75,8 @@ private:
     const RopeTable& rope_;
     Matrix wq_, wk_, wv_, wo_;
     std::vector<float> q_bias_, k_bias_, v_bias_, q_norm_, k_norm_;
-    std::vector<float> k_cache_, v_cache_;  // [seq_len][n_kv * head_dim]
-    std::vector<float> q_, k_, v_, att_;    // per chunk
+    KvCache k_cache_, v_cache_;           // [seq_len][n_kv * head_dim]
+    std::vector<float> q_, k_, v_, att_;  // per chunk
     Activations in_, att_in_;
 };
 
@@ -76,7 +94,7 @@ public:
                     const Partition& part, const RopeTable& rope);
     void forward(BlockContext& ctx, const float* xn, int n, int pos, float* out) override;
     size_t weight_bytes() const override;
-    size_t kv_bytes_per_position() const override { return sizeof(float) * (size_t)(kv_lora_ + rope_dim_); }
+    size_t kv_bytes_per_position() const override { return latent_cache_.bytes_per_row() + rope_cache_.bytes_per_row(); }
 
 private:
     int n_heads_, kv_lora_, nope_, rope_dim_, v_dim_, q_lora_;
@@ -85,8 +103,8 @@ private:
     Matrix wq_, wq_a_, wq_b_, wkv_a_, wo_;
     std::vector<Matrix> k_b_, v_b_;  // per local head
     std::vector<float> q_a_bias_, q_a_norm_, kv_a_bias_, kv_a_norm_, o_bias_;
-    std::vector<float> latent_cache_, rope_cache_;  // [seq_len][kv_lora], [seq_len][rope_dim]
-    std::vector<float> qa_, q_, kv_, head_in_, head_out_, q_lat_, lat_, att_;
+    KvCache latent_cache_, rope_cache_;  // [seq_len][kv_lora], [seq_len][rope_dim]
+    std::vector<float> qa_, q_, kv_, latent_, head_in_, head_out_, q_lat_, lat_, att_;
     Activations in_, qa_in_, head_act_, att_in_;
 };
 

@@ -50,7 +50,7 @@ void write_config(net::Writer& w, const ModelConfig& c) {
                   c.rope_dim, (int)c.rope_style, (int)c.attention_bias, (int)c.qk_norm, c.n_experts,
                   c.n_active_experts, c.moe_hidden_dim, c.n_shared_experts, c.n_dense_layers, c.n_expert_groups,
                   c.topk_groups, (int)c.norm_topk_prob, c.q_lora_rank, c.kv_lora_rank, c.qk_nope_dim, c.qk_rope_dim,
-                  c.v_head_dim, (int)c.attention_out_bias})
+                  c.v_head_dim, (int)c.attention_out_bias, (int)c.kv_f16})
         w.i32(v);
     for (float v : {c.norm_eps, c.rope_theta, c.rope_attention_factor, c.routed_scaling, c.latent_norm_eps,
                     c.attention_scale})
@@ -76,6 +76,7 @@ ModelConfig read_config(net::Reader& r) {
     int* mla[] = {&c.q_lora_rank, &c.kv_lora_rank, &c.qk_nope_dim, &c.qk_rope_dim, &c.v_head_dim};
     for (int* v : mla) *v = r.i32("mla config");
     c.attention_out_bias = r.i32("attention out bias") != 0;
+    c.kv_f16 = r.i32("kv cache type") != 0;
     float* floats[] = {&c.norm_eps, &c.rope_theta, &c.rope_attention_factor, &c.routed_scaling, &c.latent_norm_eps,
                        &c.attention_scale};
     for (float* v : floats) *v = r.f32("config");

@@ -23,6 +23,7 @@ struct ModelConfig {
     int dim = 0, hidden_dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
     int vocab_size = 0;
     int seq_len = 0;  // positions the KV cache holds
+    bool kv_f16 = false;  // keep the KV cache in f16
     float norm_eps = 1e-5f;
     float rope_theta = 10000.0f;
     int rope_dim = 0;  // leading dims of each head that RoPE rotates (partial rotary when < head_dim)

@@ -184,9 +184,15 @@ def test_reset_and_rewind_reproduce_logits(tiny_models):
 
 
 def test_default_context_is_capped(tiny_models):
+    positions = 512  # the model's own context, below the 4096 cap
+    per_position = 2 * 2 * 2 * 32  # layers x (K, V) x kv heads x head_dim
     with Engine(tiny_models.converted("llama", "q40")) as eng:
-        assert eng.context_length == 512  # the model's own, below the 4096 cap
-        assert eng.kv_cache_bytes == 2 * 2 * 512 * 2 * 32 * 4  # layers x (K,V) x positions x kv heads x head_dim x f32
+        assert eng.context_length == positions
+        assert eng.kv_cache_bytes == positions * per_position * 2  # f16 for quantized models
+    with Engine(tiny_models.converted("llama", "f32")) as eng:
+        assert eng.kv_cache_bytes == positions * per_position * 4
+    with Engine(tiny_models.converted("llama", "q40"), kv_cache="f32", max_seq_len=100) as eng:
+        assert eng.kv_cache_bytes == 100 * per_position * 4
 
 
 def test_sliding_window_caps_the_context():

@@ -1,5 +1,7 @@
 #include "kernels/ops.h"
 
+#include "quants.h"
+
 #include <algorithm>
 #include <cmath>
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -56,6 +58,43 @@ void axpy(float* y, float a, const float* x, int n) {
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
 #endif
     for (; i < n; i++) y[i] += a * x[i];
+}
+
+float dot_f16(const float* a, const uint16_t* b, int n) {
+    int i = 0;
+    float sum = 0.0f;
+#if defined(__AVX512F__)
+    __m512 acc = _mm512_setzero_ps();
+    for (; i + 16 <= n; i += 16)
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(b + i))), acc);
+    sum = _mm512_reduce_add_ps(acc);
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+    __m256 acc = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(b + i))), acc);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+    sum = _mm_cvtss_f32(s4);
+#endif
+    for (; i < n; i++) sum += a[i] * f16_to_f32(b[i]);
+    return sum;
+}
+
+void axpy_f16(float* y, float a, const uint16_t* x, int n) {
+    int i = 0;
+#if defined(__AVX512F__)
+    const __m512 va = _mm512_set1_ps(a);
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(x + i))),
+                                                _mm512_loadu_ps(y + i)));
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+    const __m256 va = _mm256_set1_ps(a);
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(x + i))),
+                                                _mm256_loadu_ps(y + i)));
+#endif
+    for (; i < n; i++) y[i] += a * f16_to_f32(x[i]);
 }
 
 void silu_mul(float* gate, const float* up, int n) {

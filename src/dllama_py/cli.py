@@ -134,9 +134,9 @@ def cmd_inspect(args) -> int:
         print(f"  {k:34s} {v}")
     cfg = model_config(layout, None)
     kv_values = kv_cache_values_per_token(layout.params)
-    kv_per_token = 4 * kv_values
-    print(f"KV cache: {_fmt_bytes(kv_per_token)} per token ({kv_values // cfg.n_layers} f32 values per layer), "
-          f"{_fmt_bytes(kv_per_token * cfg.seq_len)} at the default context of {cfg.seq_len}")
+    kv_per_token = (2 if cfg.kv_f16 else 4) * kv_values
+    print(f"KV cache: {_fmt_bytes(kv_per_token)} per token ({kv_values // cfg.n_layers} {'f16' if cfg.kv_f16 else 'f32'} "
+          f"values per layer), {_fmt_bytes(kv_per_token * cfg.seq_len)} at the default context of {cfg.seq_len}")
     if args.tensors:
         print("tensors:")
         for t in layout.tensors:

@@ -29,7 +29,7 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def model_config(layout: ModelLayout, max_seq_len: int | None) -> "_core.ModelConfig":
+def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | None = None) -> "_core.ModelConfig":
     """The C++ graph's configuration from a .m header and its architecture-table entry."""
     p = layout.params
     c = _core.ModelConfig()
@@ -40,6 +40,10 @@ def model_config(layout: ModelLayout, max_seq_len: int | None) -> "_core.ModelCo
     c.head_dim = p.get("head_dim") or p["dim"] // p["n_heads"]
     model_ctx = p.get("max_seq_len") or DEFAULT_CONTEXT
     c.seq_len = min(model_ctx, max_seq_len if max_seq_len else DEFAULT_CONTEXT)
+    if kv_cache not in (None, "f16", "f32"):
+        raise ValueError(f"kv_cache must be 'f16' or 'f32', not {kv_cache!r}")
+    # f16 halves the cache; F32 models keep an f32 cache so they stay exact.
+    c.kv_f16 = kv_cache == "f16" if kv_cache else layout.weight_type != FloatType.F32
     c.norm_eps = p.get("norm_epsilon_f32") or NORM_EPSILON_CODES[p.get("norm_epsilon", 5)]
     c.rope_theta = p.get("rope_theta_f32") or float(p.get("rope_theta", 10000))
     c.rope_dim = p.get("rope_dim") or c.head_dim
@@ -99,13 +103,15 @@ class Engine:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, max_seq_len: int | None = None,
                  tokenizer: str | os.PathLike | None = None, workers: list[str] | None = None,
-                 secret: str | None = None, exchange: str | None = None, net_timeout: float = 10.0):
-        """workers: "host:port" of `dllama-py worker`s to split the model with (tensor parallelism);
+                 secret: str | None = None, exchange: str | None = None, net_timeout: float = 10.0,
+                 kv_cache: str | None = None):
+        """kv_cache: "f16" or "f32" (default: f32 for F32 models, else f16).
+        workers: "host:port" of `dllama-py worker`s to split the model with (tensor parallelism);
         secret: their shared secret (default: $DLLAMA_SECRET); exchange: "q80" or "f32" for the partial
         sums sent between nodes (default: f32 for F32 models, else q80)."""
         self.path = Path(path)
         self.layout = read_layout(self.path)
-        self.config = model_config(self.layout, max_seq_len)
+        self.config = model_config(self.layout, max_seq_len, kv_cache)
         tensors = [
             _core.TensorInfo(t.spec.name, _core.FloatType(int(t.dtype)), t.spec.rows, t.spec.cols, t.offset)
             for t in self.layout.tensors
