@@ -97,8 +97,31 @@ void axpy_f16(float* y, float a, const uint16_t* x, int n) {
     for (; i < n; i++) y[i] += a * f16_to_f32(x[i]);
 }
 
+#if defined(__AVX512F__)
+// e^x for 16 floats: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two parts for exactness), e^r by its
+// degree-6 Taylor polynomial (relative error below 3e-8 on that interval), times 2^n by scalef.
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-103.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    for (float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    return _mm512_scalef_ps(p, n);
+}
+#endif
+
 void silu_mul(float* gate, const float* up, int n) {
-    for (int i = 0; i < n; i++) {
+    int i = 0;
+#if defined(__AVX512F__)
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (; i + 16 <= n; i += 16) {
+        const __m512 g = _mm512_loadu_ps(gate + i);
+        const __m512 sig = _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+        _mm512_storeu_ps(gate + i, _mm512_mul_ps(_mm512_mul_ps(g, sig), _mm512_loadu_ps(up + i)));
+    }
+#endif
+    for (; i < n; i++) {
         const float g = gate[i];
         gate[i] = g / (1.0f + std::exp(-g)) * up[i];
     }
@@ -108,12 +131,23 @@ void softmax(float* x, int n) {
     float mx = x[0];
     for (int i = 1; i < n; i++) mx = std::max(mx, x[i]);
     float sum = 0.0f;
-    for (int i = 0; i < n; i++) {
+    int i = 0;
+#if defined(__AVX512F__)
+    const __m512 vmx = _mm512_set1_ps(mx);
+    __m512 vsum = _mm512_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmx));
+        _mm512_storeu_ps(x + i, e);
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    sum = _mm512_reduce_add_ps(vsum);
+#endif
+    for (; i < n; i++) {
         x[i] = std::exp(x[i] - mx);
         sum += x[i];
     }
     const float inv = 1.0f / sum;
-    for (int i = 0; i < n; i++) x[i] *= inv;
+    for (i = 0; i < n; i++) x[i] *= inv;
 }
 
 RopeTable::RopeTable(const std::vector<float>& inv_freq, float attention_factor, int max_pos, RopeStyle style)
