@@ -199,7 +199,8 @@ async def _relay_main(listen_host: str, targets: list[str], delay_ms: float):
 
         server = await asyncio.start_server(handle, listen_host, 0)
         servers.append(server)
-        print(f"relay {listen_host}:{server.sockets[0].getsockname()[1]} -> {target}", flush=True)
+    # One line: a buffered reader may take several lines at once, and select() would not see the rest.
+    print("relay " + " ".join(f"{listen_host}:{s.sockets[0].getsockname()[1]}" for s in servers), flush=True)
     await asyncio.gather(*(s.serve_forever() for s in servers))
 
 
@@ -210,11 +211,8 @@ class Relay:
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--relay-child", listen_host, str(delay_ms), *targets],
             stdout=subprocess.PIPE, text=True)
-        self.addresses = []
         try:
-            for _ in targets:
-                line = _readline(self.proc, 20.0, "relay")
-                self.addresses.append(line.split()[1])
+            self.addresses = _readline(self.proc, 20.0, "relay").split()[1:]
         except BaseException:
             self.stop()
             raise
