@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -213,7 +214,8 @@ def run(pairs: list[tuple[Path, Path]], threads: int, repeats: int, n_prompt: in
             t = runner.sample(n_prompt, n_gen)
             theirs.append(t)
             print(f"  {last.weights} rep {i + 1}/{repeats}: ours prefill {s.prefill_tps:7.1f} decode {s.decode_tps:6.2f}"
-                  f" | llama.cpp prefill {t.prefill_tps:7.1f} decode {t.decode_tps:6.2f} tok/s", flush=True)
+                  f" | llama.cpp prefill {t.prefill_tps:7.1f} decode {t.decode_tps:6.2f} tok/s"
+                  f" | load avg {os.getloadavg()[0]:.1f}", flush=True)
         runner.close()
         weights = last.weight_bytes_per_token
         kv_theirs = kv_f16_bytes_per_token(m_path, n_prompt, n_gen)
