@@ -74,15 +74,19 @@ def _check_shape(spec: TensorSpec, name: str, ckpt: Checkpoint):
 
 
 class _Progress:
+    """A one-line progress bar on a terminal (redrawn at most 10 times a second); nothing otherwise."""
+
     def __init__(self, total_bytes: int, n_tensors: int, enabled: bool):
-        self.total, self.n, self.enabled = total_bytes, n_tensors, enabled
-        self.done, self.start = 0, time.monotonic()
+        self.total, self.n, self.enabled = total_bytes, n_tensors, enabled and sys.stderr.isatty()
+        self.done, self.start, self.drawn = 0, time.monotonic(), 0.0
 
     def update(self, index: int, name: str, nbytes: int):
         self.done += nbytes
-        if not self.enabled:
+        now = time.monotonic()
+        if not self.enabled or (now - self.drawn < 0.1 and index < self.n):
             return
-        elapsed = max(time.monotonic() - self.start, 1e-9)
+        self.drawn = now
+        elapsed = max(now - self.start, 1e-9)
         width = 30
         filled = int(width * self.done / max(self.total, 1))
         sys.stderr.write(
