@@ -178,7 +178,6 @@ PYBIND11_MODULE(_core, m) {
         .def("serve_one", &Worker::serve_one, py::arg("wait_ms"), py::call_guard<py::gil_scoped_release>(),
              "Serves one root's session if one arrives within wait_ms; False if none came")
         .def_property_readonly("port", &Worker::port);
-    m.def("model_identity", &model_identity);
 
     m.def("quantize_q40", &quantize_to_bytes<BlockQ40, quantize_q40>, "Quantize float32 values to Q40 blocks (bytes)");
     m.def("quantize_q80", &quantize_to_bytes<BlockQ80, quantize_q80>, "Quantize float32 values to Q80 blocks (bytes)");

@@ -57,7 +57,7 @@ void WeightSource::row(const std::string& name, int64_t r, float* out) const {
     dequantize(t.type, bytes.data(), t.cols, out);
 }
 
-TensorStore::TensorStore(const std::string& path, const std::vector<TensorInfo>& tensors) : path_(path), order_(tensors) {
+TensorStore::TensorStore(const std::string& path, const std::vector<TensorInfo>& tensors) : path_(path) {
     const int fd = ::open(path.c_str(), O_RDONLY);
     if (fd < 0) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
     struct stat st;

@@ -55,14 +55,12 @@ public:
     bool has(const std::string& name) const override { return tensors_.count(name) != 0; }
     std::vector<uint8_t> read(const std::string& name, Range rows, Range cols) const override;
     std::string describe() const override { return path_; }
-    const std::vector<TensorInfo>& tensors() const { return order_; }
 
 private:
     std::string path_;
     const uint8_t* base_ = nullptr;
     size_t size_ = 0;
     std::map<std::string, TensorInfo> tensors_;
-    std::vector<TensorInfo> order_;
 };
 
 }  // namespace dllama

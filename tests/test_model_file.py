@@ -203,3 +203,10 @@ def test_sliding_window_caps_the_context():
     assert plan_conversion(dict(base, model_type="mistral", sliding_window=4096)).params["max_seq_len"] == 4096
     qwen = dict(base, model_type="qwen3", sliding_window=4096, use_sliding_window=False)
     assert plan_conversion(qwen).params["max_seq_len"] == 32768
+
+
+def test_every_architecture_has_a_graph_builder():
+    from dllama_py import _core
+    from dllama_py.architectures import ARCHITECTURES
+
+    assert sorted(a.builder for a in ARCHITECTURES) == sorted(_core.builder_names())

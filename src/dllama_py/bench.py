@@ -12,6 +12,7 @@ import numpy as np
 @dataclass
 class BenchResult:
     model: str
+    cpu: str  # the SIMD the core was built for
     arch: str
     weights: str
     threads: int
@@ -35,7 +36,7 @@ class BenchResult:
     def table(self) -> str:
         rows = [
             ("model", f"{self.model} ({self.arch}, {self.weights})"),
-            ("threads", self.threads),
+            ("threads", f"{self.threads} ({self.cpu})"),
             ("load", f"{self.load_seconds:.2f} s"),
             ("prefill", f"{self.prefill_tokens_per_s:,.1f} tok/s ({self.prompt_tokens} tokens)"),
             ("decode", f"{self.decode_tokens_per_s:,.2f} tok/s ({self.gen_tokens} tokens)"),
@@ -94,7 +95,7 @@ def run_bench(model_path, threads=None, prompt_tokens=128, gen_tokens=32, bandwi
         traffic = (weight_bytes + kv_per_token) * decode_tps
         bw = bandwidth_gbps * 1e9 if bandwidth_gbps else _core.read_bandwidth(1 << 30, eng.threads, 3)
         result = BenchResult(
-            model=str(model_path), arch=eng.layout.arch.builder, weights=eng.layout.weight_type.name,
+            model=str(model_path), cpu=_core.cpu_features(), arch=eng.layout.arch.builder, weights=eng.layout.weight_type.name,
             threads=eng.threads, load_seconds=load_seconds, prompt_tokens=prompt_tokens,
             prefill_tokens_per_s=prompt_tokens / prefill_s, gen_tokens=gen_tokens, decode_tokens_per_s=decode_tps,
             weight_bytes_per_token=weight_bytes, kv_bytes_per_token=kv_per_token, decode_gb_per_s=traffic / 1e9,
