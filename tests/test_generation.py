@@ -103,3 +103,17 @@ def test_second_turn_reuses_the_cached_prefix(scripted_glm):
     list(scripted_glm.chat(messages, temperature=0))
     assert scripted_glm.last_stats.cached_tokens >= len(scripted_glm.tokenizer.encode_chat(
         scripted_glm.apply_chat_template(messages[:1])))
+
+
+def test_cli_generate_and_chat(scripted_glm, capsys, monkeypatch):
+    from dllama_py.cli import main
+
+    path = str(scripted_glm.path)
+    assert main(["generate", "-m", path, "X", "--temperature", "0", "-q"]) == 0
+    assert capsys.readouterr().out == "Yé\n"
+    lines = iter(["Hi", "/exit", "Hi", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", "-m", path, "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == "hm\n\nOK\n"  # reasoning, then the answer (no terminal: not dimmed)
+    assert main(["chat", "-m", path, "--temperature", "0", "--hide-reasoning"]) == 0
+    assert capsys.readouterr().out == "OK\n"
