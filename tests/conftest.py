@@ -38,3 +38,15 @@ class TinyModels:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> TinyModels:
     return TinyModels(tmp_path_factory.mktemp("tiny_models"))
+
+
+# (model, dtype) -> (max error / std, argmax agreement), filled by the parity tests, shown at the end.
+PARITY_FIGURES: dict[tuple[str, str], tuple[float, float]] = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not PARITY_FIGURES:
+        return
+    terminalreporter.section("logits against transformers (max |error| / std of reference, argmax agreement)")
+    for (name, dtype), (rel, agree) in sorted(PARITY_FIGURES.items()):
+        terminalreporter.write_line(f"{name:24s} {dtype:4s} {rel:9.2e} {agree:6.0%}")

@@ -27,6 +27,7 @@ class BenchResult:
     bandwidth_gb_per_s: float
     bandwidth_share: float
     kv_cache_bytes: int
+    kv_cache_bytes_per_token: int
     peak_rss_bytes: int
     nodes: int = 1
     net_bytes_sent_per_token: float = 0.0  # by this (root) node
@@ -45,7 +46,7 @@ class BenchResult:
             ("decode memory traffic", f"{self.decode_gb_per_s:,.2f} GB/s"),
             ("memory bandwidth", f"{self.bandwidth_gb_per_s:,.2f} GB/s"),
             ("bandwidth reached", f"{self.bandwidth_share:.0%}"),
-            ("KV cache", f"{self.kv_cache_bytes / 1e6:,.1f} MB"),
+            ("KV cache", f"{self.kv_cache_bytes / 1e6:,.1f} MB ({self.kv_cache_bytes_per_token:,} bytes per token)"),
             ("peak RSS", f"{self.peak_rss_bytes / 1e6:,.0f} MB"),
         ]
         if self.nodes > 1:
@@ -100,6 +101,7 @@ def run_bench(model_path, threads=None, prompt_tokens=128, gen_tokens=32, bandwi
             prefill_tokens_per_s=prompt_tokens / prefill_s, gen_tokens=gen_tokens, decode_tokens_per_s=decode_tps,
             weight_bytes_per_token=weight_bytes, kv_bytes_per_token=kv_per_token, decode_gb_per_s=traffic / 1e9,
             bandwidth_gb_per_s=bw / 1e9, bandwidth_share=traffic / bw, kv_cache_bytes=eng.kv_cache_bytes,
+            kv_cache_bytes_per_token=eng.kv_cache_bytes // eng.context_length,
             peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             nodes=eng.n_nodes, net_bytes_sent_per_token=net["bytes_sent"] / gen_tokens,
             net_bytes_received_per_token=net["bytes_received"] / gen_tokens,
