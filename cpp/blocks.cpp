@@ -117,19 +117,36 @@ void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, floa
         }
     });
 
+    // Work items are (token, run of query heads sharing one KV head): each cached key and value row is
+    // read once per run, not once per query head. Runs are split only as far as needed to give every
+    // thread work (decode with few local KV heads).
+    std::vector<std::pair<int, int>> runs;  // [first, last) local query heads
+    const int pieces = std::max(1, std::min(group_, (2 * ctx.pool.size() + n * n_kv_ - 1) / (n * n_kv_)));
+    for (int h = 0; h < n_q_;) {
+        const int kv_end = std::min(n_q_, ((q_first_ + h) / group_ + 1) * group_ - q_first_);  // end of this KV head's run
+        const int step = std::max(1, (kv_end - h + pieces - 1) / pieces);
+        for (; h < kv_end; h += step) runs.push_back({h, std::min(kv_end, h + step)});
+    }
     const float scale = 1.0f / std::sqrt((float)head_dim_);
-    ctx.pool.parallel_for((size_t)n * n_q_, 1, [&](size_t i0, size_t i1, int thread) {
-        std::vector<float>& scores = ctx.scratch.per_thread[thread];
+    ctx.pool.parallel_for((size_t)n * runs.size(), 1, [&](size_t i0, size_t i1, int thread) {
+        std::vector<float>& scratch = ctx.scratch.per_thread[thread];
         for (size_t i = i0; i < i1; i++) {
-            const int t = (int)(i / n_q_), h = (int)(i % n_q_);
-            const int kvh = (q_first_ + h) / group_ - kv_first_;
+            const int t = (int)(i / runs.size());
+            const auto [first, last] = runs[i % runs.size()];
+            const int kvh = (q_first_ + first) / group_ - kv_first_;
             const int n_ctx = pos + t + 1;
-            const float* q = &q_[(size_t)t * q_dim + (size_t)h * head_dim_];
-            for (int s = 0; s < n_ctx; s++) scores[s] = k_cache_.dot(s, kvh * head_dim_, q, head_dim_) * scale;
-            softmax(scores.data(), n_ctx);
-            float* o = &att_[(size_t)t * q_dim + (size_t)h * head_dim_];
-            std::fill(o, o + head_dim_, 0.0f);
-            for (int s = 0; s < n_ctx; s++) v_cache_.axpy(o, scores[s], s, kvh * head_dim_, head_dim_);
+            const float* q = &q_[(size_t)t * q_dim];
+            float* o = &att_[(size_t)t * q_dim];
+            for (int s = 0; s < n_ctx; s++)
+                for (int h = first; h < last; h++)
+                    scratch[(size_t)(h - first) * n_ctx + s] = k_cache_.dot(s, kvh * head_dim_, q + h * head_dim_, head_dim_) * scale;
+            for (int h = first; h < last; h++) {
+                softmax(&scratch[(size_t)(h - first) * n_ctx], n_ctx);
+                std::fill(o + h * head_dim_, o + (h + 1) * head_dim_, 0.0f);
+            }
+            for (int s = 0; s < n_ctx; s++)
+                for (int h = first; h < last; h++)
+                    v_cache_.axpy(o + h * head_dim_, scratch[(size_t)(h - first) * n_ctx + s], s, kvh * head_dim_, head_dim_);
         }
     });
 

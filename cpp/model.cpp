@@ -23,7 +23,9 @@ Model::Model(const ModelConfig& config, std::shared_ptr<const WeightSource> weig
     scratch_.x.resize((size_t)kMaxChunk * cfg_.dim);
     scratch_.xn.resize((size_t)kMaxChunk * cfg_.dim);
     scratch_.y.resize((size_t)kMaxChunk * cfg_.dim);
-    scratch_.per_thread.assign(pool_.size(), std::vector<float>(cfg_.seq_len));
+    // Attention scores: one row of the context per query head sharing a KV head.
+    const int group = cfg_.n_kv_heads > 0 ? std::max(1, cfg_.n_heads / cfg_.n_kv_heads) : 1;
+    scratch_.per_thread.assign(pool_.size(), std::vector<float>((size_t)cfg_.seq_len * group));
 }
 
 void Model::set_position(int pos) {

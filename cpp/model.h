@@ -50,7 +50,7 @@ struct ModelConfig {
 // Buffers the forward pass reuses between calls, sized for the largest chunk of tokens.
 struct Scratch {
     std::vector<float> x, xn, y;  // residual stream, normed input, block output: [chunk x dim]
-    std::vector<std::vector<float>> per_thread;  // attention scores: [seq_len] per thread
+    std::vector<std::vector<float>> per_thread;  // attention scores: [group][seq_len] per thread
 };
 
 class Model {
