@@ -46,6 +46,37 @@ float KvCache::dot(int row, int offset, const float* q, int n) const {
     return f16_ ? dot_f16(q, &half_[at], n) : dllama::dot(q, &f32_[at], n);
 }
 
+// A row of f32 values, converted from f16 when needed, in `buf` (at most kMaxRow values).
+static constexpr int kMaxRow = 512;
+
+void KvCache::dot_heads(int row, int offset, const float* q, int q_stride, int n_heads, int n, float* out,
+                        int out_stride) const {
+    const size_t at = (size_t)row * width_ + offset;
+    if (!f16_ || n > kMaxRow) {
+        for (int h = 0; h < n_heads; h++) out[h * out_stride] = dot(row, offset, q + h * q_stride, n);
+        return;
+    }
+    float buf[kMaxRow];
+    f16_to_f32_row(&half_[at], buf, n);  // converted once for every head
+    for (int h = 0; h < n_heads; h++) out[h * out_stride] = dllama::dot(q + h * q_stride, buf, n);
+}
+
+void KvCache::axpy_heads(float* y, int y_stride, const float* a, int a_stride, int n_heads, int row, int offset,
+                         int n) const {
+    const size_t at = (size_t)row * width_ + offset;
+    const float* x = f16_ ? nullptr : &f32_[at];
+    float buf[kMaxRow];
+    if (f16_) {
+        if (n > kMaxRow) {
+            for (int h = 0; h < n_heads; h++) axpy(y + h * y_stride, a[h * a_stride], row, offset, n);
+            return;
+        }
+        f16_to_f32_row(&half_[at], buf, n);
+        x = buf;
+    }
+    for (int h = 0; h < n_heads; h++) dllama::axpy(y + h * y_stride, a[h * a_stride], x, n);
+}
+
 void KvCache::axpy(float* y, float a, int row, int offset, int n) const {
     const size_t at = (size_t)row * width_ + offset;
     if (f16_) axpy_f16(y, a, &half_[at], n);
@@ -137,16 +168,17 @@ void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, floa
             const int n_ctx = pos + t + 1;
             const float* q = &q_[(size_t)t * q_dim];
             float* o = &att_[(size_t)t * q_dim];
+            const int heads = last - first;
             for (int s = 0; s < n_ctx; s++)
-                for (int h = first; h < last; h++)
-                    scratch[(size_t)(h - first) * n_ctx + s] = k_cache_.dot(s, kvh * head_dim_, q + h * head_dim_, head_dim_) * scale;
-            for (int h = first; h < last; h++) {
-                softmax(&scratch[(size_t)(h - first) * n_ctx], n_ctx);
-                std::fill(o + h * head_dim_, o + (h + 1) * head_dim_, 0.0f);
+                k_cache_.dot_heads(s, kvh * head_dim_, q + first * head_dim_, head_dim_, heads, head_dim_, &scratch[s], n_ctx);
+            for (int h = 0; h < heads; h++) {
+                float* sc = &scratch[(size_t)h * n_ctx];
+                for (int s = 0; s < n_ctx; s++) sc[s] *= scale;
+                softmax(sc, n_ctx);
             }
+            std::fill(o + first * head_dim_, o + last * head_dim_, 0.0f);
             for (int s = 0; s < n_ctx; s++)
-                for (int h = first; h < last; h++)
-                    v_cache_.axpy(o + h * head_dim_, scratch[(size_t)(h - first) * n_ctx + s], s, kvh * head_dim_, head_dim_);
+                v_cache_.axpy_heads(o + first * head_dim_, head_dim_, &scratch[s], n_ctx, heads, s, kvh * head_dim_, head_dim_);
         }
     });
 

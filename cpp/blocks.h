@@ -25,6 +25,11 @@ public:
     void put(int row, const float* values);  // the whole row
     float dot(int row, int offset, const float* q, int n) const;
     void axpy(float* y, float a, int row, int offset, int n) const;
+    // For n_heads query heads (q_stride apart) sharing this row: out[h * out_stride] = q_h . row[offset..+n].
+    void dot_heads(int row, int offset, const float* q, int q_stride, int n_heads, int n, float* out,
+                   int out_stride) const;
+    // y_h[0..n) += a[h * a_stride] * row[offset..+n) for n_heads outputs y_h (y_stride apart).
+    void axpy_heads(float* y, int y_stride, const float* a, int a_stride, int n_heads, int row, int offset, int n) const;
     size_t bytes_per_row() const { return (size_t)width_ * (f16_ ? 2 : 4); }
     size_t bytes() const { return bytes_per_row() * rows_; }
 

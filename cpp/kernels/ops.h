@@ -17,6 +17,9 @@ float dot(const float* a, const float* b, int n);
 // In place: y[i] += a * x[i] (attention's weighted sum of values).
 void axpy(float* y, float a, const float* x, int n);
 
+// out[i] = x[i] as f32 (SIMD).
+void f16_to_f32_row(const uint16_t* x, float* out, int n);
+
 // The same with x stored as IEEE half (an f16 KV cache).
 float dot_f16(const float* a, const uint16_t* b, int n);
 void axpy_f16(float* y, float a, const uint16_t* x, int n);
