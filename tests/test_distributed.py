@@ -68,7 +68,18 @@ def test_f32_exchange_equals_single_node(tiny_models, workers, name, n_workers):
 
 
 @pytest.mark.parametrize("n_workers", [1, 2, 3])
-def test_q80_exchange_within_q80_bound(tiny_models, workers, n_workers):
+@pytest.mark.parametrize("name", ["llama", "glm4", "glm4_moe_air", "glm4_moe_lite"])
+def test_q80_exchange_within_q80_bound(tiny_models, workers, name, n_workers):
+    """Partial sums sent as Q80: against transformers within the Q80 bound (F32 weights, so that
+    every node count splits them)."""
+    _, ids, ref = tiny_models.hf(name)
+    split = run(tiny_models.converted(name, "f32"), ids, workers.addresses[:n_workers], exchange="q80")
+    assert np.abs(split - ref).max() <= 0.08 * ref.std()
+    assert (split.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3])
+def test_q80_weights_and_exchange(tiny_models, workers, n_workers):
     _, ids, ref = tiny_models.hf("llama")
     split = run(tiny_models.converted("llama", "q80"), ids, workers.addresses[:n_workers], exchange="q80")
     assert np.abs(split - ref).max() <= 0.08 * ref.std()
