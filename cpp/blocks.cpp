@@ -29,58 +29,55 @@ static std::string split_error(const std::string& what, int64_t n, const Partiti
 // ---------------------------------------------------------------------------------------------
 // KV cache
 
-KvCache::KvCache(int rows, int row_width, bool f16) : rows_(rows), width_(row_width), f16_(f16) {
-    if (f16) half_.assign((size_t)rows * row_width, 0);
-    else f32_.assign((size_t)rows * row_width, 0.0f);
+KvCache::KvCache(int rows, int n_heads, int head_width, bool f16)
+    : rows_(rows), n_heads_(n_heads), width_(head_width), f16_(f16) {
+    const size_t n = (size_t)rows * n_heads * head_width;
+    if (f16) half_.assign(n, 0);
+    else f32_.assign(n, 0.0f);
 }
 
 void KvCache::put(int row, const float* values) {
-    if (f16_)
-        for (int i = 0; i < width_; i++) half_[(size_t)row * width_ + i] = f32_to_f16(values[i]);
-    else
-        std::copy(values, values + width_, &f32_[(size_t)row * width_]);
+    for (int h = 0; h < n_heads_; h++) {
+        const float* v = values + (size_t)h * width_;
+        if (f16_)
+            for (int i = 0; i < width_; i++) half_[at(h, row) + i] = f32_to_f16(v[i]);
+        else
+            std::copy(v, v + width_, &f32_[at(h, row)]);
+    }
 }
 
-float KvCache::dot(int row, int offset, const float* q, int n) const {
-    const size_t at = (size_t)row * width_ + offset;
-    return f16_ ? dot_f16(q, &half_[at], n) : dllama::dot(q, &f32_[at], n);
+float KvCache::dot(int head, int row, const float* q) const {
+    return f16_ ? dot_f16(q, &half_[at(head, row)], width_) : dllama::dot(q, &f32_[at(head, row)], width_);
 }
 
-// A row of f32 values, converted from f16 when needed, in `buf` (at most kMaxRow values).
+void KvCache::axpy(float* y, float a, int head, int row) const {
+    if (f16_) axpy_f16(y, a, &half_[at(head, row)], width_);
+    else dllama::axpy(y, a, &f32_[at(head, row)], width_);
+}
+
+// A row converted from f16 once serves every query head of a group (at most kMaxRow values).
 static constexpr int kMaxRow = 512;
 
-void KvCache::dot_heads(int row, int offset, const float* q, int q_stride, int n_heads, int n, float* out,
-                        int out_stride) const {
-    const size_t at = (size_t)row * width_ + offset;
-    if (!f16_ || n > kMaxRow) {
-        for (int h = 0; h < n_heads; h++) out[h * out_stride] = dot(row, offset, q + h * q_stride, n);
+void KvCache::dot_heads(int head, int row, const float* q, int q_stride, int n_q, float* out, int out_stride) const {
+    if (f16_ && (n_q == 1 || width_ > kMaxRow)) {
+        for (int i = 0; i < n_q; i++) out[i * out_stride] = dot(head, row, q + i * q_stride);
         return;
     }
     float buf[kMaxRow];
-    f16_to_f32_row(&half_[at], buf, n);  // converted once for every head
-    for (int h = 0; h < n_heads; h++) out[h * out_stride] = dllama::dot(q + h * q_stride, buf, n);
+    const float* x = f16_ ? buf : &f32_[at(head, row)];
+    if (f16_) f16_to_f32_row(&half_[at(head, row)], buf, width_);
+    for (int i = 0; i < n_q; i++) out[i * out_stride] = dllama::dot(q + i * q_stride, x, width_);
 }
 
-void KvCache::axpy_heads(float* y, int y_stride, const float* a, int a_stride, int n_heads, int row, int offset,
-                         int n) const {
-    const size_t at = (size_t)row * width_ + offset;
-    const float* x = f16_ ? nullptr : &f32_[at];
-    float buf[kMaxRow];
-    if (f16_) {
-        if (n > kMaxRow) {
-            for (int h = 0; h < n_heads; h++) axpy(y + h * y_stride, a[h * a_stride], row, offset, n);
-            return;
-        }
-        f16_to_f32_row(&half_[at], buf, n);
-        x = buf;
+void KvCache::axpy_heads(float* y, int y_stride, const float* a, int a_stride, int n_q, int head, int row) const {
+    if (f16_ && (n_q == 1 || width_ > kMaxRow)) {
+        for (int i = 0; i < n_q; i++) axpy(y + i * y_stride, a[i * a_stride], head, row);
+        return;
     }
-    for (int h = 0; h < n_heads; h++) dllama::axpy(y + h * y_stride, a[h * a_stride], x, n);
-}
-
-void KvCache::axpy(float* y, float a, int row, int offset, int n) const {
-    const size_t at = (size_t)row * width_ + offset;
-    if (f16_) axpy_f16(y, a, &half_[at], n);
-    else dllama::axpy(y, a, &f32_[at], n);
+    float buf[kMaxRow];
+    const float* x = f16_ ? buf : &f32_[at(head, row)];
+    if (f16_) f16_to_f32_row(&half_[at(head, row)], buf, width_);
+    for (int i = 0; i < n_q; i++) dllama::axpy(y + i * y_stride, a[i * a_stride], x, width_);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -111,8 +108,8 @@ Attention::Attention(const WeightSource& weights, const std::string& prefix, con
         q_norm_ = weights.vector(prefix + "q_norm");
         k_norm_ = weights.vector(prefix + "k_norm");
     }
-    k_cache_ = KvCache(cfg.seq_len, (int)kv_rows.size(), cfg.kv_f16);
-    v_cache_ = KvCache(cfg.seq_len, (int)kv_rows.size(), cfg.kv_f16);
+    k_cache_ = KvCache(cfg.seq_len, n_kv_, head_dim_, cfg.kv_f16);
+    v_cache_ = KvCache(cfg.seq_len, n_kv_, head_dim_, cfg.kv_f16);
 }
 
 void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, float* out) {
@@ -170,7 +167,7 @@ void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, floa
             float* o = &att_[(size_t)t * q_dim];
             const int heads = last - first;
             for (int s = 0; s < n_ctx; s++)
-                k_cache_.dot_heads(s, kvh * head_dim_, q + first * head_dim_, head_dim_, heads, head_dim_, &scratch[s], n_ctx);
+                k_cache_.dot_heads(kvh, s, q + first * head_dim_, head_dim_, heads, &scratch[s], n_ctx);
             for (int h = 0; h < heads; h++) {
                 float* sc = &scratch[(size_t)h * n_ctx];
                 for (int s = 0; s < n_ctx; s++) sc[s] *= scale;
@@ -178,7 +175,7 @@ void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, floa
             }
             std::fill(o + first * head_dim_, o + last * head_dim_, 0.0f);
             for (int s = 0; s < n_ctx; s++)
-                v_cache_.axpy_heads(o + first * head_dim_, head_dim_, &scratch[s], n_ctx, heads, s, kvh * head_dim_, head_dim_);
+                v_cache_.axpy_heads(o + first * head_dim_, head_dim_, &scratch[s], n_ctx, heads, kvh, s);
         }
     });
 
@@ -362,8 +359,8 @@ LatentAttention::LatentAttention(const WeightSource& weights, const std::string&
     wo_ = weights.matrix(prefix + "o", dim, Range{heads.begin * v_dim_, heads.end * v_dim_});
     // A bias after the head-split output projection is added once, by node 0, before the sum.
     if (cfg.attention_out_bias && part.node == 0) o_bias_ = weights.vector(prefix + "o_bias");
-    latent_cache_ = KvCache(cfg.seq_len, kv_lora_, cfg.kv_f16);
-    rope_cache_ = KvCache(cfg.seq_len, rope_dim_, cfg.kv_f16);
+    latent_cache_ = KvCache(cfg.seq_len, 1, kv_lora_, cfg.kv_f16);
+    rope_cache_ = KvCache(cfg.seq_len, 1, rope_dim_, cfg.kv_f16);
 }
 
 size_t LatentAttention::weight_bytes() const {
@@ -431,11 +428,11 @@ void LatentAttention::forward(BlockContext& ctx, const float* xn, int n, int pos
             const float* ql = &q_lat_[i * kv_lora_];
             const float* qr = &q_[(size_t)t * q_width + h * qk + nope_];
             for (int s = 0; s < n_ctx; s++)
-                scores[s] = (latent_cache_.dot(s, 0, ql, kv_lora_) + rope_cache_.dot(s, 0, qr, rope_dim_)) * scale_;
+                scores[s] = (latent_cache_.dot(0, s, ql) + rope_cache_.dot(0, s, qr)) * scale_;
             softmax(scores.data(), n_ctx);
             float* l = &lat_[i * kv_lora_];
             std::fill(l, l + kv_lora_, 0.0f);
-            for (int s = 0; s < n_ctx; s++) latent_cache_.axpy(l, scores[s], s, 0, kv_lora_);
+            for (int s = 0; s < n_ctx; s++) latent_cache_.axpy(l, scores[s], 0, s);
         }
     });
 

@@ -17,24 +17,24 @@ struct BlockContext {
     Scratch& scratch;
 };
 
-// Rows of cached keys/values (or latents), in f32 or, to halve memory and bandwidth, in f16.
+// Cached keys/values (or latents) of n_heads heads, each head's rows contiguous ([head][position][width]),
+// so that attention streams one head's history sequentially; f32, or f16 to halve memory and bandwidth.
 class KvCache {
 public:
     KvCache() = default;
-    KvCache(int rows, int row_width, bool f16);
-    void put(int row, const float* values);  // the whole row
-    float dot(int row, int offset, const float* q, int n) const;
-    void axpy(float* y, float a, int row, int offset, int n) const;
-    // For n_heads query heads (q_stride apart) sharing this row: out[h * out_stride] = q_h . row[offset..+n].
-    void dot_heads(int row, int offset, const float* q, int q_stride, int n_heads, int n, float* out,
-                   int out_stride) const;
-    // y_h[0..n) += a[h * a_stride] * row[offset..+n) for n_heads outputs y_h (y_stride apart).
-    void axpy_heads(float* y, int y_stride, const float* a, int a_stride, int n_heads, int row, int offset, int n) const;
-    size_t bytes_per_row() const { return (size_t)width_ * (f16_ ? 2 : 4); }
-    size_t bytes() const { return bytes_per_row() * rows_; }
+    KvCache(int rows, int n_heads, int head_width, bool f16);
+    void put(int row, const float* values);  // n_heads * head_width values of one position
+    float dot(int head, int row, const float* q) const;
+    void axpy(float* y, float a, int head, int row) const;
+    // For n_q query heads (q_stride apart) reading this head: out[i * out_stride] = q_i . row.
+    void dot_heads(int head, int row, const float* q, int q_stride, int n_q, float* out, int out_stride) const;
+    // y_i += a[i * a_stride] * row for n_q outputs y_i (y_stride apart).
+    void axpy_heads(float* y, int y_stride, const float* a, int a_stride, int n_q, int head, int row) const;
+    size_t bytes_per_row() const { return (size_t)n_heads_ * width_ * (f16_ ? 2 : 4); }
 
 private:
-    int rows_ = 0, width_ = 0;
+    size_t at(int head, int row) const { return ((size_t)head * rows_ + row) * width_; }
+    int rows_ = 0, n_heads_ = 0, width_ = 0;
     bool f16_ = false;
     std::vector<float> f32_;
     std::vector<uint16_t> half_;
@@ -80,7 +80,7 @@ private:
     const RopeTable& rope_;
     Matrix wq_, wk_, wv_, wo_;
     std::vector<float> q_bias_, k_bias_, v_bias_, q_norm_, k_norm_;
-    KvCache k_cache_, v_cache_;           // [seq_len][n_kv * head_dim]
+    KvCache k_cache_, v_cache_;           // n_kv heads of head_dim
     std::vector<float> q_, k_, v_, att_;  // per chunk
     Activations in_, att_in_;
 };
@@ -108,7 +108,7 @@ private:
     Matrix wq_, wq_a_, wq_b_, wkv_a_, wo_;
     std::vector<Matrix> k_b_, v_b_;  // per local head
     std::vector<float> q_a_bias_, q_a_norm_, kv_a_bias_, kv_a_norm_, o_bias_;
-    KvCache latent_cache_, rope_cache_;  // [seq_len][kv_lora], [seq_len][rope_dim]
+    KvCache latent_cache_, rope_cache_;  // one head of kv_lora, one of rope_dim
     std::vector<float> qa_, q_, kv_, latent_, head_in_, head_out_, q_lat_, lat_, att_;
     Activations in_, qa_in_, head_act_, att_in_;
 };
