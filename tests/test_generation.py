@@ -117,3 +117,43 @@ def test_cli_generate_and_chat(scripted_glm, capsys, monkeypatch):
     assert capsys.readouterr().out == "hm\n\nOK\n"  # reasoning, then the answer (no terminal: not dimmed)
     assert main(["chat", "-m", path, "--temperature", "0", "--hide-reasoning"]) == 0
     assert capsys.readouterr().out == "OK\n"
+
+
+def test_http_api(scripted_glm):
+    import json
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from dllama_py.server import ApiServer
+
+    server = ApiServer(scripted_glm, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+    def post(path, body):
+        req = urllib.request.Request(base + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.read().decode()
+
+    try:
+        models = json.loads(urllib.request.urlopen(base + "/models", timeout=30).read())
+        assert models["data"][0]["id"] == "scripted"
+        chat = {"messages": [{"role": "user", "content": "Hi"}], "temperature": 0}
+        reply = json.loads(post("/chat/completions", chat))
+        assert reply["choices"][0]["message"] == {"role": "assistant", "content": "OK", "reasoning_content": "hm"}
+        assert reply["choices"][0]["finish_reason"] == "stop"
+        assert reply["usage"]["completion_tokens"] == 6
+        events = [line[6:] for line in post("/chat/completions", chat | {"stream": True}).splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        deltas = [json.loads(e)["choices"][0]["delta"] for e in events[:-1]]
+        assert "".join(d.get("content", "") for d in deltas) == "OK"
+        assert "".join(d.get("reasoning_content", "") for d in deltas) == "hm"
+        text = json.loads(post("/completions", {"prompt": "X", "temperature": 0, "max_tokens": 1}))
+        assert text["choices"][0] == {"index": 0, "text": "Y", "finish_reason": "length"}
+        with pytest.raises(urllib.error.HTTPError) as bad:
+            post("/chat/completions", {"messages": "hello"})
+        assert bad.value.code == 400 and "'messages' must be" in json.loads(bad.value.read())["error"]["message"]
+    finally:
+        server.shutdown()
+        server.server_close()

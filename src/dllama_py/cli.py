@@ -156,6 +156,14 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .server import serve
+
+    with _engine(args) as eng:
+        serve(eng, args.host, args.port)
+    return 0
+
+
 def cmd_worker(args) -> int:
     import os
 
@@ -207,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     think.add_argument("--no-think", dest="think", action="store_false",
                        help="ask for a direct answer (enable_thinking=False)")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("serve", help="serve an OpenAI-style HTTP API",
+                       description="Serve /v1/chat/completions (streaming, with reasoning_content), "
+                                   "/v1/completions and /v1/models.")
+    _add_run_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="serve a share of a model to a root over TCP",
                        description="Wait for a root (Engine(workers=...) or --workers), run its share of the "
