@@ -17,6 +17,7 @@ from .reasoning import ThinkingSplitter, prompt_starts_in_thinking
 from .rope import rope_frequencies
 from .sampling import Sampler
 from .tokenizer import Tokenizer, bundle_path
+from .tool_calls import split_tool_calls
 
 DEFAULT_CONTEXT = 4096  # positions allocated unless asked for more: 128k-context models stay small
 SECRET_ENV = "DLLAMA_SECRET"  # the shared secret of root and workers, when not given
@@ -239,10 +240,15 @@ class Engine:
             yield ChatPiece(part, kind)
 
     def chat_reply(self, messages: list[dict], **kwargs) -> dict:
-        """The whole reply at once: {"role": "assistant", "content": answer, "reasoning_content": thinking}."""
+        """The whole reply at once, as an assistant message: {"role": "assistant", "content": answer,
+        "reasoning_content": thinking}, plus "tool_calls" (OpenAI style) when the model called tools."""
         pieces = list(self.chat(messages, **kwargs))
-        return {"role": "assistant", "content": "".join(p for p in pieces if p.kind == "answer"),
-                "reasoning_content": "".join(p for p in pieces if p.kind == "reasoning")}
+        content, calls = split_tool_calls("".join(p for p in pieces if p.kind == "answer"))
+        reply = {"role": "assistant", "content": content,
+                 "reasoning_content": "".join(p for p in pieces if p.kind == "reasoning")}
+        if calls:
+            reply["tool_calls"] = calls
+        return reply
 
     def _prefill(self, ids: list[int]) -> np.ndarray:
         """Logits after the prompt, reusing the cached prefix the prompt shares with the last call."""

@@ -1,7 +1,8 @@
 """`dllama-py serve`: an OpenAI-style HTTP API over one Engine (standard library only).
 
 POST /v1/chat/completions (streaming or not; the model's <think> text comes back as
-`reasoning_content`), POST /v1/completions, GET /v1/models. Requests run one at a time: the engine has
+`reasoning_content`, and without streaming its tool calls as `tool_calls`), POST /v1/completions,
+GET /v1/models. Requests run one at a time: the engine has
 one KV cache, and a follow-up turn reuses the prefix it shares with the previous conversation.
 """
 
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from .engine import Engine
+from .tool_calls import split_tool_calls
 
 
 class RequestError(ValueError):
@@ -133,14 +135,18 @@ class _Handler(BaseHTTPRequestHandler):
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         base = {"id": ident, "created": created, "model": self.server.model_name}
         if not body.get("stream"):
-            content = {"answer": "", "reasoning": ""}
+            text = {"answer": "", "reasoning": ""}
             for piece in pieces:
-                content[piece.kind] += piece
-            message = {"role": "assistant", "content": content["answer"]}
-            if content["reasoning"]:
-                message["reasoning_content"] = content["reasoning"]
+                text[piece.kind] += piece
+            content, calls = split_tool_calls(text["answer"])
+            message = {"role": "assistant", "content": content}
+            if text["reasoning"]:
+                message["reasoning_content"] = text["reasoning"]
+            if calls:
+                message["tool_calls"] = calls
+            finish = "tool_calls" if calls else self._finish_reason()
             self._send_json(200, base | {"object": "chat.completion", "usage": self._usage(), "choices": [
-                {"index": 0, "message": message, "finish_reason": self._finish_reason()}]})
+                {"index": 0, "message": message, "finish_reason": finish}]})
             return
         first = next(pieces, None)  # errors (e.g. a too-long prompt) surface before the stream starts
         self._start_stream()
