@@ -1,0 +1,109 @@
+#include "blocks/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+namespace dllama {
+
+Attention::Attention(const WeightSource& weights, const std::string& prefix, const ModelConfig& cfg, Options options,
+                     const Partition& part, const RopeTable& rope)
+    : group_(cfg.n_heads / cfg.n_kv_heads), head_dim_(cfg.head_dim), eps_(cfg.norm_eps), options_(options), rope_(rope) {
+    const Range q = part.share(cfg.n_heads);
+    if (q.empty()) throw std::invalid_argument(split_error("attention heads", cfg.n_heads, part));
+    q_first_ = (int)q.begin;
+    n_q_ = (int)q.size();
+    kv_first_ = (int)q.begin / group_;
+    n_kv_ = (int)(q.end - 1) / group_ + 1 - kv_first_;
+    const Range q_rows{q.begin * head_dim_, q.end * head_dim_};
+    const Range kv_rows{(int64_t)kv_first_ * head_dim_, (int64_t)(kv_first_ + n_kv_) * head_dim_};
+    const Range dim = Range::all(cfg.dim);
+    wq_ = weights.matrix(prefix + "q", q_rows, dim);
+    wk_ = weights.matrix(prefix + "k", kv_rows, dim);
+    wv_ = weights.matrix(prefix + "v", kv_rows, dim);
+    wo_ = weights.matrix(prefix + "o", dim, q_rows);
+    if (options.bias) {
+        q_bias_ = weights.vector(prefix + "q_bias", q_rows);
+        k_bias_ = weights.vector(prefix + "k_bias", kv_rows);
+        v_bias_ = weights.vector(prefix + "v_bias", kv_rows);
+    }
+    if (options.qk_norm) {
+        q_norm_ = weights.vector(prefix + "q_norm");
+        k_norm_ = weights.vector(prefix + "k_norm");
+    }
+    k_cache_ = KvCache(cfg.seq_len, n_kv_, head_dim_, cfg.kv_f16);
+    v_cache_ = KvCache(cfg.seq_len, n_kv_, head_dim_, cfg.kv_f16);
+}
+
+void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, float* out) {
+    const int q_dim = n_q_ * head_dim_, kv_dim = n_kv_ * head_dim_;
+    ensure_size(q_, (size_t)n * q_dim);
+    ensure_size(k_, (size_t)n * kv_dim);
+    ensure_size(v_, (size_t)n * kv_dim);
+    ensure_size(att_, (size_t)n * q_dim);
+
+    in_.set(xn, n, wq_.cols());
+    matmul(wq_, in_, q_.data(), ctx.pool);
+    matmul(wk_, in_, k_.data(), ctx.pool);
+    matmul(wv_, in_, v_.data(), ctx.pool);
+
+    ctx.pool.parallel_for(n, 1, [&](size_t t0, size_t t1, int) {
+        for (size_t t = t0; t < t1; t++) {
+            float* q = &q_[t * q_dim];
+            float* k = &k_[t * kv_dim];
+            float* v = &v_[t * kv_dim];
+            if (options_.bias) {
+                add(q, q_bias_.data(), q_dim);
+                add(k, k_bias_.data(), kv_dim);
+                add(v, v_bias_.data(), kv_dim);
+            }
+            if (options_.qk_norm) {
+                for (int h = 0; h < n_q_; h++) rms_norm(q + h * head_dim_, q_norm_.data(), head_dim_, eps_, q + h * head_dim_);
+                for (int h = 0; h < n_kv_; h++) rms_norm(k + h * head_dim_, k_norm_.data(), head_dim_, eps_, k + h * head_dim_);
+            }
+            rope_.apply(q, n_q_, head_dim_, pos + (int)t);
+            rope_.apply(k, n_kv_, head_dim_, pos + (int)t);
+            k_cache_.put(pos + (int)t, k);
+            v_cache_.put(pos + (int)t, v);
+        }
+    });
+
+    // Work items are (token, run of query heads sharing one KV head): each cached key and value row is
+    // read once per run, not once per query head. Runs are split only as far as needed to give every
+    // thread work (decode with few local KV heads).
+    std::vector<std::pair<int, int>> runs;  // [first, last) local query heads
+    const int pieces = std::max(1, std::min(group_, (2 * ctx.pool.size() + n * n_kv_ - 1) / (n * n_kv_)));
+    for (int h = 0; h < n_q_;) {
+        const int kv_end = std::min(n_q_, ((q_first_ + h) / group_ + 1) * group_ - q_first_);  // end of this KV head's run
+        const int step = std::max(1, (kv_end - h + pieces - 1) / pieces);
+        for (; h < kv_end; h += step) runs.push_back({h, std::min(kv_end, h + step)});
+    }
+    const float scale = 1.0f / std::sqrt((float)head_dim_);
+    ctx.pool.parallel_for((size_t)n * runs.size(), 1, [&](size_t i0, size_t i1, int thread) {
+        std::vector<float>& scratch = ctx.scratch.per_thread[thread];
+        for (size_t i = i0; i < i1; i++) {
+            const int t = (int)(i / runs.size());
+            const auto [first, last] = runs[i % runs.size()];
+            const int kvh = (q_first_ + first) / group_ - kv_first_;
+            const int n_ctx = pos + t + 1;
+            const float* q = &q_[(size_t)t * q_dim];
+            float* o = &att_[(size_t)t * q_dim];
+            const int heads = last - first;
+            for (int s = 0; s < n_ctx; s++)
+                k_cache_.dot_heads(kvh, s, q + first * head_dim_, head_dim_, heads, &scratch[s], n_ctx);
+            for (int h = 0; h < heads; h++) {
+                float* sc = &scratch[(size_t)h * n_ctx];
+                for (int s = 0; s < n_ctx; s++) sc[s] *= scale;
+                softmax(sc, n_ctx);
+            }
+            std::fill(o + first * head_dim_, o + last * head_dim_, 0.0f);
+            for (int s = 0; s < n_ctx; s++)
+                v_cache_.axpy_heads(o + first * head_dim_, head_dim_, &scratch[s], n_ctx, heads, kvh, s);
+        }
+    });
+
+    att_in_.set(att_.data(), n, q_dim);
+    matmul(wo_, att_in_, out, ctx.pool);
+}
+
+}  // namespace dllama

@@ -1,0 +1,41 @@
+// Grouped-query attention.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "blocks/block.h"
+#include "blocks/kv_cache.h"
+
+namespace dllama {
+
+// Grouped-query attention: q/k/v projections (optional biases, optional per-head q/k RMSNorm), RoPE on
+// the first rope_dim dims of each head, causal softmax attention over the cache, output projection.
+// A node takes a contiguous share of the query heads and the KV heads they read (KV heads are
+// replicated when there are more nodes than KV heads).
+class Attention : public AttentionBlock {
+public:
+    struct Options {
+        bool bias = false;     // "<prefix>q_bias", "k_bias", "v_bias"
+        bool qk_norm = false;  // per-head RMSNorm weights "<prefix>q_norm", "k_norm"
+    };
+    Attention(const WeightSource& weights, const std::string& prefix, const ModelConfig& cfg, Options options,
+              const Partition& part, const RopeTable& rope);
+
+    void forward(BlockContext& ctx, const float* xn, int n, int pos, float* out) override;
+    size_t weight_bytes() const override { return wq_.bytes() + wk_.bytes() + wv_.bytes() + wo_.bytes(); }
+    size_t kv_bytes_per_position() const override { return k_cache_.bytes_per_row() + v_cache_.bytes_per_row(); }
+
+private:
+    int n_q_, n_kv_, kv_first_, group_, head_dim_, q_first_;  // local heads; first global q/kv head
+    float eps_;
+    Options options_;
+    const RopeTable& rope_;
+    Matrix wq_, wk_, wv_, wo_;
+    std::vector<float> q_bias_, k_bias_, v_bias_, q_norm_, k_norm_;
+    KvCache k_cache_, v_cache_;           // n_kv heads of head_dim
+    std::vector<float> q_, k_, v_, att_;  // per chunk
+    Activations in_, att_in_;
+};
+
+}  // namespace dllama
