@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from hf_models import build, reference_logits
+from hf_models import reference_logits
 from safetensors.torch import save_file
 
 from dllama_py import Engine

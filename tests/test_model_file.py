@@ -9,7 +9,7 @@ import struct
 
 import numpy as np
 import pytest
-from hf_models import N_PREFILL, reference_logits
+from hf_models import N_PREFILL
 
 from dllama_py import Engine
 from dllama_py.architectures import UnsupportedModelError, read_layout

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from .engine import SECRET_ENV
 from .model_file import ModelFileError
