@@ -26,25 +26,35 @@ class Sampler:
         logits = np.asarray(logits).reshape(-1)
         if self.temperature == 0:
             return int(np.argmax(logits))
-        candidates = self._top_k_candidates(logits)
-        scaled = logits[candidates].astype(np.float64) / self.temperature
-        probs = np.exp(scaled - scaled.max())
-        probs /= probs.sum()
-        candidates, probs = self._nucleus(candidates, probs)
-        cumulative = np.cumsum(probs)
-        choice = np.searchsorted(cumulative, self._rng.random() * cumulative[-1], side="right")
-        return int(candidates[min(choice, len(candidates) - 1)])
-
-    def _top_k_candidates(self, logits: np.ndarray) -> np.ndarray:
+        candidates = None  # all of the vocabulary
         if 0 < self.top_k < logits.size:
-            return np.argpartition(logits, -self.top_k)[-self.top_k :]
-        return np.arange(logits.size)
+            candidates = np.argpartition(logits, -self.top_k)[-self.top_k :]
+            logits = logits[candidates]
+        scaled = logits.astype(np.float32) * np.float32(1 / self.temperature)
+        probs = np.exp(scaled - scaled.max())
+        probs /= probs.sum(dtype=np.float64)
+        kept, kept_probs = self._nucleus(probs)
+        cumulative = np.cumsum(kept_probs, dtype=np.float64)
+        choice = kept[min(int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], side="right")),
+                          kept.size - 1)]
+        return int(candidates[choice] if candidates is not None else choice)
 
-    def _nucleus(self, candidates: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The most probable candidates, in descending order, until their total reaches top_p."""
+    def _nucleus(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Indexes of the most probable entries, in descending order, until their total reaches top_p,
+        and their probabilities.
+
+        Only the head of the distribution is sorted: the k most probable (argpartition, k = 256, 1024, ...)
+        until they hold top_p of the mass, so a 150k vocabulary costs a partition, not a full sort."""
+        n = probs.size
         if self.top_p >= 1:
-            return candidates, probs
-        order = np.argsort(-probs, kind="stable")
-        sorted_probs = probs[order]
-        keep = int(np.searchsorted(np.cumsum(sorted_probs), self.top_p)) + 1
-        return candidates[order[:keep]], sorted_probs[:keep]
+            return np.arange(n), probs
+        k = 256
+        while True:
+            k = min(k, n)
+            head = np.argpartition(-probs, k - 1)[:k] if k < n else np.arange(n)
+            order = head[np.argsort(-probs[head], kind="stable")]
+            cumulative = np.cumsum(probs[order], dtype=np.float64)
+            if cumulative[-1] >= self.top_p or k == n:
+                keep = int(np.searchsorted(cumulative, self.top_p)) + 1
+                return order[:keep], probs[order[:keep]]
+            k *= 4
