@@ -122,6 +122,7 @@ class Engine:
         self._model = _core.Model(str(self.path), self.config, tensors, threads or default_threads(),
                                   workers=list(workers or []), secret=secret or os.environ.get(SECRET_ENV, ""),
                                   exchange=exchange, timeout_ms=int(net_timeout * 1000))
+        self._model.reset_net_stats()  # count inference traffic, not the weights sent to the workers
         tok_path = Path(tokenizer) if tokenizer else bundle_path(self.path)
         self.tokenizer: Tokenizer | None = Tokenizer.load(tok_path) if tok_path.exists() else None
         self._cached: list[int] = []  # tokens whose keys/values are in the cache, in order
@@ -170,7 +171,7 @@ class Engine:
         return self.model.n_nodes
 
     def net_stats(self) -> dict:
-        """Traffic and time of the exchanges between nodes since the engine started (or the last
+        """Traffic and time of the exchanges between nodes since the engine was loaded (or the last
         reset_net_stats): bytes_sent, bytes_received, seconds_in_sync, syncs."""
         return self.model.net_stats()
 
