@@ -31,7 +31,7 @@ Attention::Attention(const WeightSource& weights, const std::string& prefix, con
         q_norm_ = weights.vector(prefix + "q_norm");
         k_norm_ = weights.vector(prefix + "k_norm");
     }
-    k_cache_ = KvCache(cfg.seq_len, n_kv_, head_dim_, cfg.kv_f16);
+    k_cache_ = KvCache(cfg.seq_len, n_kv_, head_dim_, cfg.kv_f16, KvCache::Layout::PositionBlocks);
     v_cache_ = KvCache(cfg.seq_len, n_kv_, head_dim_, cfg.kv_f16);
 }
 
@@ -89,16 +89,13 @@ void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, floa
             const float* q = &q_[(size_t)t * q_dim];
             float* o = &att_[(size_t)t * q_dim];
             const int heads = last - first;
-            for (int s = 0; s < n_ctx; s++)
-                k_cache_.dot_heads(kvh, s, q + first * head_dim_, head_dim_, heads, &scratch[s], n_ctx);
+            k_cache_.scores(kvh, n_ctx, q + first * head_dim_, head_dim_, heads, scratch.data(), n_ctx);
             for (int h = 0; h < heads; h++) {
                 float* sc = &scratch[(size_t)h * n_ctx];
                 for (int s = 0; s < n_ctx; s++) sc[s] *= scale;
                 softmax(sc, n_ctx);
             }
-            std::fill(o + first * head_dim_, o + last * head_dim_, 0.0f);
-            for (int s = 0; s < n_ctx; s++)
-                v_cache_.axpy_heads(o + first * head_dim_, head_dim_, &scratch[s], n_ctx, heads, kvh, s);
+            v_cache_.weighted_sum(kvh, n_ctx, scratch.data(), n_ctx, heads, o + first * head_dim_, head_dim_);
         }
     });
 
