@@ -87,6 +87,28 @@ static void rows_weighted_sum(const float* f32, const uint16_t* half, size_t bas
     for (int i = 0; i < NQ; i++)
         for (int v = 0; v < NV; v++) _mm512_storeu_ps(y + (size_t)i * y_stride + v * 16, acc[i][v]);
 }
+
+// NQ weightings over position blocks, for DD dimensions starting at d0: each accumulator holds 16
+// positions of one dimension, summed across lanes once at the end.
+template <int NQ, int DD>
+static void blocks_weighted_sum(const float* f32, const uint16_t* half, size_t head_base, int width, int n_rows,
+                                const float* p, int p_stride, float* y, int y_stride, int d0) {
+    __m512 acc[NQ][DD];
+    for (int i = 0; i < NQ; i++)
+        for (int dd = 0; dd < DD; dd++) acc[i][dd] = _mm512_setzero_ps();
+    for (int b = 0; b * 16 < n_rows; b++) {
+        const __mmask16 mask = (__mmask16)((1u << std::min(16, n_rows - b * 16)) - 1);
+        const size_t base = head_base + (size_t)b * 16 * width;
+        __m512 w[NQ];
+        for (int i = 0; i < NQ; i++) w[i] = _mm512_maskz_loadu_ps(mask, p + (size_t)i * p_stride + b * 16);
+        for (int dd = 0; dd < DD; dd++) {
+            const __m512 k = load16(f32, half, base + (size_t)(d0 + dd) * 16);
+            for (int i = 0; i < NQ; i++) acc[i][dd] = _mm512_fmadd_ps(w[i], k, acc[i][dd]);
+        }
+    }
+    for (int i = 0; i < NQ; i++)
+        for (int dd = 0; dd < DD; dd++) y[(size_t)i * y_stride + d0 + dd] = _mm512_reduce_add_ps(acc[i][dd]);
+}
 #endif
 
 void KvCache::scores(int head, int n_rows, const float* q, int q_stride, int n_q, float* out, int out_stride) const {
@@ -120,6 +142,20 @@ void KvCache::scores(int head, int n_rows, const float* q, int q_stride, int n_q
 
 void KvCache::weighted_sum(int head, int n_rows, const float* p, int p_stride, int n_q, float* y, int y_stride) const {
 #if defined(__AVX512F__)
+    if (layout_ == Layout::PositionBlocks && width_ % 8 == 0) {
+        const uint16_t* half = f16_ ? half_.data() : nullptr;
+        const size_t base = (size_t)head * padded_rows_ * width_;
+        for (int d0 = 0; d0 < width_; d0 += 8) {
+            int i = 0;
+            for (; i + 2 <= n_q; i += 2)
+                blocks_weighted_sum<2, 8>(f32_.data(), half, base, width_, n_rows, p + (size_t)i * p_stride, p_stride,
+                                          y + (size_t)i * y_stride, y_stride, d0);
+            for (; i < n_q; i++)
+                blocks_weighted_sum<1, 8>(f32_.data(), half, base, width_, n_rows, p + (size_t)i * p_stride, p_stride,
+                                          y + (size_t)i * y_stride, y_stride, d0);
+        }
+        return;
+    }
     if (layout_ == Layout::Rows && width_ % 16 == 0 && width_ <= 128) {
         const uint16_t* half = f16_ ? half_.data() : nullptr;
         const size_t base = at(head, 0);

@@ -36,8 +36,8 @@ LatentAttention::LatentAttention(const WeightSource& weights, const std::string&
     wo_ = weights.matrix(prefix + "o", dim, Range{heads.begin * v_dim_, heads.end * v_dim_});
     // A bias after the head-split output projection is added once, by node 0, before the sum.
     if (cfg.attention_out_bias && part.node == 0) o_bias_ = weights.vector(prefix + "o_bias");
-    latent_cache_ = KvCache(cfg.seq_len, 1, kv_lora_, cfg.kv_f16);
-    rope_cache_ = KvCache(cfg.seq_len, 1, rope_dim_, cfg.kv_f16);
+    latent_cache_ = KvCache(cfg.seq_len, 1, kv_lora_, cfg.kv_f16, KvCache::Layout::PositionBlocks);
+    rope_cache_ = KvCache(cfg.seq_len, 1, rope_dim_, cfg.kv_f16, KvCache::Layout::PositionBlocks);
 }
 
 size_t LatentAttention::weight_bytes() const {
@@ -95,21 +95,33 @@ void LatentAttention::forward(BlockContext& ctx, const float* xn, int n, int pos
                       &q_lat_[((size_t)t * n_heads_ + h) * kv_lora_]);
     }
 
-    // Scores against cached latents and rope keys; the weighted sum of latents per (token, head).
+    // Scores against cached latents and rope keys, then the weighted sum of latents, for runs of heads
+    // (every head reads the one shared latent cache, so a run reads it once); runs are as long as
+    // giving every thread work allows.
     ensure_size(lat_, (size_t)n * n_heads_ * kv_lora_);
-    ctx.pool.parallel_for((size_t)n * n_heads_, 1, [&](size_t i0, size_t i1, int thread) {
-        std::vector<float>& scores = ctx.scratch.per_thread[thread];
+    const int run = std::max(1, n_heads_ * n / (2 * ctx.pool.size()));
+    const int runs_per_token = (n_heads_ + run - 1) / run;
+    const int seq_len = ctx.cfg.seq_len;
+    if ((int)scores_.size() != ctx.pool.size()) scores_.assign(ctx.pool.size(), {});
+    ctx.pool.parallel_for((size_t)n * runs_per_token, 1, [&](size_t i0, size_t i1, int thread) {
+        std::vector<float>& sc = scores_[thread];
+        ensure_size(sc, (size_t)2 * std::min(run, n_heads_) * seq_len);
         for (size_t i = i0; i < i1; i++) {
-            const int t = (int)(i / n_heads_), h = (int)(i % n_heads_);
-            const int n_ctx = pos + t + 1;
-            const float* ql = &q_lat_[i * kv_lora_];
-            const float* qr = &q_[(size_t)t * q_width + h * qk + nope_];
-            for (int s = 0; s < n_ctx; s++)
-                scores[s] = (latent_cache_.dot(0, s, ql) + rope_cache_.dot(0, s, qr)) * scale_;
-            softmax(scores.data(), n_ctx);
-            float* l = &lat_[i * kv_lora_];
-            std::fill(l, l + kv_lora_, 0.0f);
-            for (int s = 0; s < n_ctx; s++) latent_cache_.axpy(l, scores[s], 0, s);
+            const int t = (int)(i / runs_per_token), h0 = (int)(i % runs_per_token) * run;
+            const int heads = std::min(run, n_heads_ - h0), n_ctx = pos + t + 1;
+            float* latent_scores = sc.data();
+            float* rope_scores = sc.data() + (size_t)heads * seq_len;
+            latent_cache_.scores(0, n_ctx, &q_lat_[((size_t)t * n_heads_ + h0) * kv_lora_], kv_lora_, heads,
+                                 latent_scores, seq_len);
+            rope_cache_.scores(0, n_ctx, &q_[(size_t)t * q_width + h0 * qk + nope_], qk, heads, rope_scores, seq_len);
+            for (int h = 0; h < heads; h++) {
+                float* s = latent_scores + (size_t)h * seq_len;
+                const float* r = rope_scores + (size_t)h * seq_len;
+                for (int j = 0; j < n_ctx; j++) s[j] = (s[j] + r[j]) * scale_;
+                softmax(s, n_ctx);
+            }
+            latent_cache_.weighted_sum(0, n_ctx, latent_scores, seq_len, heads,
+                                       &lat_[((size_t)t * n_heads_ + h0) * kv_lora_], kv_lora_);
         }
     });
 

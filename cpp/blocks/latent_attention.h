@@ -32,7 +32,8 @@ private:
     Matrix wq_, wq_a_, wq_b_, wkv_a_, wo_;
     std::vector<Matrix> k_b_, v_b_;  // per local head
     std::vector<float> q_a_bias_, q_a_norm_, kv_a_bias_, kv_a_norm_, o_bias_;
-    KvCache latent_cache_, rope_cache_;  // one head of kv_lora, one of rope_dim
+    KvCache latent_cache_, rope_cache_;  // one head of kv_lora, one of rope_dim (position blocks)
+    std::vector<std::vector<float>> scores_;  // per thread: [heads of a task][2][seq_len]
     std::vector<float> qa_, q_, kv_, latent_, head_in_, head_out_, q_lat_, lat_, att_;
     Activations in_, qa_in_, head_act_, att_in_;
 };
