@@ -31,6 +31,13 @@ PRESETS = {
                       moe_intermediate_size=1408, n_routed_experts=128, n_shared_experts=1, num_experts_per_tok=8,
                       first_k_dense_replace=1, n_group=1, topk_group=1, routed_scaling_factor=1.0,
                       norm_topk_prob=True, num_nextn_predict_layers=1),
+    # GLM-4.7-Flash's widths (30B-A3B, multi-head latent attention): 1 dense layer then MoE layers.
+    "glm47-flash": dict(model_type="glm4_moe_lite", hidden_size=2048, intermediate_size=10240, num_hidden_layers=3,
+                        num_attention_heads=20, num_key_value_heads=20, q_lora_rank=768, kv_lora_rank=512,
+                        qk_nope_head_dim=192, qk_rope_head_dim=64, v_head_dim=256, vocab_size=154880,
+                        rope_theta=1000000.0, moe_intermediate_size=1536, n_routed_experts=64, n_shared_experts=1,
+                        num_experts_per_tok=4, first_k_dense_replace=1, n_group=1, topk_group=1,
+                        routed_scaling_factor=1.8, norm_topk_prob=True, num_nextn_predict_layers=1),
     # Qwen3-0.6B's widths.
     "qwen3-0.6b": dict(model_type="qwen3", hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                        num_attention_heads=16, num_key_value_heads=8, head_dim=128, vocab_size=151936,
@@ -49,9 +56,19 @@ def tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     shapes = {"model.embed_tokens.weight": (v, h)}
     for l in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{l}."
-        shapes |= {p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
-                   p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
-                   p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q)}
+        shapes |= {p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)}
+        if cfg.get("kv_lora_rank"):  # multi-head latent attention
+            n, ql, kl = cfg["num_attention_heads"], cfg["q_lora_rank"], cfg["kv_lora_rank"]
+            nope, rope, vd = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
+            shapes |= {p + "self_attn.q_a_proj.weight": (ql, h), p + "self_attn.q_a_layernorm.weight": (ql,),
+                       p + "self_attn.q_b_proj.weight": (n * (nope + rope), ql),
+                       p + "self_attn.kv_a_proj_with_mqa.weight": (kl + rope, h),
+                       p + "self_attn.kv_a_layernorm.weight": (kl,),
+                       p + "self_attn.kv_b_proj.weight": (n * (nope + vd), kl),
+                       p + "self_attn.o_proj.weight": (h, n * vd)}
+        else:
+            shapes |= {p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
+                       p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q)}
         if cfg.get("attention_bias"):
             shapes |= {p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
                        p + "self_attn.v_proj.bias": (kv,)}
