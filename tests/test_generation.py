@@ -156,3 +156,14 @@ def test_http_api(scripted_glm):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_generation_stops_when_the_context_is_full(scripted_glm):
+    with Engine(scripted_glm.path, max_seq_len=9) as eng:
+        pieces = list(eng.chat([{"role": "user", "content": "Hi"}], temperature=0, max_tokens=50))
+        assert eng.last_stats.prompt_tokens == 7
+        assert eng.last_stats.finish_reason == "context"
+        assert eng.position == 9
+        # <think>, h and m were generated; the last one (m) is still returned but never fed back.
+        assert eng.last_stats.generated_tokens == 3
+        assert "".join(pieces) == "hm" and all(p.kind == "reasoning" for p in pieces)
