@@ -37,6 +37,21 @@ Matrix WeightSource::matrix(const std::string& name, Range rows, Range cols) con
     return Matrix(info(name).type, rows.size(), cols.size(), bytes.data());
 }
 
+Matrix WeightSource::stacked(const std::vector<std::pair<std::string, Range>>& parts, Range cols) const {
+    std::vector<uint8_t> bytes;
+    int64_t rows = 0;
+    const FloatType type = info(parts.at(0).first).type;
+    for (const auto& [name, range] : parts) {
+        if (info(name).type != type)
+            throw std::runtime_error(describe() + ": tensor " + name + " is " + float_type_name(info(name).type) +
+                                     ", not " + float_type_name(type) + " like " + parts[0].first);
+        const std::vector<uint8_t> part = read(name, range, cols);
+        bytes.insert(bytes.end(), part.begin(), part.end());
+        rows += range.size();
+    }
+    return Matrix(type, rows, cols.size(), bytes.data());
+}
+
 std::vector<float> WeightSource::vector(const std::string& name) const {
     const TensorInfo& t = info(name);
     return vector(name, Range::all(t.rows * t.cols));

@@ -32,6 +32,9 @@ public:
 
     Matrix matrix(const std::string& name) const;
     Matrix matrix(const std::string& name, Range rows, Range cols) const;
+    // Several matrices with the same columns and type stacked row-wise into one (one product, one pass
+    // over memory, instead of several: q/k/v, gate/up).
+    Matrix stacked(const std::vector<std::pair<std::string, Range>>& parts, Range cols) const;
     // A vector (norm weights, biases), or part of one, as f32.
     std::vector<float> vector(const std::string& name) const;
     std::vector<float> vector(const std::string& name, Range part) const;

@@ -18,9 +18,7 @@ Attention::Attention(const WeightSource& weights, const std::string& prefix, con
     const Range q_rows{q.begin * head_dim_, q.end * head_dim_};
     const Range kv_rows{(int64_t)kv_first_ * head_dim_, (int64_t)(kv_first_ + n_kv_) * head_dim_};
     const Range dim = Range::all(cfg.dim);
-    wq_ = weights.matrix(prefix + "q", q_rows, dim);
-    wk_ = weights.matrix(prefix + "k", kv_rows, dim);
-    wv_ = weights.matrix(prefix + "v", kv_rows, dim);
+    wqkv_ = weights.stacked({{prefix + "q", q_rows}, {prefix + "k", kv_rows}, {prefix + "v", kv_rows}}, dim);
     wo_ = weights.matrix(prefix + "o", dim, q_rows);
     if (options.bias) {
         q_bias_ = weights.vector(prefix + "q_bias", q_rows);
@@ -36,22 +34,18 @@ Attention::Attention(const WeightSource& weights, const std::string& prefix, con
 }
 
 void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, float* out) {
-    const int q_dim = n_q_ * head_dim_, kv_dim = n_kv_ * head_dim_;
-    ensure_size(q_, (size_t)n * q_dim);
-    ensure_size(k_, (size_t)n * kv_dim);
-    ensure_size(v_, (size_t)n * kv_dim);
+    const int q_dim = n_q_ * head_dim_, kv_dim = n_kv_ * head_dim_, qkv_dim = q_dim + 2 * kv_dim;
+    ensure_size(qkv_, (size_t)n * qkv_dim);
     ensure_size(att_, (size_t)n * q_dim);
 
-    in_.set(xn, n, wq_.cols());
-    matmul(wq_, in_, q_.data(), ctx.pool);
-    matmul(wk_, in_, k_.data(), ctx.pool);
-    matmul(wv_, in_, v_.data(), ctx.pool);
+    in_.set(xn, n, wqkv_.cols());
+    matmul(wqkv_, in_, qkv_.data(), ctx.pool);
 
     ctx.pool.parallel_for(n, 1, [&](size_t t0, size_t t1, int) {
         for (size_t t = t0; t < t1; t++) {
-            float* q = &q_[t * q_dim];
-            float* k = &k_[t * kv_dim];
-            float* v = &v_[t * kv_dim];
+            float* q = &qkv_[t * qkv_dim];
+            float* k = q + q_dim;
+            float* v = k + kv_dim;
             if (options_.bias) {
                 add(q, q_bias_.data(), q_dim);
                 add(k, k_bias_.data(), kv_dim);
@@ -86,7 +80,7 @@ void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, floa
             const auto [first, last] = runs[i % runs.size()];
             const int kvh = (q_first_ + first) / group_ - kv_first_;
             const int n_ctx = pos + t + 1;
-            const float* q = &q_[(size_t)t * q_dim];
+            const float* q = &qkv_[(size_t)t * qkv_dim];
             float* o = &att_[(size_t)t * q_dim];
             const int heads = last - first;
             k_cache_.scores(kvh, n_ctx, q + first * head_dim_, head_dim_, heads, scratch.data(), n_ctx);

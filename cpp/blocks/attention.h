@@ -23,7 +23,7 @@ public:
               const Partition& part, const RopeTable& rope);
 
     void forward(BlockContext& ctx, const float* xn, int n, int pos, float* out) override;
-    size_t weight_bytes() const override { return wq_.bytes() + wk_.bytes() + wv_.bytes() + wo_.bytes(); }
+    size_t weight_bytes() const override { return wqkv_.bytes() + wo_.bytes(); }
     size_t kv_bytes_per_position() const override { return k_cache_.bytes_per_row() + v_cache_.bytes_per_row(); }
 
 private:
@@ -31,10 +31,10 @@ private:
     float eps_;
     Options options_;
     const RopeTable& rope_;
-    Matrix wq_, wk_, wv_, wo_;
+    Matrix wqkv_, wo_;  // q, k and v rows stacked: one product gives [q | k | v] per token
     std::vector<float> q_bias_, k_bias_, v_bias_, q_norm_, k_norm_;
     KvCache k_cache_, v_cache_;           // n_kv heads of head_dim
-    std::vector<float> q_, k_, v_, att_;  // per chunk
+    std::vector<float> qkv_, att_;  // per chunk
     Activations in_, att_in_;
 };
 

@@ -1,5 +1,6 @@
 #include "blocks/feed_forward.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace dllama {
@@ -12,22 +13,22 @@ FeedForward::FeedForward(const WeightSource& weights, const std::string& prefix,
     if (rows.empty())
         throw std::invalid_argument(split_error(std::string(blocks ? "32-row blocks" : "rows") + " of " + prefix +
                                                 "down's input", blocks ? hidden / kBlockSize : hidden, part));
-    gate_ = weights.matrix(prefix + "gate", rows, Range::all(dim));
-    up_ = weights.matrix(prefix + "up", rows, Range::all(dim));
+    hidden_ = (int)rows.size();
+    gate_up_ = weights.stacked({{prefix + "gate", rows}, {prefix + "up", rows}}, Range::all(dim));
     down_ = weights.matrix(prefix + "down", Range::all(dim), rows);
 }
 
 void FeedForward::forward(BlockContext& ctx, const float* xn, int n, float* out) {
-    const int hidden = (int)gate_.rows();
-    ensure_size(g_, (size_t)n * hidden);
-    ensure_size(u_, (size_t)n * hidden);
-    in_.set(xn, n, gate_.cols());
-    matmul(gate_, in_, g_.data(), ctx.pool);
-    matmul(up_, in_, u_.data(), ctx.pool);
-    ctx.pool.parallel_for((size_t)n * hidden, 256, [&](size_t i0, size_t i1, int) {
-        silu_mul(&g_[i0], &u_[i0], (int)(i1 - i0));
+    const int h = hidden_;
+    ensure_size(gu_, (size_t)n * 2 * h);
+    in_.set(xn, n, gate_up_.cols());
+    matmul(gate_up_, in_, gu_.data(), ctx.pool);
+    ctx.pool.parallel_for(n, 1, [&](size_t t0, size_t t1, int) {
+        for (size_t t = t0; t < t1; t++) silu_mul(&gu_[t * 2 * h], &gu_[t * 2 * h + h], h);
     });
-    mid_.set(g_.data(), n, hidden);
+    // Pack the activated rows (the gate halves) together as the down projection's input.
+    for (int t = 1; t < n; t++) std::copy(&gu_[(size_t)t * 2 * h], &gu_[(size_t)t * 2 * h + h], &gu_[(size_t)t * h]);
+    mid_.set(gu_.data(), n, h);
     matmul(down_, mid_, out, ctx.pool);
 }
 

@@ -14,11 +14,12 @@ class FeedForward : public FeedForwardBlock {
 public:
     FeedForward(const WeightSource& weights, const std::string& prefix, int dim, int hidden, const Partition& part);
     void forward(BlockContext& ctx, const float* xn, int n, float* out) override;
-    size_t weight_bytes_per_token() const override { return gate_.bytes() + up_.bytes() + down_.bytes(); }
+    size_t weight_bytes_per_token() const override { return gate_up_.bytes() + down_.bytes(); }
 
 private:
-    Matrix gate_, up_, down_;
-    std::vector<float> g_, u_;
+    int hidden_;
+    Matrix gate_up_, down_;  // gate and up rows stacked: one product gives [gate | up] per token
+    std::vector<float> gu_;
     Activations in_, mid_;
 };
 
