@@ -2,8 +2,10 @@
 
 namespace dllama {
 
+static std::string layer_prefix(int l) { return "layers." + std::to_string(l) + "."; }
+
 DecoderLayer Decoder::layer_norms(int l, bool sandwich) const {
-    const std::string p = "layers." + std::to_string(l) + ".";  // matches layer_prefix below
+    const std::string p = layer_prefix(l);
     DecoderLayer layer;
     layer.attn_norm = weights_->vector(p + "attn_norm");
     layer.ffn_norm = weights_->vector(p + "ffn_norm");
@@ -48,8 +50,6 @@ size_t Decoder::layer_weight_bytes_per_token() const {
     }
     return total;
 }
-
-static std::string layer_prefix(int l) { return "layers." + std::to_string(l) + "."; }
 
 DecoderLayer gqa_layer(Decoder& d, int l, Attention::Options attention, bool sandwich,
                        std::unique_ptr<FeedForwardBlock> ffn) {
