@@ -70,7 +70,11 @@ void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, floa
     for (int h = 0; h < n_q_;) {
         const int kv_end = std::min(n_q_, ((q_first_ + h) / group_ + 1) * group_ - q_first_);  // end of this KV head's run
         const int step = std::max(1, (kv_end - h + pieces - 1) / pieces);
-        for (; h < kv_end; h += step) runs.push_back({h, std::min(kv_end, h + step)});
+        while (h < kv_end) {
+            const int end = std::min(kv_end, h + step);  // the last run of a KV head may be shorter
+            runs.push_back({h, end});
+            h = end;
+        }
     }
     const float scale = 1.0f / std::sqrt((float)head_dim_);
     ctx.pool.parallel_for((size_t)n * runs.size(), 1, [&](size_t i0, size_t i1, int thread) {
