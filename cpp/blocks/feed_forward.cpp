@@ -14,6 +14,7 @@ FeedForward::FeedForward(const WeightSource& weights, const std::string& prefix,
         throw std::invalid_argument(split_error(std::string(blocks ? "32-row blocks" : "rows") + " of " + prefix +
                                                 "down's input", blocks ? hidden / kBlockSize : hidden, part));
     hidden_ = (int)rows.size();
+    output_ = hidden_ < hidden ? BlockOutput::PartialSum : BlockOutput::Complete;
     gate_up_ = weights.stacked({{prefix + "gate", rows}, {prefix + "up", rows}}, Range::all(dim));
     down_ = weights.matrix(prefix + "down", Range::all(dim), rows);
 }

@@ -16,30 +16,32 @@ DecoderLayer Decoder::layer_norms(int l, bool sandwich) const {
     return layer;
 }
 
-void Decoder::run_layers(float* x, int n, int pos) {
-    BlockContext ctx{cfg_, pool_, scratch_};
+void Decoder::allocate_cache() {
+    std::vector<std::vector<KvShape>> shapes;
+    for (const DecoderLayer& l : layers_) shapes.push_back(l.attention->cache_shapes());
+    cache_ = KvCache(shapes, cfg_.max_sequences, cfg_.seq_len, cfg_.kv_f16);
+}
+
+void Decoder::run_layers(float* x, const Batch& batch) {
+    BlockContext ctx{cfg_, pool_, scratch_, batch};
+    const int n = batch.n;
     float* xn = scratch_.xn.data();
     float* y = scratch_.y.data();
     const int dim = cfg_.dim;
     const float eps = cfg_.norm_eps;
-    for (DecoderLayer& layer : layers_) {
+    for (size_t l = 0; l < layers_.size(); l++) {
+        DecoderLayer& layer = layers_[l];
         rms_norm_rows(pool_, x, layer.attn_norm.data(), n, dim, eps, xn);
-        layer.attention->forward(ctx, xn, n, pos, y);
-        all_reduce(y, n);
+        layer.attention->forward(ctx, xn, cache_.layer((int)l), y);
+        if (layer.attention->output() == BlockOutput::PartialSum) all_reduce(y, n);
         if (!layer.post_attn_norm.empty()) rms_norm_rows(pool_, y, layer.post_attn_norm.data(), n, dim, eps, y);
         add(x, y, n * dim);
         rms_norm_rows(pool_, x, layer.ffn_norm.data(), n, dim, eps, xn);
         layer.ffn->forward(ctx, xn, n, y);
-        all_reduce(y, n);
+        if (layer.ffn->output() == BlockOutput::PartialSum) all_reduce(y, n);
         if (!layer.post_ffn_norm.empty()) rms_norm_rows(pool_, y, layer.post_ffn_norm.data(), n, dim, eps, y);
         add(x, y, n * dim);
     }
-}
-
-size_t Decoder::kv_bytes_per_position() const {
-    size_t total = 0;
-    for (const DecoderLayer& l : layers_) total += l.attention->kv_bytes_per_position();
-    return total;
 }
 
 size_t Decoder::layer_weight_bytes_per_token() const {
@@ -78,6 +80,7 @@ std::unique_ptr<Model> build_decoder(const ModelConfig& cfg, std::shared_ptr<con
                                     " frequencies for " + std::to_string(cfg.rope_dim) + " rotary dims");
     decoder->rope() = RopeTable(cfg.rope_inv_freq, cfg.rope_attention_factor, cfg.seq_len, cfg.rope_style);
     for (int l = 0; l < cfg.n_layers; l++) decoder->add_layer(make_layer(*decoder, l));
+    decoder->allocate_cache();
     return decoder;
 }
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -16,6 +14,7 @@ from .model_file import NORM_EPSILON_CODES, FloatType
 from .reasoning import ThinkingSplitter, prompt_starts_in_thinking
 from .rope import rope_frequencies
 from .sampling import Sampler
+from .scheduler import GenerationStats, Scheduler
 from .tokenizer import Tokenizer, bundle_path
 from .tool_calls import split_tool_calls
 
@@ -30,17 +29,25 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | None = None) -> "_core.ModelConfig":
-    """The C++ graph's configuration from a .m header and its architecture-table entry."""
+def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | None = None,
+                 max_sequences: int = 1) -> "_core.ModelConfig":
+    """The C++ graph's configuration from a .m header and its architecture-table entry.
+
+    The fields and their order are the C++ table's (cpp/config.h): fields named after a header key are
+    copied as they are; the rest are derived here."""
     p = layout.params
     c = _core.ModelConfig()
+    for name, key in _core.ModelConfig.fields():
+        if key and key in p:
+            setattr(c, name, type(getattr(c, name))(p[key]))
     c.arch = layout.arch.builder
     c.weight_type = _core.FloatType(int(layout.weight_type))
-    c.dim, c.hidden_dim, c.n_layers = p["dim"], p["hidden_dim"], p["n_layers"]
-    c.n_heads, c.n_kv_heads, c.vocab_size = p["n_heads"], p["n_kv_heads"], p["vocab_size"]
     c.head_dim = p.get("head_dim") or p["dim"] // p["n_heads"]
     model_ctx = p.get("max_seq_len") or DEFAULT_CONTEXT
     c.seq_len = min(model_ctx, max_seq_len if max_seq_len else DEFAULT_CONTEXT)
+    if max_sequences < 1:
+        raise ValueError(f"max_sequences must be at least 1, not {max_sequences}")
+    c.max_sequences = max_sequences
     if kv_cache not in (None, "f16", "f32"):
         raise ValueError(f"kv_cache must be 'f16' or 'f32', not {kv_cache!r}")
     # f16 halves the cache; F32 models keep an f32 cache so they stay exact.
@@ -51,20 +58,6 @@ def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | N
     c.rope_style = _core.RopeStyle.INTERLEAVED if layout.arch.rope_style == "interleaved" else _core.RopeStyle.HALVES
     inv_freq, c.rope_attention_factor = rope_frequencies(p, c.rope_dim, c.rope_theta)
     c.rope_inv_freq = inv_freq.tolist()
-    c.attention_bias = bool(p.get("attention_bias", 0))
-    c.qk_norm = bool(p.get("qk_norm", 0))
-    c.n_experts, c.n_active_experts = p.get("n_experts", 0), p.get("n_active_experts", 0)
-    c.moe_hidden_dim = p.get("moe_hidden_dim", 0)
-    c.n_shared_experts = p.get("n_shared_experts", 0)
-    c.n_dense_layers = p.get("n_dense_layers", 0)
-    c.n_expert_groups, c.topk_groups = p.get("n_expert_groups", 1), p.get("topk_groups", 1)
-    c.routed_scaling = p.get("routed_scaling_factor_f32", 1.0)
-    c.norm_topk_prob = bool(p.get("norm_topk_prob", 1))
-    c.q_lora_rank, c.kv_lora_rank = p.get("q_lora_rank", 0), p.get("kv_lora_rank", 0)
-    c.qk_nope_dim, c.qk_rope_dim = p.get("qk_nope_head_dim", 0), p.get("qk_rope_head_dim", 0)
-    c.v_head_dim = p.get("v_head_dim", 0)
-    c.latent_norm_eps = p.get("latent_norm_epsilon_f32", 1e-6)
-    c.attention_scale = p.get("attention_scale_f32", 0.0)
     c.attention_out_bias = c.attention_bias and c.kv_lora_rank > 0
     return c
 
@@ -80,20 +73,6 @@ class ChatPiece(str):
         return piece
 
 
-@dataclass
-class GenerationStats:
-    prompt_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens reused from the KV cache
-    generated_tokens: int = 0
-    prefill_seconds: float = 0.0
-    decode_seconds: float = 0.0
-    finish_reason: str = ""  # "stop", "length" or "context"
-
-    @property
-    def decode_tokens_per_second(self) -> float:
-        return self.generated_tokens / self.decode_seconds if self.decode_seconds else 0.0
-
-
 class Engine:
     """A model ready to run: `forward` for logits, `generate`/`chat` for text.
 
@@ -105,14 +84,17 @@ class Engine:
     def __init__(self, path: str | os.PathLike, threads: int | None = None, max_seq_len: int | None = None,
                  tokenizer: str | os.PathLike | None = None, workers: list[str] | None = None,
                  secret: str | None = None, exchange: str | None = None, net_timeout: float = 10.0,
-                 kv_cache: str | None = None):
+                 kv_cache: str | None = None, max_sequences: int = 1):
         """kv_cache: "f16" or "f32" (default: f32 for F32 models, else f16).
+        max_sequences: sequences the KV cache holds at once (each up to the context length); generations
+        running at the same time (generate/chat from several threads, or scheduler.submit) share forward
+        steps, so they cost little more than one.
         workers: "host:port" of `dllama-py worker`s to split the model with (tensor parallelism);
         secret: their shared secret (default: $DLLAMA_SECRET); exchange: "q80" or "f32" for the partial
         sums sent between nodes (default: f32 for F32 models, else q80)."""
         self.path = Path(path)
         self.layout = read_layout(self.path)
-        self.config = model_config(self.layout, max_seq_len, kv_cache)
+        self.config = model_config(self.layout, max_seq_len, kv_cache, max_sequences)
         tensors = [
             _core.TensorInfo(t.spec.name, _core.FloatType(int(t.dtype)), t.spec.rows, t.spec.cols, t.offset)
             for t in self.layout.tensors
@@ -125,7 +107,7 @@ class Engine:
         self._model.reset_net_stats()  # count inference traffic, not the weights sent to the workers
         tok_path = Path(tokenizer) if tokenizer else bundle_path(self.path)
         self.tokenizer: Tokenizer | None = Tokenizer.load(tok_path) if tok_path.exists() else None
-        self._cached: list[int] = []  # tokens whose keys/values are in the cache, in order
+        self.scheduler = Scheduler(self._model)
         self.last_stats = GenerationStats()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -156,7 +138,12 @@ class Engine:
 
     @property
     def position(self) -> int:
-        return self.model.position
+        """Positions of sequence slot 0 (the one `forward` runs on) in the KV cache."""
+        return self.model.length(0)
+
+    @property
+    def max_sequences(self) -> int:
+        return self.model.n_slots
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -180,23 +167,21 @@ class Engine:
 
     # -- raw model ---------------------------------------------------------------------------
     def forward(self, token_ids: Iterable[int], all_logits: bool = True) -> np.ndarray:
-        """Logits (n, vocab) for tokens appended at the current position (or (1, vocab) for the
-        last one only when all_logits is False)."""
-        ids = np.asarray(list(token_ids), dtype=np.int32)
-        if ids.size == 0:
+        """Logits (n, vocab) for tokens appended at the current position of sequence slot 0 (or (1, vocab)
+        for the last one only when all_logits is False)."""
+        ids = [int(i) for i in token_ids]
+        if not ids:
             raise ValueError("forward needs at least one token")
-        if self.position + ids.size > self.context_length:
+        if self.position + len(ids) > self.context_length:
             raise ValueError(
-                f"{ids.size} tokens at position {self.position} exceed the context of {self.context_length} "
+                f"{len(ids)} tokens at position {self.position} exceed the context of {self.context_length} "
                 f"(raise max_seq_len, up to the model's {self.layout.params.get('max_seq_len')})"
             )
-        logits = self.model.forward(ids, all_logits)
-        self._cached.extend(int(i) for i in ids)
-        return logits
+        return self.scheduler.forward(ids, all_logits)
 
     def reset(self):
-        self.model.set_position(0)
-        self._cached.clear()
+        """Empties sequence slot 0."""
+        self.scheduler.reset(0)
 
     # -- text --------------------------------------------------------------------------------
     def _require_tokenizer(self) -> Tokenizer:
@@ -251,62 +236,36 @@ class Engine:
             reply["tool_calls"] = calls
         return reply
 
-    def _prefill(self, ids: list[int]) -> np.ndarray:
-        """Logits after the prompt, reusing the cached prefix the prompt shares with the last call."""
-        if not ids:
-            raise ValueError("the prompt is empty")
+    def _generate_ids(self, ids: list[int], max_tokens: int, sampler: Sampler, stop) -> Iterator[str]:
+        """Text pieces of one generation, run by the scheduler (with whatever else runs at the time)."""
+        tok = self._require_tokenizer()
         if len(ids) > self.context_length:
             raise ValueError(f"the prompt has {len(ids)} tokens but the context holds {self.context_length} "
                              f"(raise max_seq_len, up to the model's {self.layout.params.get('max_seq_len')})")
-        common = 0
-        for a, b in zip(self._cached, ids[:-1]):
-            if a != b:
-                break
-            common += 1
-        self.model.set_position(common)
-        del self._cached[common:]
-        self.last_stats.cached_tokens = common
-        return self.forward(ids[common:], all_logits=False)[-1]
-
-    def _generate_ids(self, ids: list[int], max_tokens: int, sampler: Sampler, stop) -> Iterator[str]:
-        tok = self._require_tokenizer()
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        eos = set(tok.eos_token_ids)
-        stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
-        t0 = time.perf_counter()
-        logits = self._prefill(ids)
-        stats.prefill_seconds = time.perf_counter() - t0
+        request = self.scheduler.submit(ids, sampler, max_tokens, stop_tokens=tok.eos_token_ids)
+        self.last_stats = request.stats
         decoder = tok.stream_decoder()
         text = ""  # decoded and not yet yielded (held back while it may start a stop string)
         hold = max((len(s) for s in stops), default=1) - 1
-        t0 = time.perf_counter()
-        stats.finish_reason = "length"
         stopped_by_string = False
-        for _ in range(max_tokens):
-            token = sampler.sample(logits)
-            if token in eos:
-                stats.finish_reason = "stop"
-                break
-            stats.generated_tokens += 1
-            text += decoder.push(token)
-            hit = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-            if hit >= 0:
-                if hit:
-                    yield text[:hit]
-                text = ""
-                stats.finish_reason = "stop"
-                stopped_by_string = True
-                break
-            if len(text) > hold:
-                cut = len(text) - hold
-                yield text[:cut]
-                text = text[cut:]
-            if self.position >= self.context_length:
-                stats.finish_reason = "context"
-                break
-            logits = self.forward([token], all_logits=False)[-1]
-        if not stopped_by_string:
-            text += decoder.flush()
-        stats.decode_seconds = time.perf_counter() - t0
-        if text:
-            yield text
+        try:
+            for token in request:
+                text += decoder.push(token)
+                hit = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+                if hit >= 0:
+                    request.cancel()
+                    request.stats.finish_reason = "stop"
+                    text = text[:hit]
+                    stopped_by_string = True
+                    break
+                if len(text) > hold:
+                    cut = len(text) - hold
+                    yield text[:cut]
+                    text = text[cut:]
+            if not stopped_by_string:
+                text += decoder.flush()
+            if text:
+                yield text
+        finally:
+            request.cancel()  # frees the slot when the caller stops iterating early

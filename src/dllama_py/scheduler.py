@@ -1,0 +1,360 @@
+"""Many generations at once over one model: continuous batching.
+
+Each forward step runs one row per decoding request (its last sampled token) plus chunks of waiting
+prompts, so every weight matrix is read once per step for all of them. Requests join and leave
+between steps; a long prompt is prefilled a chunk per step, between the others' decode steps.
+
+    sched = engine.scheduler                    # or Scheduler(engine.model)
+    req = sched.submit(prompt_ids, Sampler(temperature=0), max_tokens=64, stop_tokens=tokenizer.eos_token_ids)
+    for token_id in req:                        # blocks until the next token; thread-safe
+        ...
+    req.cancel()                                # from any thread; the slot is free at the next step
+
+Whoever waits for a token drives the steps: the first waiting thread runs a step for everyone while
+the others wait for its result, so no background thread is needed and a single caller runs at the
+speed of a plain loop. Each finished sequence's tokens stay in its KV-cache slot; a new request takes
+the free slot sharing the longest prefix with its prompt, or copies that prefix from another slot, so
+a shared system prompt or the previous turn of a conversation is computed once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+from .sampling import Sampler
+
+ROWS_PER_STEP = 64  # the C++ core's matrix-matrix chunk: prompt rows beyond the decode rows fill it
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens reused from the KV cache
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0  # from the first step the request took part in to its first token
+    decode_seconds: float = 0.0  # from its first token to its last
+    finish_reason: str = ""  # "stop", "length", "context" or "cancelled"
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        """Tokens after the first, per second of decoding."""
+        return (self.generated_tokens - 1) / self.decode_seconds if self.decode_seconds else 0.0
+
+
+class Request:
+    """One generation. Iterating it yields its token ids as they are sampled (stop tokens excluded);
+    `stats` and `finish_reason` say how it went. Made by Scheduler.submit."""
+
+    def __init__(self, scheduler: "Scheduler", prompt: list[int], sampler: Sampler, max_tokens: int,
+                 stop_tokens: frozenset[int]):
+        self.prompt = prompt
+        self.sampler = sampler
+        self.max_tokens = max_tokens
+        self.stop_tokens = stop_tokens
+        self.stats = GenerationStats(prompt_tokens=len(prompt))
+        self._scheduler = scheduler
+        self._out: deque[int] = deque()  # sampled, not yet taken by the consumer
+        self._done = False
+        self._error: BaseException | None = None
+        self._slot: _Slot | None = None
+        self._fed = 0  # prompt tokens in the slot
+        self._next: int | None = None  # the last sampled token, to be fed by the next step
+        self._started = 0.0
+        self._first_token = 0.0
+
+    @property
+    def finish_reason(self) -> str:
+        return self.stats.finish_reason
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def __iter__(self) -> "Request":
+        return self
+
+    def __next__(self) -> int:
+        return self._scheduler._next_token(self)
+
+    def cancel(self):
+        """Stops the generation (tokens already sampled can still be taken); harmless once it is done."""
+        self._scheduler._cancel(self)
+
+
+@dataclass
+class _Slot:
+    index: int
+    tokens: list[int] = field(default_factory=list)  # what the KV cache holds for this slot, in order
+    request: Request | None = None
+    last_used: int = 0
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
+
+
+class Scheduler:
+    """Runs the requests submitted to it in shared forward steps over the model's KV-cache slots
+    (`max_sequences` of the Engine). Thread-safe."""
+
+    def __init__(self, model, rows_per_step: int = ROWS_PER_STEP):
+        self._model = model
+        self._vocab = model.config.vocab_size
+        self._seq_len = model.config.seq_len
+        self._rows_per_step = rows_per_step
+        self._slots = [_Slot(i) for i in range(model.n_slots)]
+        self._waiting: deque[Request] = deque()
+        self._running: list[Request] = []  # in slots, in the order they were admitted
+        self._cv = threading.Condition()
+        self._stepping = False
+        self._steps = 0
+
+    # -- the public API ----------------------------------------------------------------------------
+    def submit(self, prompt: Iterable[int], sampler: Sampler | None = None, max_tokens: int = 256,
+               stop_tokens: Iterable[int] = ()) -> Request:
+        """Queues a generation of up to max_tokens tokens after the prompt (token ids); it stops early at
+        any of stop_tokens (not yielded) or when its sequence fills the context. Greedy by default."""
+        ids = [int(t) for t in prompt]
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if len(ids) > self._seq_len:
+            raise ValueError(f"the prompt has {len(ids)} tokens but the context holds {self._seq_len} "
+                             "(raise max_seq_len)")
+        bad = [t for t in ids if not 0 <= t < self._vocab]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{self._vocab - 1})")
+        if max_tokens < 0:
+            raise ValueError("max_tokens must be >= 0")
+        req = Request(self, ids, sampler or Sampler(temperature=0), max_tokens, frozenset(int(t) for t in stop_tokens))
+        with self._cv:
+            if max_tokens == 0:
+                self._finish(req, "length")
+            else:
+                self._waiting.append(req)
+            self._cv.notify_all()
+        return req
+
+    def step(self) -> bool:
+        """Runs one step if there is work (and no other thread is running one); False if there was none."""
+        with self._cv:
+            while self._stepping:
+                self._cv.wait()
+            if not (self._waiting or self._running):
+                return False
+            self._stepping = True
+        self._run_step()
+        return True
+
+    def run(self):
+        """Runs steps until every submitted request is done."""
+        while self.step():
+            pass
+
+    @property
+    def active(self) -> int:
+        """Requests waiting or running."""
+        with self._cv:
+            return len(self._waiting) + len(self._running)
+
+    def forward(self, ids: list[int], all_logits: bool, slot: int = 0) -> np.ndarray:
+        """The raw model on one slot (Engine.forward): logits for tokens appended to its sequence."""
+        with self._cv:
+            while self._stepping:
+                self._cv.wait()
+            if self._slots[slot].request is not None:
+                raise RuntimeError(f"sequence slot {slot} is in use by a running generation")
+            self._stepping = True
+        try:
+            logits = self._model.forward(np.asarray(ids, dtype=np.int32), all_logits, slot)
+            self._slots[slot].tokens.extend(ids)
+            return logits
+        finally:
+            self._end_step()
+
+    def reset(self, slot: int = 0):
+        """Empties a slot's sequence (not one a running generation holds)."""
+        with self._cv:
+            while self._stepping:
+                self._cv.wait()
+            if self._slots[slot].request is not None:
+                raise RuntimeError(f"sequence slot {slot} is in use by a running generation")
+            self._model.truncate(slot, 0)
+            self._slots[slot].tokens.clear()
+
+    # -- driving the steps ---------------------------------------------------------------------------
+    def _next_token(self, req: Request) -> int:
+        while True:
+            with self._cv:
+                if req._out:
+                    return req._out.popleft()
+                if req._error is not None:
+                    raise req._error
+                if req._done:
+                    raise StopIteration
+                if self._stepping:
+                    self._cv.wait()
+                    continue
+                self._stepping = True
+            self._run_step()
+
+    def _cancel(self, req: Request):
+        with self._cv:
+            if not req._done:
+                self._finish(req, "cancelled")
+            self._cv.notify_all()
+
+    def _end_step(self):
+        with self._cv:
+            self._stepping = False
+            self._cv.notify_all()
+
+    def _run_step(self):
+        """One step; the caller has set _stepping."""
+        try:
+            with self._cv:
+                self._admit()
+                plan = self._plan()
+            if plan is None:
+                return
+            tokens, slots, positions, wants, owners = plan
+            try:
+                logits = self._model.step(tokens, slots, positions, wants)
+            except BaseException as e:
+                with self._cv:
+                    self._fail_running(e)
+                raise
+            with self._cv:
+                self._apply(tokens, slots, owners, logits)
+        finally:
+            self._end_step()
+
+    def _admit(self):
+        """Gives waiting requests free slots, reusing the longest cached prefix of their prompts."""
+        while self._waiting:
+            free = [s for s in self._slots if s.request is None]
+            if not free:
+                return
+            req = self._waiting.popleft()
+            reusable = req.prompt[:-1]  # the last prompt token always runs: its logits give the first token
+            shared = {s.index: _common_prefix(s.tokens, reusable) for s in self._slots}
+            # The free slot sharing the most, else the one unused the longest (keeping recent histories).
+            slot = max(free, key=lambda s: (shared[s.index], -s.last_used))
+            source = max(self._slots, key=lambda s: shared[s.index])
+            n = shared[slot.index]
+            if shared[source.index] > n:
+                n = shared[source.index]
+                self._model.copy_prefix(source.index, slot.index, n)
+                slot.tokens = source.tokens[:n]
+            else:
+                self._model.truncate(slot.index, n)
+                del slot.tokens[n:]
+            slot.request = req
+            req._slot = slot
+            req._fed = n
+            req.stats.cached_tokens = n
+            req._started = time.perf_counter()
+            self._running.append(req)
+
+    def _plan(self):
+        """The rows of the next step: every decoding request's last token, then prompt chunks."""
+        tokens, slots, positions, wants, owners = [], [], [], [], []
+        for req in self._running:
+            if req._next is not None:
+                tokens.append(req._next)
+                slots.append(req._slot.index)
+                positions.append(len(req._slot.tokens))
+                wants.append(True)
+                owners.append(req)
+        # Prompts fill the rest of the chunk (and always make some progress, however many decode).
+        budget = max(self._rows_per_step - len(tokens), self._rows_per_step // 4)
+        for req in self._running:
+            if budget <= 0:
+                break
+            left = len(req.prompt) - req._fed
+            if left == 0:
+                continue
+            k = min(left, budget)
+            start = len(req._slot.tokens)
+            tokens += req.prompt[req._fed:req._fed + k]
+            slots += [req._slot.index] * k
+            positions += range(start, start + k)
+            wants += [False] * (k - 1) + [k == left]
+            if k == left:
+                owners.append(req)
+            budget -= k
+        if not tokens:
+            return None
+        return (np.asarray(tokens, dtype=np.int32), np.asarray(slots, dtype=np.int32),
+                np.asarray(positions, dtype=np.int32), np.asarray(wants, dtype=bool), owners)
+
+    def _apply(self, tokens, slots, owners: list[Request], logits: np.ndarray):
+        """Records what the step put into the cache, then samples each request's next token."""
+        for token, slot in zip(tokens.tolist(), slots.tolist()):
+            self._slots[slot].tokens.append(token)
+        for req in self._running:
+            req._fed = min(len(req.prompt), len(req._slot.tokens))  # prompt tokens in the cache
+            req._next = None  # fed by this step
+        now = time.perf_counter()
+        self._steps += 1
+        for req, row in zip(owners, logits):
+            if req._done:  # cancelled while the step ran
+                continue
+            token = req.sampler.sample(row)
+            if req.stats.generated_tokens == 0:
+                req._first_token = now
+                req.stats.prefill_seconds = now - req._started
+            if token in req.stop_tokens:
+                self._finish(req, "stop")
+                continue
+            req.stats.decode_seconds = now - req._first_token
+            req._out.append(token)
+            req.stats.generated_tokens += 1
+            if len(req._slot.tokens) >= self._seq_len:
+                self._finish(req, "context")  # no room to feed it back
+            elif req.stats.generated_tokens >= req.max_tokens:
+                self._finish(req, "length")
+            else:
+                req._next = token
+        self._release_finished()
+        self._cv.notify_all()
+
+    def _finish(self, req: Request, reason: str):
+        req.stats.finish_reason = reason
+        req._done = True
+        req._next = None
+        if req in self._waiting:
+            self._waiting.remove(req)
+        if not self._stepping:
+            self._release_finished()
+
+    def _release_finished(self):
+        for req in [r for r in self._running if r._done]:
+            self._running.remove(req)
+            req._slot.request = None
+            req._slot.last_used = self._steps
+
+    def _fail_running(self, error: BaseException):
+        """A failed step leaves the running sequences' caches unknown: end them with the error."""
+        for req in self._running:
+            req._error = error
+            req._done = True
+            req._slot.request = None
+            req._slot.tokens.clear()
+            self._model_truncate_quietly(req._slot.index)
+        self._running.clear()
+
+    def _model_truncate_quietly(self, slot: int):
+        try:
+            self._model.truncate(slot, 0)
+        except RuntimeError:
+            pass
