@@ -1,4 +1,5 @@
-"""`dllama-py bench`: prefill and decode speed, bytes read per token, share of memory bandwidth."""
+"""`dllama-py bench`: prefill and decode speed, bytes read per token, share of memory bandwidth; with
+--parallel, the aggregate decode speed of several generations sharing each forward step."""
 
 from __future__ import annotations
 
@@ -110,3 +111,62 @@ def run_bench(model_path, threads=None, prompt_tokens=128, gen_tokens=32, bandwi
     if print_table:
         print(result.table())
     return result
+
+
+@dataclass
+class ParallelResult:
+    streams: int
+    decode_tokens_per_s: float  # all streams together, over the steps where every stream was decoding
+    step_ms: float  # mean time of those steps: the time between two tokens of one stream
+    first_token_s: float  # mean time from submission to a stream's first token (prefills share the steps)
+
+
+def parallel_table(results: list[ParallelResult]) -> str:
+    base = results[0].decode_tokens_per_s / results[0].streams
+    lines = [f"{'streams':>7}  {'aggregate tok/s':>15}  {'per stream tok/s':>16}  {'ms/token/stream':>15}  "
+             f"{'x one stream':>12}  {'first token s':>13}"]
+    for r in results:
+        lines.append(f"{r.streams:>7}  {r.decode_tokens_per_s:>15,.1f}  {r.decode_tokens_per_s / r.streams:>16,.1f}  "
+                     f"{r.step_ms:>15,.1f}  {r.decode_tokens_per_s / base:>11.2f}x  {r.first_token_s:>13,.2f}")
+    return "\n".join(lines)
+
+
+def run_parallel_bench(model_path, parallel: list[int], threads=None, prompt_tokens=32, gen_tokens=32,
+                       max_seq_len=None, print_table=True, workers=None, secret=None,
+                       exchange=None) -> list[ParallelResult]:
+    """For each stream count: that many generations of gen_tokens greedy tokens after distinct random
+    prompts, submitted together to one scheduler."""
+    from .engine import Engine
+
+    if not parallel or min(parallel) < 1:
+        raise ValueError("--parallel needs stream counts >= 1, e.g. 1,2,4,8")
+    if gen_tokens < 2:
+        raise ValueError("--gen-tokens must be at least 2 to measure decode steps")
+    results = []
+    with Engine(model_path, threads=threads, max_sequences=max(parallel),
+                max_seq_len=max_seq_len or prompt_tokens + gen_tokens + 1, workers=workers, secret=secret,
+                exchange=exchange) as eng:
+        rng = np.random.default_rng(0)
+        sched = eng.scheduler
+        list(sched.submit(rng.integers(0, eng.config.vocab_size, 8).tolist(), max_tokens=2))  # warm-up
+        for n in parallel:
+            start = time.perf_counter()
+            requests = [sched.submit(rng.integers(0, eng.config.vocab_size, prompt_tokens).tolist(),
+                                     max_tokens=gen_tokens) for _ in range(n)]
+            decode_seconds, decode_tokens, decode_steps = 0.0, 0, 0
+            first_token = {}
+            while sched.step():
+                step = sched.last_step
+                now = time.perf_counter()
+                for i, r in enumerate(requests):
+                    if i not in first_token and r.stats.generated_tokens:
+                        first_token[i] = now - start
+                if step.prompt_rows == 0 and step.rows == n:
+                    decode_seconds += step.seconds
+                    decode_tokens += step.rows
+                    decode_steps += 1
+            results.append(ParallelResult(n, decode_tokens / decode_seconds, 1000 * decode_seconds / decode_steps,
+                                          sum(first_token.values()) / n))
+    if print_table:
+        print(parallel_table(results))
+    return results

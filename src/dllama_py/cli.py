@@ -147,8 +147,14 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from .bench import run_bench, run_parallel_bench
 
+    if args.parallel:
+        streams = [int(s) for s in args.parallel.split(",") if s.strip()]
+        run_parallel_bench(args.model, streams, threads=args.threads, prompt_tokens=args.prompt_tokens,
+                           gen_tokens=args.gen_tokens, max_seq_len=args.max_seq_len, workers=args.workers,
+                           secret=args.secret, exchange=args.exchange)
+        return 0
     run_bench(args.model, threads=args.threads, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
               bandwidth_gbps=args.bandwidth, max_seq_len=args.max_seq_len, workers=args.workers, secret=args.secret,
               exchange=args.exchange)
@@ -246,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gen-tokens", type=int, default=32, help="decode steps (default 32)")
     p.add_argument("--bandwidth", type=float, default=None,
                    help="memory bandwidth in GB/s to compare against (default: measured now)")
+    p.add_argument("--parallel", default=None, metavar="N,N,...",
+                   help="decode that many streams at once (e.g. 1,2,4,8,16): aggregate tok/s and per-stream latency")
     p.set_defaults(func=cmd_bench)
     return parser
 

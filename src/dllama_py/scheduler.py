@@ -47,6 +47,15 @@ class GenerationStats:
         return (self.generated_tokens - 1) / self.decode_seconds if self.decode_seconds else 0.0
 
 
+@dataclass
+class StepInfo:
+    """What the last step ran: its rows, how many of them were prompt rows, its wall time."""
+
+    rows: int = 0
+    prompt_rows: int = 0
+    seconds: float = 0.0
+
+
 class Request:
     """One generation. Iterating it yields its token ids as they are sampled (stop tokens excluded);
     `stats` and `finish_reason` say how it went. Made by Scheduler.submit."""
@@ -118,6 +127,7 @@ class Scheduler:
         self._cv = threading.Condition()
         self._stepping = False
         self._steps = 0
+        self.last_step = StepInfo()
 
     # -- the public API ----------------------------------------------------------------------------
     def submit(self, prompt: Iterable[int], sampler: Sampler | None = None, max_tokens: int = 256,
@@ -226,7 +236,8 @@ class Scheduler:
                 plan = self._plan()
             if plan is None:
                 return
-            tokens, slots, positions, wants, owners = plan
+            tokens, slots, positions, wants, owners, n_decode = plan
+            t0 = time.perf_counter()
             try:
                 logits = self._model.step(tokens, slots, positions, wants)
             except BaseException as e:
@@ -234,6 +245,7 @@ class Scheduler:
                     self._fail_running(e)
                 raise
             with self._cv:
+                self.last_step = StepInfo(len(tokens), len(tokens) - n_decode, time.perf_counter() - t0)
                 self._apply(tokens, slots, owners, logits)
         finally:
             self._end_step()
@@ -275,6 +287,7 @@ class Scheduler:
                 positions.append(len(req._slot.tokens))
                 wants.append(True)
                 owners.append(req)
+        n_decode = len(tokens)
         # Prompts fill the rest of the chunk (and always make some progress, however many decode).
         budget = max(self._rows_per_step - len(tokens), self._rows_per_step // 4)
         for req in self._running:
@@ -295,7 +308,7 @@ class Scheduler:
         if not tokens:
             return None
         return (np.asarray(tokens, dtype=np.int32), np.asarray(slots, dtype=np.int32),
-                np.asarray(positions, dtype=np.int32), np.asarray(wants, dtype=bool), owners)
+                np.asarray(positions, dtype=np.int32), np.asarray(wants, dtype=bool), owners, n_decode)
 
     def _apply(self, tokens, slots, owners: list[Request], logits: np.ndarray):
         """Records what the step put into the cache, then samples each request's next token."""
