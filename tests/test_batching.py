@@ -153,3 +153,23 @@ def test_cache_memory_is_committed_as_positions_are_written(tiny_models):
         assert reserved == 64 * 512 * 2 * 2 * (2 * 32) * 4  # slots x positions x layers x (k, v) x kv values x f32
     assert loaded - before < reserved / 4
     assert used - loaded < reserved / 4
+
+
+def test_a_failing_sampler_ends_only_its_request(tiny_models):
+    class Broken:
+        calls = 0
+
+        def sample(self, logits):
+            Broken.calls += 1
+            if Broken.calls == 3:
+                raise ArithmeticError("broken sampler")
+            return int(np.argmax(logits))
+
+    with Engine(tiny_models.converted("llama", "f32"), threads=1, max_sequences=2) as eng:
+        broken = eng.scheduler.submit([1, 2, 3], Broken(), max_tokens=10)
+        fine = eng.scheduler.submit([4, 5, 6], max_tokens=10)
+        with pytest.raises(ArithmeticError, match="broken sampler"):
+            list(broken)
+        assert broken.finish_reason == "error"
+        assert len(list(fine)) == 10 and fine.finish_reason == "length"
+        assert eng.scheduler.active == 0

@@ -39,7 +39,7 @@ class GenerationStats:
     generated_tokens: int = 0
     prefill_seconds: float = 0.0  # from the first step the request took part in to its first token
     decode_seconds: float = 0.0  # from its first token to its last
-    finish_reason: str = ""  # "stop", "length", "context" or "cancelled"
+    finish_reason: str = ""  # "stop", "length", "context", "cancelled" or "error"
 
     @property
     def decode_tokens_per_second(self) -> float:
@@ -322,7 +322,12 @@ class Scheduler:
         for req, row in zip(owners, logits):
             if req._done:  # cancelled while the step ran
                 continue
-            token = req.sampler.sample(row)
+            try:
+                token = req.sampler.sample(row)
+            except Exception as e:  # e.g. a caller's own sampler: this request fails, the others go on
+                req._error = e
+                self._finish(req, "error")
+                continue
             if req.stats.generated_tokens == 0:
                 req._first_token = now
                 req.stats.prefill_seconds = now - req._started
