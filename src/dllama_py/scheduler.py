@@ -191,15 +191,24 @@ class Scheduler:
         finally:
             self._end_step()
 
-    def reset(self, slot: int = 0):
-        """Empties a slot's sequence (not one a running generation holds)."""
+    def truncate(self, slot: int, n: int = 0):
+        """Keeps only the first n tokens of a slot's sequence (not of one a running generation holds)."""
         with self._cv:
             while self._stepping:
                 self._cv.wait()
             if self._slots[slot].request is not None:
                 raise RuntimeError(f"sequence slot {slot} is in use by a running generation")
-            self._model.truncate(slot, 0)
-            self._slots[slot].tokens.clear()
+            self._model.truncate(slot, n)
+            del self._slots[slot].tokens[n:]
+
+    def reset(self, slot: int = 0):
+        """Empties a slot's sequence."""
+        self.truncate(slot, 0)
+
+    def slot_tokens(self, slot: int) -> list[int]:
+        """The tokens whose keys and values slot's KV cache holds, in order."""
+        with self._cv:
+            return list(self._slots[slot].tokens)
 
     # -- driving the steps ---------------------------------------------------------------------------
     def _next_token(self, req: Request) -> int:
