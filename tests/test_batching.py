@@ -36,7 +36,7 @@ def test_slots_hold_their_own_sequences_across_position_blocks(tiny_models):
     assert max_error(batched, references) <= 1e-4
 
 
-@pytest.mark.parametrize("name", ["llama", "glm4_moe_air", "glm4_moe_lite"])
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_greedy_generations_together_equal_one_at_a_time(tiny_models, name):
     path = tiny_models.converted(name, "q40")
     prompts = make_sequences(384, seed=11, n=6)
