@@ -16,6 +16,7 @@ from .model_file import NORM_EPSILON_CODES, FloatType
 from .reasoning import ThinkingSplitter, prompt_starts_in_thinking
 from .rope import rope_frequencies
 from .sampling import Sampler
+from .text_stream import TextStream
 from .tokenizer import Tokenizer, bundle_path
 from .tool_calls import split_tool_calls
 
@@ -270,43 +271,30 @@ class Engine:
 
     def _generate_ids(self, ids: list[int], max_tokens: int, sampler: Sampler, stop) -> Iterator[str]:
         tok = self._require_tokenizer()
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
         eos = set(tok.eos_token_ids)
         stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
         t0 = time.perf_counter()
         logits = self._prefill(ids)
         stats.prefill_seconds = time.perf_counter() - t0
-        decoder = tok.stream_decoder()
-        text = ""  # decoded and not yet yielded (held back while it may start a stop string)
-        hold = max((len(s) for s in stops), default=1) - 1
+        stream = TextStream(tok, stop)
         t0 = time.perf_counter()
         stats.finish_reason = "length"
-        stopped_by_string = False
         for _ in range(max_tokens):
             token = sampler.sample(logits)
             if token in eos:
                 stats.finish_reason = "stop"
                 break
             stats.generated_tokens += 1
-            text += decoder.push(token)
-            hit = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-            if hit >= 0:
-                if hit:
-                    yield text[:hit]
-                text = ""
+            if text := stream.push(token):
+                yield text
+            if stream.stopped:
                 stats.finish_reason = "stop"
-                stopped_by_string = True
                 break
-            if len(text) > hold:
-                cut = len(text) - hold
-                yield text[:cut]
-                text = text[cut:]
             if self.position >= self.context_length:
                 stats.finish_reason = "context"
                 break
             logits = self.forward([token], all_logits=False)[-1]
-        if not stopped_by_string:
-            text += decoder.flush()
+        text = stream.flush()
         stats.decode_seconds = time.perf_counter() - t0
         if text:
             yield text
