@@ -10,7 +10,10 @@ from pathlib import Path
 SPECIALS = ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
             "<think>", "</think>"]
 # `assistant_prefix` (a chat_template_kwargs entry) lets a test choose the token generation starts from.
-TEMPLATE = ("[gMASK]<sop>{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}{% endfor %}"
+# Tools are listed in GLM-4.5's call format (which the server reads from the template).
+TEMPLATE = ("[gMASK]<sop>{% if tools %}<|system|>\nTools:{% for t in tools %} {{ t.function.name }}{% endfor %}. "
+            "Call as <tool_call>name<arg_key>key</arg_key><arg_value>value</arg_value></tool_call>{% endif %}"
+            "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>{{ assistant_prefix | default('') }}{% endif %}")
 
 

@@ -164,8 +164,8 @@ def _sampling(state: _State, req, prompt_len: int, max_tokens: int | None, top_l
             for i in range(req.n)]
 
 
-def _token_text(state: _State, token: int) -> str:
-    return state.tokenizer.decode([token])
+def _token_text(state: _State, token: int, as_id: bool = False) -> str:
+    return f"token_id:{token}" if as_id else state.tokenizer.decode([token])
 
 
 def _sse(payload) -> bytes:
@@ -223,8 +223,9 @@ def _template_message(message) -> dict:
 class _ChatChoice:
     """One choice's text turned into OpenAI deltas: reasoning apart, tool calls parsed, log-probabilities."""
 
-    def __init__(self, state: _State, starts_in_thinking: bool, tools: bool, call_prefix: str, logprobs: bool):
-        self.state = state
+    def __init__(self, state: _State, starts_in_thinking: bool, tools: bool, call_prefix: str, logprobs: bool,
+                 tokens_as_ids: bool = False):
+        self.state, self.tokens_as_ids = state, tokens_as_ids
         self.splitter = ThinkingSplitter(starts_in_thinking)
         self.calls = ToolCallStream(call_prefix) if tools else None
         self.logprobs = logprobs
@@ -253,7 +254,7 @@ class _ChatChoice:
 
     def logprob_entry(self, event: TokenEvent) -> dict:
         def entry(token, logprob):
-            text = _token_text(self.state, token)
+            text = _token_text(self.state, token, self.tokens_as_ids)
             return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
 
         return entry(event.token, event.logprob) | {"top_logprobs": [entry(t, lp) for t, lp in event.top_logprobs]}
@@ -288,7 +289,8 @@ async def chat_completions(request: Request, state: _State) -> Response:
     params = _sampling(state, req, len(ids), req.max_completion_tokens or req.max_tokens, top, grammar,
                        THINK_END if thinking else None)
     gens = _submit(state, [ids] * req.n, params)
-    choices = [_ChatChoice(state, thinking, tools_on, call_prefix, req.logprobs) for _ in gens]
+    choices = [_ChatChoice(state, thinking, tools_on, call_prefix, req.logprobs, req.return_tokens_as_token_ids)
+               for _ in gens]
     base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": state.model_name,
             "system_fingerprint": None}
     if req.stream:
@@ -380,10 +382,11 @@ async def completions(request: Request, state: _State) -> Response:
     def logprobs_of(events: list[TokenEvent], offset: int):
         if req.logprobs is None:
             return None
-        tokens = [_token_text(state, e.token) for e in events]
-        offsets = [offset + sum(len(t) for t in tokens[:k]) for k in range(len(tokens))]
+        as_ids = req.return_tokens_as_token_ids
+        tokens = [_token_text(state, e.token, as_ids) for e in events]
+        offsets = [offset + sum(len(e.text) for e in events[:k]) for k in range(len(events))]
         return {"tokens": tokens, "token_logprobs": [e.logprob for e in events], "text_offset": offsets,
-                "top_logprobs": [{_token_text(state, t): lp for t, lp in e.top_logprobs} for e in events]}
+                "top_logprobs": [{_token_text(state, t, as_ids): lp for t, lp in e.top_logprobs} for e in events]}
 
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

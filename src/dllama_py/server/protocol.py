@@ -103,6 +103,7 @@ class SamplingRequest(_Strict):
     logit_bias: Optional[dict[str, Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]]] = None
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
+    return_tokens_as_token_ids: bool = False  # vLLM's extension: logprobs name tokens "token_id:<id>"
 
 
 class ContentPart(_Strict):
