@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
-from anyio import to_thread
+from anyio import fail_after, to_thread
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -102,7 +102,7 @@ async def _read(request: Request, state: _State, model: type[BaseModel]):
                        else "Content-Length is not a number", code="request_too_large")
     body = bytearray()
     try:
-        async with asyncio.timeout(state.options.body_timeout):
+        with fail_after(state.options.body_timeout):
             async for chunk in request.stream():
                 body += chunk
                 if len(body) > limit:
