@@ -522,3 +522,23 @@ def test_api_key_cors_health_metrics_models_and_page(tiny_engine):
         assert running.raw("GET", "/static/chat.js")[0] == 200
     finally:
         running.server.stop()
+
+
+def test_cli_serve(tiny_engine):
+    import os
+    import re
+
+    proc = subprocess.Popen([sys.executable, "-m", "dllama_py.cli", "serve", "-m", str(tiny_engine.path), "--port", "0",
+                             "-t", "1", "--parallel", "2", "--api-key", "k", "--model-name", "demo"],
+                            stdout=subprocess.PIPE, text=True, env=dict(os.environ, DLLAMA_API_KEY=""))
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"on (http://\S+) ", line).group(1)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0, timeout=60)
+        assert client.models.list().data[0].id == "demo"
+        reply = client.chat.completions.create(model="demo", messages=HI, max_tokens=3)
+        assert reply.usage.completion_tokens <= 3 and reply.model == "demo"
+        assert "2 slot(s)" in line
+    finally:
+        proc.terminate()
+        assert proc.wait(30) is not None
