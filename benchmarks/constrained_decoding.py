@@ -108,8 +108,6 @@ def run_xgrammar(tok_json: str, vocab: int, eos: int, schema: dict | None, token
     compiled = compiler.compile_json_schema(json.dumps(schema)) if schema else compiler.compile_builtin_json_grammar()
     matcher = xgr.GrammarMatcher(compiled)
     compile_s = time.perf_counter() - t0
-    import torch
-
     mask = xgr.allocate_token_bitmask(1, vocab)
 
     def step(t):
@@ -117,7 +115,6 @@ def run_xgrammar(tok_json: str, vocab: int, eos: int, schema: dict | None, token
         assert (int(mask[0, t // 32]) >> (t % 32)) & 1, "document token refused"
         assert matcher.accept_token(t)
 
-    del torch
     return tokenizer_s, compile_s, measure(step, tokens)
 
 

@@ -8,7 +8,6 @@ token and ~5 ms to compile a schema, with no dependencies.
 
 from __future__ import annotations
 
-import json
 import threading
 
 import numpy as np
@@ -85,17 +84,3 @@ class JsonConstraint:
         if not self._matcher.consume_token(token):
             raise RuntimeError(f"constrained decoding: token {token} was refused: {self._matcher.get_error()}")
 
-
-def parse_schema(response_format: dict) -> dict | None:
-    """The JSON schema of an OpenAI `response_format` (None for json_object); raises ValueError."""
-    kind = response_format.get("type")
-    if kind == "json_object":
-        return None
-    if kind == "json_schema":
-        spec = response_format.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), (dict, bool)):
-            raise ValueError("response_format.json_schema must be an object with a 'schema' object")
-        schema = spec.get("schema", {})
-        json.dumps(schema)
-        return schema if isinstance(schema, dict) else {}
-    raise ValueError(f"response_format.type must be 'text', 'json_object' or 'json_schema', not {kind!r}")

@@ -254,7 +254,9 @@ class Scheduler:
             running = [g for g in running if not g.done][: self.backend.max_active]
             try:
                 self._step(running)
-            except Exception as error:  # an engine or network fault: every request of this step gets it
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as error:  # an engine or network fault: every request of this step gets it
                 for gen in running:
                     if not gen.done:
                         self._finish(gen, "error", error)
@@ -284,8 +286,10 @@ class Scheduler:
     def _next_token(self, gen: Generation, logits: np.ndarray) -> None:
         try:
             self._choose(gen, logits)
-        except Exception as error:  # e.g. a grammar fault: this request fails, the others go on
-            self._finish(gen, "error", error)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:  # e.g. a grammar fault (llguidance's panics are BaseExceptions):
+            self._finish(gen, "error", error)  # this request fails, the others go on
 
     def _choose(self, gen: Generation, logits: np.ndarray) -> None:
         p = gen.params
