@@ -104,3 +104,8 @@ def test_token_logprobs():
     assert lp == pytest.approx(np.log(0.3))
     assert [t for t, _ in top] == [3, 1] and top[0][1] == pytest.approx(np.log(0.6))
     assert token_logprobs(logits, 2)[0] == -np.inf
+
+
+def test_a_vanishing_temperature_is_greedy():
+    logits = np.array([0.0, 3.0, 1.0], dtype=np.float32)
+    assert all(Sampler(temperature=t, seed=s).sample(logits) == 1 for t in (5e-324, 1e-9) for s in range(5))

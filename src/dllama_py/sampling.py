@@ -18,7 +18,8 @@ class Sampler:
             raise ValueError("top_p must be in (0, 1]")
         if top_k < 0:
             raise ValueError("top_k must be >= 0")
-        self.temperature = temperature
+        # Below ~1e-4 the distribution is the argmax anyway, and 1/temperature would overflow.
+        self.temperature = temperature if temperature >= 1e-4 else 0.0
         self.top_p = top_p
         self.top_k = top_k
         self._rng = np.random.default_rng(seed)
