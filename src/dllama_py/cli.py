@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import __version__
 from .engine import SECRET_ENV
 from .model_file import ModelFileError
 
@@ -13,6 +14,9 @@ DIM, RESET = "\x1b[2m", "\x1b[0m"  # reasoning is shown dimmed on a terminal
 
 def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("-m", "--model", required=True, help="the .m model file")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="tokenizer bundle, or a Hugging Face checkpoint directory or tokenizer.json "
+                        "(default: the model's own, MODEL.tokenizer.json)")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--max-seq-len", type=int, default=None,
                    help="context length to allocate (default: the model's, capped at 4096)")
@@ -26,8 +30,8 @@ def _add_run_options(p: argparse.ArgumentParser):
 def _engine(args):
     from .engine import Engine
 
-    return Engine(args.model, threads=args.threads, max_seq_len=args.max_seq_len, workers=args.workers,
-                  secret=args.secret, exchange=args.exchange)
+    return Engine(args.model, threads=args.threads, max_seq_len=args.max_seq_len, tokenizer=args.tokenizer,
+                  workers=args.workers, secret=args.secret, exchange=args.exchange)
 
 
 def _add_sampling_options(p: argparse.ArgumentParser, max_tokens: int):
@@ -182,8 +186,18 @@ def cmd_worker(args) -> int:
         return 0
 
 
+def _version() -> str:
+    import platform
+
+    from . import _core
+
+    return f"dllama-py {__version__} (core built for {_core.cpu_features()}; Python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dllama-py", description="Run GLM, Llama and Qwen3 models on CPUs.")
+    parser = argparse.ArgumentParser(prog="dllama-py", description="Run GLM, Llama and Qwen3 models on CPUs.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # --version on one line
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("convert", help="convert a Hugging Face checkpoint to a .m model file",

@@ -109,10 +109,19 @@ class Engine:
         """kv_cache: "f16" or "f32" (default: f32 for F32 models, else f16).
         workers: "host:port" of `dllama-py worker`s to split the model with (tensor parallelism);
         secret: their shared secret (default: $DLLAMA_SECRET); exchange: "q80" or "f32" for the partial
-        sums sent between nodes (default: f32 for F32 models, else q80)."""
+        sums sent between nodes (default: f32 for F32 models, else q80).
+        tokenizer: a tokenizer bundle, or a Hugging Face checkpoint directory or its tokenizer.json
+        (default: the bundle beside the model, `<model>.tokenizer.json`)."""
         self.path = Path(path)
         self.layout = read_layout(self.path)
         self.config = model_config(self.layout, max_seq_len, kv_cache)
+        if tokenizer:  # given: it must load
+            self.tokenizer: Tokenizer | None = Tokenizer.load(tokenizer)
+        else:
+            self.tokenizer = Tokenizer.load(bundle_path(self.path)) if bundle_path(self.path).exists() else None
+        if self.tokenizer and self.tokenizer.vocab_size > self.config.vocab_size:
+            raise ValueError(f"the tokenizer ({tokenizer or bundle_path(self.path)}) has {self.tokenizer.vocab_size} "
+                             f"tokens but {self.path} has a vocabulary of {self.config.vocab_size}: not this model's")
         tensors = [
             _core.TensorInfo(t.spec.name, _core.FloatType(int(t.dtype)), t.spec.rows, t.spec.cols, t.offset)
             for t in self.layout.tensors
@@ -123,8 +132,6 @@ class Engine:
                                   workers=list(workers or []), secret=secret or os.environ.get(SECRET_ENV, ""),
                                   exchange=exchange, timeout_ms=int(net_timeout * 1000))
         self._model.reset_net_stats()  # count inference traffic, not the weights sent to the workers
-        tok_path = Path(tokenizer) if tokenizer else bundle_path(self.path)
-        self.tokenizer: Tokenizer | None = Tokenizer.load(tok_path) if tok_path.exists() else None
         self._cached: list[int] = []  # tokens whose keys/values are in the cache, in order
         self.last_stats = GenerationStats()
 
@@ -202,7 +209,7 @@ class Engine:
     def _require_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
             raise RuntimeError(f"{self.path} has no tokenizer bundle ({bundle_path(self.path)}); convert it again "
-                               "from a checkpoint with tokenizer.json, or pass tokenizer=")
+                               "from a checkpoint with tokenizer.json, or pass tokenizer= (--tokenizer)")
         return self.tokenizer
 
     def apply_chat_template(self, messages: list[dict], tools: list | None = None, add_generation_prompt: bool = True,
