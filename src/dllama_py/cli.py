@@ -9,8 +9,6 @@ from . import __version__
 from .engine import SECRET_ENV
 from .model_file import ModelFileError
 
-DIM, RESET = "\x1b[2m", "\x1b[0m"  # reasoning is shown dimmed on a terminal
-
 
 def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("-m", "--model", required=True, help="the .m model file")
@@ -50,71 +48,28 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def _print_stats(eng, out=sys.stderr):
-    s = eng.last_stats
-    prefill_tps = (s.prompt_tokens - s.cached_tokens) / s.prefill_seconds if s.prefill_seconds else 0.0
-    print(f"\n[{s.prompt_tokens} prompt tokens ({s.cached_tokens} cached) at {prefill_tps:.1f} tok/s, "
-          f"{s.generated_tokens} generated at {s.decode_tokens_per_second:.1f} tok/s, finish: {s.finish_reason}]",
-          file=out)
-    if eng.n_nodes > 1:
-        net = eng.net_stats()
-        steps = max(s.prompt_tokens - s.cached_tokens + s.generated_tokens, 1)
-        print(f"[{eng.n_nodes} nodes: sent {net['bytes_sent'] / 1e3:,.0f} kB, received {net['bytes_received'] / 1e3:,.0f} kB, "
-              f"{net['seconds_in_sync']:.2f} s in sync; {net['bytes_sent'] / steps / 1e3:,.1f} kB sent per token]", file=out)
-
-
 def cmd_generate(args) -> int:
+    from .chat_repl import print_stats, terminal_safe
+
+    show = terminal_safe if sys.stdout.isatty() else str
     with _engine(args) as eng:
         for piece in eng.generate(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
                                   top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop):
-            print(piece, end="", flush=True)
+            print(show(piece), end="", flush=True)
         print()
         if not args.quiet:
-            _print_stats(eng)
+            print_stats(eng)
     return 0
 
 
 def cmd_chat(args) -> int:
-    dim = sys.stdout.isatty()
+    from .chat_repl import Settings, run_chat
+
+    settings = Settings(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_tokens=args.max_tokens,
+                        seed=args.seed, stop=args.stop, think=args.think, system=args.system, verbose=args.verbose,
+                        hide_reasoning=args.hide_reasoning)
     with _engine(args) as eng:
-        messages = [{"role": "system", "content": args.system}] if args.system else []
-        print(f"Chatting with {args.model} ({eng.context_length} tokens of context). "
-              "Type /reset to start over, /exit or Ctrl-D to leave.", file=sys.stderr)
-        while True:
-            try:
-                line = input("> ")
-            except (EOFError, KeyboardInterrupt):
-                print(file=sys.stderr)
-                return 0
-            if line.strip() in ("/exit", "/quit"):
-                return 0
-            if line.strip() == "/reset":
-                messages = messages[:1] if args.system else []
-                eng.reset()
-                continue
-            if not line.strip():
-                continue
-            messages.append({"role": "user", "content": line})
-            reply, last_kind = "", None
-            template_kwargs = {} if args.think is None else {"enable_thinking": args.think}
-            try:
-                for piece in eng.chat(messages, max_tokens=args.max_tokens, temperature=args.temperature,
-                                      top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop,
-                                      **template_kwargs):
-                    if piece.kind == "reasoning" and args.hide_reasoning:
-                        continue
-                    if last_kind == "reasoning" and piece.kind == "answer":
-                        print("\n")
-                    last_kind = piece.kind
-                    if piece.kind == "answer":
-                        reply += piece
-                    print(f"{DIM}{piece}{RESET}" if dim and piece.kind == "reasoning" else piece, end="", flush=True)
-            except KeyboardInterrupt:
-                pass
-            print()
-            messages.append({"role": "assistant", "content": reply})
-            if args.verbose:
-                _print_stats(eng)
+        return run_chat(eng, settings)
 
 
 def _fmt_bytes(n: float) -> str:
@@ -155,7 +110,7 @@ def cmd_bench(args) -> int:
 
     run_bench(args.model, threads=args.threads, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
               bandwidth_gbps=args.bandwidth, max_seq_len=args.max_seq_len, workers=args.workers, secret=args.secret,
-              exchange=args.exchange)
+              exchange=args.exchange, tokenizer=args.tokenizer)
     return 0
 
 
