@@ -9,6 +9,8 @@ conversation.
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -115,12 +117,17 @@ class LineReader:
         except ImportError:  # no readline on this platform: plain input()
             return
         self.readline = readline
-        readline.set_history_length(HISTORY_LENGTH)
         if history is not None and history.is_file():
             try:
-                readline.read_history_file(history)
+                lines = history.read_text(encoding="utf-8", errors="replace").splitlines()[-HISTORY_LENGTH:]
             except OSError as e:
                 print(f"warning: cannot read the chat history {history}: {e}", file=sys.stderr)
+                lines = []
+            for line in lines:
+                try:
+                    readline.add_history(json.loads(line))
+                except (ValueError, TypeError):
+                    print(f"warning: {history}: skipping a line that is not a JSON string", file=sys.stderr)
         readline.set_completer(self._complete)
         readline.set_completer_delims("")
         libedit = "libedit" in (readline.__doc__ or "")
@@ -153,9 +160,15 @@ class LineReader:
     def close(self):
         if self.readline is None or self.history is None:
             return
+        # One JSON string per line, not readline's own file: that one splits multi-line entries (GNU) or
+        # has another format (libedit).
+        n = self.readline.get_current_history_length()
+        entries = [self.readline.get_history_item(i) for i in range(max(1, n - HISTORY_LENGTH + 1), n + 1)]
         try:
             self.history.parent.mkdir(parents=True, exist_ok=True)
-            self.readline.write_history_file(self.history)
+            fd = os.open(self.history, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # private: what was said
+            with open(fd, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(e) + "\n" for e in entries if e)
         except OSError as e:
             print(f"warning: cannot save the chat history to {self.history}: {e}", file=sys.stderr)
 
@@ -288,8 +301,7 @@ class ChatSession:
                   "/clear starts a new one (or restart with a larger --max-seq-len).", file=self.err)
             return False
         if ctx - n < self.settings.max_tokens:
-            print(f"warning: the context is nearly full ({n} of {ctx} tokens used): the reply can have at most "
-                  f"{ctx - n} tokens. /clear starts a new conversation.", file=self.err)
+            print(f"This reply can have at most {ctx - n} tokens ({n} of the context's {ctx} are used).", file=self.err)
         return True
 
     def reply(self, text: str):
@@ -331,6 +343,10 @@ class ChatSession:
             print("[the context is full: /clear starts a new conversation]", file=self.err)
         if s.verbose and not stopped:
             print_stats(self.engine, self.err)
+        used, ctx = self.engine.position, self.engine.context_length
+        if ctx - used < s.max_tokens and self.engine.last_stats.finish_reason != "context":
+            print(f"warning: the context is nearly full ({used} of {ctx} tokens used): the next reply may be cut "
+                  "short. /clear starts a new conversation.", file=self.err)
 
 
 def run_chat(engine, settings: Settings, history: Path | None = None) -> int:
