@@ -11,36 +11,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pexpect
 import pytest
+from chat_model import make_chat_model
 
-pexpect = pytest.importorskip("pexpect")
-
-from dllama_py import Engine  # noqa: E402
-from dllama_py.chat_repl import HISTORY_LENGTH, MORE, PROMPT, terminal_safe  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from make_model import PRESETS, write_byte_tokenizer, write_checkpoint  # noqa: E402
+from dllama_py import Engine
+from dllama_py.chat_repl import HISTORY_LENGTH, MORE, PROMPT, terminal_safe
 
 UP = "\x1b[A"
-# ChatML with Qwen3's switch: enable_thinking=False writes an empty reasoning block into the prompt.
-TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|im_start|>assistant\n"
-            "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
 ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[()][A-Z0-9]|[=>])")  # readline's cursor and mode sequences
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("chat_model")
-    write_checkpoint(PRESETS["tiny"], directory / "hf")
-    write_byte_tokenizer(directory / "hf", PRESETS["tiny"]["vocab_size"])
-    config = json.loads((directory / "hf" / "tokenizer_config.json").read_text())
-    (directory / "hf" / "tokenizer_config.json").write_text(json.dumps(dict(config, chat_template=TEMPLATE)))
-    out = directory / "tiny.m"
-    from dllama_py.convert import convert
-
-    convert(directory / "hf", out, dtype="q80", progress=False, log=lambda *a: None)
-    return out
+    return make_chat_model(tmp_path_factory.mktemp("chat_model"))
 
 
 def greedy_reply(model: Path, messages: list[str], max_tokens: int) -> str:

@@ -25,11 +25,23 @@ def _add_run_options(p: argparse.ArgumentParser):
                    help="how partial sums travel between nodes (default: f32 for F32 models, else q80)")
 
 
+LOAD_PROGRESS_DELAY_S = 1.0  # a loading bar for loads that take longer than this
+
+
 def _engine(args):
+    from tqdm import tqdm
+
     from .engine import Engine
 
-    return Engine(args.model, threads=args.threads, max_seq_len=args.max_seq_len, tokenizer=args.tokenizer,
-                  workers=args.workers, secret=args.secret, exchange=args.exchange)
+    # On a terminal only (disable=None); gone once loaded.
+    with tqdm(unit="B", unit_scale=True, unit_divisor=1000, desc=f"loading {args.model}", delay=LOAD_PROGRESS_DELAY_S,
+              disable=None, leave=False, dynamic_ncols=True, file=sys.stderr) as bar:
+        def progress(done: int, total: int):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        return Engine(args.model, threads=args.threads, max_seq_len=args.max_seq_len, tokenizer=args.tokenizer,
+                      workers=args.workers, secret=args.secret, exchange=args.exchange, load_progress=progress)
 
 
 def _add_sampling_options(p: argparse.ArgumentParser, max_tokens: int):
@@ -80,6 +92,24 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def _print_memory_per_node(layout, cfg, context: str):
+    from .node_memory import node_memory
+
+    print(f"memory per node at {context} (weights + KV cache; node 0 also reads the embedding table from the file):")
+    for n_nodes in range(1, 5):
+        try:
+            nodes = [node_memory(layout, node, n_nodes, cfg.seq_len, cfg.kv_f16) for node in range(n_nodes)]
+        except ValueError as e:
+            print(f"  {n_nodes} node{'s' if n_nodes > 1 else ' '}: {e}")
+            continue
+        low, high = min(m.total for m in nodes[1:] or nodes), max(m.total for m in nodes[1:] or nodes)
+        workers = "" if n_nodes == 1 else f", each worker {_fmt_bytes(high)}" if low == high else \
+            f", workers {_fmt_bytes(low)} to {_fmt_bytes(high)}"
+        print(f"  {n_nodes} node{'s' if n_nodes > 1 else ' '}: root {_fmt_bytes(nodes[0].total)} "
+              f"({_fmt_bytes(nodes[0].weights)} weights, {_fmt_bytes(nodes[0].kv_cache)} KV cache, "
+              f"{_fmt_bytes(nodes[0].mapped)} embedding){workers}")
+
+
 def cmd_inspect(args) -> int:
     from .architectures import kv_cache_values_per_token, read_layout
     from .engine import model_config
@@ -90,11 +120,13 @@ def cmd_inspect(args) -> int:
     print("header:")
     for k, v in layout.params.items():
         print(f"  {k:34s} {v}")
-    cfg = model_config(layout, None)
+    cfg = model_config(layout, args.max_seq_len)
+    context = f"a context of {cfg.seq_len}" if args.max_seq_len else f"the default context of {cfg.seq_len}"
     kv_values = kv_cache_values_per_token(layout.params)
     kv_per_token = (2 if cfg.kv_f16 else 4) * kv_values
     print(f"KV cache: {_fmt_bytes(kv_per_token)} per token ({kv_values // cfg.n_layers} {'f16' if cfg.kv_f16 else 'f32'} "
-          f"values per layer), {_fmt_bytes(kv_per_token * cfg.seq_len)} at the default context of {cfg.seq_len}")
+          f"values per layer), {_fmt_bytes(kv_per_token * cfg.seq_len)} at {context}")
+    _print_memory_per_node(layout, cfg, context)
     if args.tensors:
         print("tensors:")
         for t in layout.tensors:
@@ -202,9 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="a local copy of the root's .m file, to load from disk")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("inspect", help="show a .m file's header and tensors")
+    p = sub.add_parser("inspect", help="show a .m file's header, tensors and memory per node")
     p.add_argument("model", help="the .m model file")
     p.add_argument("--tensors", action="store_true", help="list every tensor")
+    p.add_argument("--max-seq-len", type=int, default=None,
+                   help="context length for the KV cache figures (default: the model's, capped at 4096)")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("bench", help="measure prefill and decode speed",
@@ -226,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelFileError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"dllama-py: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # e.g. while the model loads
+        print("dllama-py: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

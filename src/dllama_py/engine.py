@@ -6,13 +6,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from . import _core
 from .architectures import ModelLayout, read_layout
 from .model_file import NORM_EPSILON_CODES, FloatType
+from .node_memory import node_memory
 from .reasoning import ThinkingSplitter, prompt_starts_in_thinking
 from .rope import rope_frequencies
 from .sampling import Sampler
@@ -105,13 +106,15 @@ class Engine:
     def __init__(self, path: str | os.PathLike, threads: int | None = None, max_seq_len: int | None = None,
                  tokenizer: str | os.PathLike | None = None, workers: list[str] | None = None,
                  secret: str | None = None, exchange: str | None = None, net_timeout: float = 10.0,
-                 kv_cache: str | None = None):
+                 kv_cache: str | None = None, load_progress: Callable[[int, int], None] | None = None):
         """kv_cache: "f16" or "f32" (default: f32 for F32 models, else f16).
         workers: "host:port" of `dllama-py worker`s to split the model with (tensor parallelism);
         secret: their shared secret (default: $DLLAMA_SECRET); exchange: "q80" or "f32" for the partial
         sums sent between nodes (default: f32 for F32 models, else q80).
         tokenizer: a tokenizer bundle, or a Hugging Face checkpoint directory or its tokenizer.json
-        (default: the bundle beside the model, `<model>.tokenizer.json`)."""
+        (default: the bundle beside the model, `<model>.tokenizer.json`).
+        load_progress: called with (bytes of weights loaded, bytes in all) every 0.1 s while the weights load
+        on this machine, and once at the end; an exception it raises (KeyboardInterrupt) stops the load."""
         self.path = Path(path)
         self.layout = read_layout(self.path)
         self.config = model_config(self.layout, max_seq_len, kv_cache)
@@ -128,9 +131,15 @@ class Engine:
         ]
         if exchange is None:
             exchange = "f32" if self.layout.weight_type == FloatType.F32 else "q80"
+        report = None
+        if load_progress is not None and not workers:
+            total = node_memory(self.layout, 0, 1, self.config.seq_len, self.config.kv_f16).weights
+            report = lambda done: load_progress(min(done, total), total)  # noqa: E731
         self._model = _core.Model(str(self.path), self.config, tensors, threads or default_threads(),
                                   workers=list(workers or []), secret=secret or os.environ.get(SECRET_ENV, ""),
-                                  exchange=exchange, timeout_ms=int(net_timeout * 1000))
+                                  exchange=exchange, timeout_ms=int(net_timeout * 1000), progress=report)
+        if report is not None:
+            report(total)
         self._model.reset_net_stats()  # count inference traffic, not the weights sent to the workers
         self._cached: list[int] = []  # tokens whose keys/values are in the cache, in order
         self.last_stats = GenerationStats()
