@@ -33,9 +33,9 @@ def _engine(args):
 
     from .engine import Engine
 
-    # On a terminal only (disable=None); gone once loaded.
+    # On a terminal only (disable=None); its last state (100%, the time it took) stays.
     with tqdm(unit="B", unit_scale=True, unit_divisor=1000, desc=f"loading {args.model}", delay=LOAD_PROGRESS_DELAY_S,
-              disable=None, leave=False, dynamic_ncols=True, file=sys.stderr) as bar:
+              disable=None, dynamic_ncols=True, file=sys.stderr) as bar:
         def progress(done: int, total: int):
             bar.total = total
             bar.update(done - bar.n)
