@@ -195,7 +195,8 @@ class _StopOnInterrupt:
             signal.signal(signal.SIGINT, self._old)
 
 
-def print_stats(eng, out=sys.stderr):
+def print_stats(eng, out=None):
+    out = out or sys.stderr
     s = eng.last_stats
     prefill_tps = (s.prompt_tokens - s.cached_tokens) / s.prefill_seconds if s.prefill_seconds else 0.0
     print(f"\n[{s.prompt_tokens} prompt tokens ({s.cached_tokens} cached) at {prefill_tps:.1f} tok/s, "
@@ -214,11 +215,12 @@ class ChatSession:
 
     engine: object
     settings: Settings
-    out: object = sys.stdout
-    err: object = sys.stderr
+    out: object = None  # default: sys.stdout and sys.stderr as they are when the session starts
+    err: object = None
     messages: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
+        self.out, self.err = self.out or sys.stdout, self.err or sys.stderr
         self.terminal = self.out.isatty()
         self.clear()
 
@@ -291,10 +293,10 @@ class ChatSession:
     def _template_kwargs(self) -> dict:
         return {} if self.settings.think is None else {"enable_thinking": self.settings.think}
 
-    def _room(self) -> bool:
+    def _room(self, messages: list[dict]) -> bool:
         """Whether the conversation still fits the context, with a warning when the reply may not."""
         eng = self.engine
-        n = len(eng.tokenizer.encode_chat(eng.apply_chat_template(self.messages, **self._template_kwargs())))
+        n = len(eng.tokenizer.encode_chat(eng.apply_chat_template(messages, **self._template_kwargs())))
         ctx = eng.context_length
         if n >= ctx:
             print(f"The conversation no longer fits: it takes {n} tokens and the context holds {ctx}. "
@@ -305,12 +307,12 @@ class ChatSession:
         return True
 
     def reply(self, text: str):
-        self.messages.append({"role": "user", "content": text})
-        if not self._room():
-            self.messages.pop()
+        """Streams the reply to a message; the conversation takes both once the reply is over."""
+        messages = self.messages + [{"role": "user", "content": text}]
+        if not self._room(messages):
             return
         s, answer, last_kind = self.settings, "", None
-        pieces = self.engine.chat(self.messages, max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
+        pieces = self.engine.chat(messages, max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
                                   top_k=s.top_k, seed=s.seed, stop=s.stop, **self._template_kwargs())
         stopped = False
         with _StopOnInterrupt() as interrupt:
@@ -336,7 +338,7 @@ class ChatSession:
             finally:
                 pieces.close()
         print(file=self.out)
-        self.messages.append({"role": "assistant", "content": answer})
+        self.messages = messages + [{"role": "assistant", "content": answer}]
         if stopped:
             print("[stopped]", file=self.err)
         elif self.engine.last_stats.finish_reason == "context":
@@ -372,6 +374,10 @@ def run_chat(engine, settings: Settings, history: Path | None = None) -> int:
                 if not session.command(text):
                     return 0
             elif text.strip():
-                session.reply(text)
+                try:
+                    session.reply(text)
+                except KeyboardInterrupt:  # before or after the reply streamed: the message is dropped
+                    engine.reset()
+                    print("\n[stopped]", file=sys.stderr)
     finally:
         reader.close()
