@@ -145,10 +145,10 @@ def test_context_full_warning_comes_before_the_context_is_full(model):
 
 
 def test_commands_check_their_values(model):
-    r = run_piped(model, ["/set temperature -1", "/set top_p 2", "/set colour blue", "/set max_tokens", "/frobnicate",
+    r = run_piped(model, ["/set temperature -1", "/set temperature nan", "/set top_p 2", "/set colour blue", "/set max_tokens", "/frobnicate",
                           "/set seed 7", "/set think off", "/set system be brief", "/help", "/show"])
     assert r.returncode == 0, r.stderr
-    for message in ["/set temperature: '-1' is not valid", "/set top_p: '2' is not valid", "/set what? One of:",
+    for message in ["/set temperature: '-1' is not valid", "/set temperature: 'nan' is not valid", "/set top_p: '2' is not valid", "/set what? One of:",
                     "/set max_tokens needs a value", "Unknown command /frobnicate", "Set seed to 7.",
                     "Set think to off.", "Set system to 'be brief'.", "/set temperature 0.2", "seed 7, think off",
                     "1 message(s), system prompt 'be brief'"]:
@@ -169,6 +169,7 @@ def test_history_keeps_the_last_entries(model, tmp_path):
     history.parent.mkdir(parents=True)
     history.write_text("".join(json.dumps(f"old {i}") + "\n" for i in range(HISTORY_LENGTH + 50)) + "not json\n")
     chat = Chat(model, tmp_path)  # a broken line: a warning, and the chat goes on
+    assert "skipped 1 line(s) that are not JSON strings" in chat.p.before
     assert chat.leave() == 0
     kept = [json.loads(line) for line in history.read_text().splitlines()]
     assert len(kept) == HISTORY_LENGTH and kept[-1] == "/bye"

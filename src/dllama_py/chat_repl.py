@@ -10,6 +10,7 @@ conversation.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -71,7 +72,7 @@ class Settings:
 def _number(kind, low, high=None):
     def parse(text: str):
         value = kind(text)
-        if value < low or (high is not None and value > high):
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
             raise ValueError(f"{text} is outside {low}..{'' if high is None else high}")
         return value
     return parse
@@ -123,11 +124,14 @@ class LineReader:
             except OSError as e:
                 print(f"warning: cannot read the chat history {history}: {e}", file=sys.stderr)
                 lines = []
+            bad = 0
             for line in lines:
                 try:
                     readline.add_history(json.loads(line))
                 except (ValueError, TypeError):
-                    print(f"warning: {history}: skipping a line that is not a JSON string", file=sys.stderr)
+                    bad += 1
+            if bad:
+                print(f"warning: {history}: skipped {bad} line(s) that are not JSON strings", file=sys.stderr)
         readline.set_completer(self._complete)
         readline.set_completer_delims("")
         libedit = "libedit" in (readline.__doc__ or "")
