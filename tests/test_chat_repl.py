@@ -93,6 +93,12 @@ def test_set_temperature_clear_show_and_history(model, tmp_path):
     assert context_used(again.keys(UP * 3)) == 0  # "/show" from the last session
     assert again.leave(UP * 2 + "\r") == 0  # "/bye" from the last session
 
+    saved = (tmp_path / "dllama-py" / "chat_history").read_text()
+    private = Chat(model, tmp_path, "--no-history")
+    assert private.keys(UP) == ""  # no history to recall: an empty line
+    assert private.leave() == 0
+    assert (tmp_path / "dllama-py" / "chat_history").read_text() == saved
+
 
 def test_multiline_message_is_sent_and_recalled_whole(model, tmp_path):
     chat = Chat(model, tmp_path, "-n", "12", "--temperature", "0")

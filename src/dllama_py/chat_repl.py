@@ -355,12 +355,12 @@ class ChatSession:
                   "short. /clear starts a new conversation.", file=self.err)
 
 
-def run_chat(engine, settings: Settings, history: Path | None = None) -> int:
-    """The chat loop on stdin/stdout; returns the exit code."""
+def run_chat(engine, settings: Settings, keep_history: bool = True) -> int:
+    """The chat loop on stdin/stdout; returns the exit code. keep_history: read and save the history file."""
     engine.apply_chat_template([{"role": "user", "content": "Hi"}])  # no tokenizer or template: fail now
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     session = ChatSession(engine, settings)
-    reader = LineReader(interactive, history_path() if history is None and interactive else history)
+    reader = LineReader(interactive, history_path() if keep_history and interactive else None)
     print(f"Chatting with {engine.path} ({engine.context_length} tokens of context). "
           "/help for commands, /bye or Ctrl-D to leave.", file=sys.stderr)
     try:

@@ -81,7 +81,7 @@ def cmd_chat(args) -> int:
                         seed=args.seed, stop=args.stop, think=args.think, system=args.system, verbose=args.verbose,
                         hide_reasoning=args.hide_reasoning)
     with _engine(args) as eng:
-        return run_chat(eng, settings)
+        return run_chat(eng, settings, keep_history=not args.no_history)
 
 
 def _fmt_bytes(n: float) -> str:
@@ -203,12 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no statistics line")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("chat", help="chat interactively", description="Chat with the model using its chat template.")
+    p = sub.add_parser("chat", help="chat interactively",
+                       description="Chat with the model using its chat template. Type /help in the chat for its "
+                                   "commands (/set temperature 0.2, /show, /clear, /bye, ...).")
     _add_run_options(p)
     p.add_argument("--system", default=None, help="system prompt")
     _add_sampling_options(p, 1024)
     p.add_argument("-v", "--verbose", action="store_true", help="print speed after each reply")
     p.add_argument("--hide-reasoning", action="store_true", help="do not show the model's <think> reasoning")
+    p.add_argument("--no-history", action="store_true", help="neither read nor save the history of typed lines")
     think = p.add_mutually_exclusive_group()
     think.add_argument("--think", dest="think", action="store_true", default=None,
                        help="ask for reasoning (enable_thinking=True in the chat template)")
