@@ -9,6 +9,15 @@ from . import __version__
 from .engine import SECRET_ENV
 from .model_file import ModelFileError
 
+LOAD_PROGRESS_DELAY_S = 1.0  # a loading bar for loads that take longer than this
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
 
 def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("-m", "--model", required=True, help="the .m model file")
@@ -16,16 +25,13 @@ def _add_run_options(p: argparse.ArgumentParser):
                    help="tokenizer bundle, or a Hugging Face checkpoint directory or tokenizer.json "
                         "(default: the model's own, MODEL.tokenizer.json)")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--max-seq-len", type=int, default=None,
+    p.add_argument("--max-seq-len", type=_positive_int, default=None,
                    help="context length to allocate (default: the model's, capped at 4096)")
     p.add_argument("--workers", nargs="+", default=None, metavar="HOST:PORT",
                    help="split the model with these `dllama-py worker`s")
     p.add_argument("--secret", default=None, help=f"the workers' shared secret (default: ${SECRET_ENV})")
     p.add_argument("--exchange", choices=["q80", "f32"], default=None,
                    help="how partial sums travel between nodes (default: f32 for F32 models, else q80)")
-
-
-LOAD_PROGRESS_DELAY_S = 1.0  # a loading bar for loads that take longer than this
 
 
 def _engine(args):
@@ -240,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="show a .m file's header, tensors and memory per node")
     p.add_argument("model", help="the .m model file")
     p.add_argument("--tensors", action="store_true", help="list every tensor")
-    p.add_argument("--max-seq-len", type=int, default=None,
+    p.add_argument("--max-seq-len", type=_positive_int, default=None,
                    help="context length for the KV cache figures (default: the model's, capped at 4096)")
     p.set_defaults(func=cmd_inspect)
 
