@@ -117,7 +117,7 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_chat(model, tmp_path):
     chat = Chat(model, tmp_path, "-n", "4000", "--temperature", "0")  # greedy: no end of text for 4000 tokens
     chat.p.send("hello\r")
     chat.p.expect_exact("hello\r\n")
-    chat.p.expect("\ufffd")  # the reply has started
+    chat.p.expect(".")  # the reply has started
     chat.p.sendcontrol("c")
     chat.p.expect_exact("[stopped]")
     chat.p.expect_exact(PROMPT)
