@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -178,26 +179,14 @@ class Scheduler:
 
     def forward(self, ids: list[int], all_logits: bool, slot: int = 0) -> np.ndarray:
         """The raw model on one slot (Engine.forward): logits for tokens appended to its sequence."""
-        with self._cv:
-            while self._stepping:
-                self._cv.wait()
-            if self._slots[slot].request is not None:
-                raise RuntimeError(f"sequence slot {slot} is in use by a running generation")
-            self._stepping = True
-        try:
+        with self._holding([slot]):
             logits = self._model.forward(np.asarray(ids, dtype=np.int32), all_logits, slot)
             self._slots[slot].tokens.extend(ids)
             return logits
-        finally:
-            self._end_step()
 
     def truncate(self, slot: int, n: int = 0):
         """Keeps only the first n tokens of a slot's sequence (not of one a running generation holds)."""
-        with self._cv:
-            while self._stepping:
-                self._cv.wait()
-            if self._slots[slot].request is not None:
-                raise RuntimeError(f"sequence slot {slot} is in use by a running generation")
+        with self._holding([slot]):
             self._model.truncate(slot, n)
             del self._slots[slot].tokens[n:]
 
@@ -238,14 +227,7 @@ class Scheduler:
 
     def decode(self, rows: list[tuple[int, int]]) -> np.ndarray:
         """One token appended to each (slot, token) row's sequence, all in one step; logits (rows, vocab)."""
-        with self._cv:
-            while self._stepping:
-                self._cv.wait()
-            busy = [slot for slot, _ in rows if self._slots[slot].request is not None]
-            if busy:
-                raise RuntimeError(f"sequence slot {busy[0]} is in use by a running generation")
-            self._stepping = True
-        try:
+        with self._holding([slot for slot, _ in rows]):
             tokens = np.asarray([t for _, t in rows], dtype=np.int32)
             slots = np.asarray([s for s, _ in rows], dtype=np.int32)
             positions = np.asarray([len(self._slots[s].tokens) for s, _ in rows], dtype=np.int32)
@@ -253,6 +235,19 @@ class Scheduler:
             for slot, token in rows:
                 self._slots[slot].tokens.append(token)
             return logits
+
+    @contextmanager
+    def _holding(self, slots: list[int]):
+        """Runs the body as the only step, on slots that no running generation holds."""
+        with self._cv:
+            while self._stepping:
+                self._cv.wait()
+            busy = [s for s in slots if self._slots[s].request is not None]
+            if busy:
+                raise RuntimeError(f"sequence slot {busy[0]} is in use by a running generation")
+            self._stepping = True
+        try:
+            yield
         finally:
             self._end_step()
 
