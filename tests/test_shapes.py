@@ -6,8 +6,8 @@ thread count, so a wrong cut shows up only at some combinations. This sweep gene
 of picking a few: for each architecture every head / KV-head ratio 1..16 (MLA: every head count
 1..16) with 1-3 KV heads, each run at 1..16 threads and over 2-4 nodes x 1-4 threads per node. Every
 run is a prefill chunk, 8 decode steps across the 16-position block boundary of the KV cache,
-another chunk and 8 more decode steps across the next boundary, compared with transformers at every
-position. Widths are tiny (hidden about 64, head_dim 16) and deliberately not multiples of 16 or 32
+another chunk, 8 more decode steps across the next boundary and a chunk straddling the one after,
+compared with transformers at every position. Widths are tiny (hidden about 64, head_dim 16) and deliberately not multiples of 16 or 32
 elsewhere (vocabulary 100, FFN 72, experts 24), so partial row groups are exercised too.
 """
 
@@ -27,8 +27,9 @@ BOUND = 1e-3  # max |ours - transformers| / std(transformers), F32
 THREADS = range(1, 17)
 NODES, THREADS_PER_NODE = (2, 3, 4), (1, 2, 3, 4)
 RATIOS = range(1, 17)
-# prefill 13, decode 13..20 (crosses 16), a chunk 21..25, decode 26..33 (crosses 32)
-STEPS = [13] + [1] * 8 + [5] + [1] * 8
+# a prefill chunk (positions 0..12), decode 13..20 (crossing the KV cache's 16-position block boundary),
+# a chunk 21..26, decode 27..34 (crossing 32), a chunk 35..49 (straddling 48)
+STEPS = [13] + [1] * 8 + [6] + [1] * 8 + [15]
 VOCAB = 100
 
 BASE = dict(vocab_size=VOCAB, num_hidden_layers=2, intermediate_size=72,
