@@ -109,16 +109,24 @@ def sweep_models(tmp_path_factory):
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_every_shape_and_thread_count(sweep_models, arch):
+    """F32 against transformers; and with the KV cache in f16 (what quantized models use), the same
+    logits at every thread count as at one."""
     failures = []
     for n_heads, n_kv in head_shapes(arch):
         path, ids, ref = sweep_models.get(arch, n_heads, n_kv)
+        one_thread_f16 = None
         for threads in THREADS:
             with Engine(path, threads=threads) as eng:
                 rel, agree = error(run_steps(eng, ids), ref)
             record_parity(f"{arch} sweep", "f32", threads, 1, rel, agree)
             if rel > BOUND:
                 failures.append(f"{n_heads}/{n_kv} heads, {threads} threads: {rel:.2e} x std")
-    assert not failures, f"{arch}: {len(failures)} runs off transformers:\n" + "\n".join(failures)
+            with Engine(path, threads=threads, kv_cache="f16") as eng:
+                f16 = run_steps(eng, ids)
+            one_thread_f16 = f16 if one_thread_f16 is None else one_thread_f16
+            if np.abs(f16 - one_thread_f16).max() > 1e-5 * ref.std():
+                failures.append(f"{n_heads}/{n_kv} heads, {threads} threads, f16 KV cache: not the 1-thread logits")
+    assert not failures, f"{arch}: {len(failures)} runs off:\n" + "\n".join(failures)
 
 
 class Workers:
@@ -173,4 +181,4 @@ def test_every_node_count(sweep_models, workers, arch):
                 record_parity(f"{arch} sweep", "f32", threads, nodes, rel, agree)
                 if rel > BOUND:
                     failures.append(f"{n_heads}/{n_kv} heads, {nodes} nodes x {threads} threads: {rel:.2e} x std")
-    assert not failures, f"{arch}: {len(failures)} runs off transformers:\n" + "\n".join(failures)
+    assert not failures, f"{arch}: {len(failures)} runs off:\n" + "\n".join(failures)
