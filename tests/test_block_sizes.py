@@ -103,8 +103,9 @@ def workers():
 
 @pytest.fixture(scope="module")
 def heads_of_16(tmp_path_factory):
-    """glm4_moe with head_dim 16: two heads per 32-value block of o's columns (experts 4 blocks wide, so
-    that they split across 4 nodes). (heads, KV heads) -> (Q80 file, token ids, reference logits)."""
+    """glm4_moe with head_dim 16 (two heads per 32-value block of o's columns) and experts 80 wide (their
+    down projections stored at F16, so their rows split anywhere). (heads, KV heads) -> (Q80 file,
+    token ids, reference logits)."""
     root = tmp_path_factory.mktemp("heads_of_16")
     made = {}
 
@@ -113,7 +114,7 @@ def heads_of_16(tmp_path_factory):
             ids = sequence(384)
             model = with_clear_routing(lambda seed: random_model("glm4_moe_air", seed, num_attention_heads=n_heads,
                                                                  num_key_value_heads=n_kv, head_dim=16,
-                                                                 moe_intermediate_size=128), ids)
+                                                                 moe_intermediate_size=80), ids)
             model.save_pretrained(root / f"{n_heads}")
             path = root / f"{n_heads}.m"
             convert(root / f"{n_heads}", path, dtype="q80", progress=False, log=lambda *a: None)
@@ -126,8 +127,10 @@ def heads_of_16(tmp_path_factory):
 @pytest.mark.parametrize("nodes", [2, 3, 4])
 def test_shares_of_heads_end_on_block_boundaries(heads_of_16, workers, nodes):
     """10 heads of 16 columns at Q80 are 5 blocks: 3 nodes take 2, 4 and 4 heads (3, 3 and 4 would cut
-    blocks), 4 nodes 2, 2, 2 and 4."""
+    blocks), 4 nodes 2, 2, 2 and 4; the experts' 80 rows go 26, 27, 27 and 20 x 4."""
     path, ids, ref = heads_of_16(10, 2)
+    types = {t.spec.name: t.dtype for t in read_layout(path).tensors}
+    assert types["layers.1.moe.experts.0.down"] == FloatType.F16 and types["layers.1.attn.o"] == FloatType.Q80
     with Engine(path, threads=1) as eng:
         single = prefill_then_decode(eng, ids)
     with Engine(path, threads=1, workers=workers.addresses[:nodes - 1], exchange="f32") as eng:
