@@ -195,7 +195,6 @@ def read_header(path: str | os.PathLike) -> Header:
     params: dict[str, int | float] = {}
     tensor_types: dict[int, FloatType] = {}
     for key, value in struct.iter_unpack("<ii", body):
-        name = KEY_NAMES.get(key)
         if key >= TENSOR_TYPE_KEYS:
             try:
                 tensor_types[key - TENSOR_TYPE_KEYS] = FloatType(value)
@@ -203,6 +202,7 @@ def read_header(path: str | os.PathLike) -> Header:
                 raise ModelFileError(f"{path}: header key {key} (type of tensor {key - TENSOR_TYPE_KEYS}) has "
                                      f"unknown float type {value}") from None
             continue
+        name = KEY_NAMES.get(key)
         if name is None:
             raise ModelFileError(f"{path}: unknown header key {key} (value {value}); written by a newer version?")
         params[name] = bits_to_float(value) if name in FLOAT_BITS_KEYS else value
