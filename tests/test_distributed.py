@@ -21,9 +21,9 @@ from dllama_py import Engine, _core
 class Workers:
     """In-process workers (each serving in its own thread, the GIL released while it runs)."""
 
-    def __init__(self, n: int = 0, secret: str = "", local_models=()):
-        self.workers = [_core.Worker("127.0.0.1", 0, 1, secret) for _ in range(n)]
-        self.workers += [_core.Worker("127.0.0.1", 0, 1, secret, str(m)) for m in local_models]
+    def __init__(self, n: int = 0, secret: str = "", local_models=(), threads: int = 1):
+        self.workers = [_core.Worker("127.0.0.1", 0, threads, secret) for _ in range(n)]
+        self.workers += [_core.Worker("127.0.0.1", 0, threads, secret, str(m)) for m in local_models]
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._serve, args=(w,), daemon=True) for w in self.workers]
         for t in self.threads:

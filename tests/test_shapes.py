@@ -4,23 +4,23 @@ Work is cut into per-thread pieces (runs of query heads, 16-row weight groups, e
 blocks) and per-node shares (heads, hidden rows, the vocabulary) differently for every shape and
 thread count, so a wrong cut shows up only at some combinations. This sweep generates them instead
 of picking a few: for each architecture every head / KV-head ratio 1..16 (MLA: every head count
-1..16) with 1-3 KV heads, each run at 1..16 threads and over 2-4 nodes x 1-4 threads per node. Every
-run is a prefill chunk, 8 decode steps across the 16-position block boundary of the KV cache,
+1..16) with 1-3 KV heads, each run at 1..16 threads; and two shapes per architecture whose head counts
+the node counts do not divide, over 2-4 nodes x 1-4 threads per node. Every run is a prefill chunk, 8 decode steps across the 16-position block boundary of the KV cache,
 another chunk, 8 more decode steps across the next boundary and a chunk straddling the one after,
-compared with transformers at every position. Widths are tiny (hidden about 64, head_dim 16) and deliberately not multiples of 16 or 32
-elsewhere (vocabulary 100, FFN 72, experts 24), so partial row groups are exercised too.
+compared with transformers at every position. Widths are tiny (head_dim 16; hidden sizes from 64 to
+188, mostly not multiples of 16 or 32; vocabulary 100, FFN 72, experts 24), so partial row groups are
+exercised too. Each shape is built and converted once; thread and node counts loop over it.
 """
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 import pytest
 from conftest import record_parity
 from hf_models import random_hf_model, reference_logits, with_clear_routing
+from test_distributed import Workers
 
-from dllama_py import Engine, _core
+from dllama_py import Engine
 from dllama_py.convert import convert
 
 BOUND = 1e-3  # max |ours - transformers| / std(transformers), F32
@@ -129,36 +129,13 @@ def test_every_shape_and_thread_count(sweep_models, arch):
     assert not failures, f"{arch}: {len(failures)} runs off:\n" + "\n".join(failures)
 
 
-class Workers:
-    """In-process workers, 3 for each thread count, each serving in its own thread."""
-
-    def __init__(self):
-        self.by_threads = {t: [_core.Worker("127.0.0.1", 0, t, "") for _ in range(max(NODES) - 1)]
-                           for t in THREADS_PER_NODE}
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._serve, args=(w,), daemon=True)
-                        for ws in self.by_threads.values() for w in ws]
-        for t in self.threads:
-            t.start()
-
-    def _serve(self, worker):
-        while not self.stop.is_set():
-            worker.serve_one(100)
-
-    def addresses(self, n: int, threads: int) -> list[str]:
-        return [f"127.0.0.1:{w.port}" for w in self.by_threads[threads][:n]]
-
-    def close(self):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def workers():
-    w = Workers()
-    yield w
-    w.close()
+    """3 in-process workers for each thread count per node."""
+    by_threads = {t: Workers(max(NODES) - 1, threads=t) for t in THREADS_PER_NODE}
+    yield by_threads
+    for w in by_threads.values():
+        w.close()
 
 
 def node_shapes(arch: str) -> list[tuple[int, int]]:
@@ -175,7 +152,8 @@ def test_every_node_count(sweep_models, workers, arch):
         path, ids, ref = sweep_models.get(arch, n_heads, n_kv)
         for nodes in NODES:
             for threads in THREADS_PER_NODE:
-                with Engine(path, threads=threads, workers=workers.addresses(nodes - 1, threads), exchange="f32") as eng:
+                addresses = workers[threads].addresses[:nodes - 1]
+                with Engine(path, threads=threads, workers=addresses, exchange="f32") as eng:
                     assert eng.n_nodes == nodes
                     rel, agree = error(run_steps(eng, ids), ref)
                 record_parity(f"{arch} sweep", "f32", threads, nodes, rel, agree)
