@@ -169,7 +169,8 @@ void Model::run_chunk(const int32_t* tokens, const StepRow* rows, int n, float* 
         if (part_.node == 0) {
             StepHeader header{kForward, n, 0, 0};
             broadcast_header(header);
-            collective_->broadcast(const_cast<StepRow*>(rows), sizeof(StepRow) * n);
+            rows_.assign(rows, rows + n);
+            collective_->broadcast(rows_.data(), sizeof(StepRow) * n);
         }
         collective_->broadcast(x, sizeof(float) * n * dim);
     }
