@@ -51,7 +51,8 @@ struct Link {
 
 struct Packet {
     Clock::time_point due;
-    std::string bytes;  // an empty packet marks the end of the stream
+    std::shared_ptr<const std::string> chunk;  // what one read() returned; null marks the end of the stream
+    size_t offset, size;
 };
 
 // One direction of one connection: a reader thread queues packets, a writer thread delivers them on time.
@@ -66,23 +67,25 @@ public:
             ssize_t n = ::read(from_, buf.data(), buf.size());
             if (n < 0 && errno == EINTR) continue;
             Clock::time_point arrived = Clock::now();
+            std::lock_guard<std::mutex> lock(mu_);
             if (n <= 0) {
-                push(Packet{arrived, {}});
+                queue_.push_back(Packet{arrived, nullptr, 0, 0});
+                ready_.notify_one();
                 return;
             }
-            std::lock_guard<std::mutex> lock(mu_);
-            for (ssize_t at = 0; at < n; at += kPacket) {
+            auto chunk = std::make_shared<const std::string>(buf.data(), n);
+            for (size_t at = 0; at < static_cast<size_t>(n); at += kPacket) {
                 size_t size = std::min<size_t>(kPacket, n - at);
                 Clock::time_point start = std::max(arrived, link_free);
                 link_free = start + Nanos(static_cast<long long>(size * link_.ns_per_byte));
-                queue_.push_back(Packet{link_free + link_.latency, std::string(buf.data() + at, size)});
+                queue_.push_back(Packet{link_free + link_.latency, chunk, at, size});
             }
             ready_.notify_one();
         }
     }
 
     void write_loop() {
-        std::vector<std::string> batch;
+        std::vector<Packet> batch;
         for (;;) {
             bool end = false;
             {
@@ -98,8 +101,8 @@ public:
                 // Everything already due goes out in one write.
                 Clock::time_point now = Clock::now();
                 while (!queue_.empty() && queue_.front().due <= now) {
-                    if (queue_.front().bytes.empty()) end = true;
-                    else batch.push_back(std::move(queue_.front().bytes));
+                    if (!queue_.front().chunk) end = true;
+                    else batch.push_back(std::move(queue_.front()));
                     queue_.pop_front();
                     if (end) break;
                 }
@@ -112,15 +115,16 @@ public:
     }
 
 private:
-    void push(Packet p) {
-        std::lock_guard<std::mutex> lock(mu_);
-        queue_.push_back(std::move(p));
-        ready_.notify_one();
-    }
-
-    bool write_all(const std::vector<std::string>& batch) {
+    bool write_all(const std::vector<Packet>& batch) {
         std::vector<iovec> iov;
-        for (const std::string& s : batch) iov.push_back({const_cast<char*>(s.data()), s.size()});
+        for (const Packet& p : batch) {
+            char* at = const_cast<char*>(p.chunk->data()) + p.offset;
+            if (!iov.empty() && static_cast<char*>(iov.back().iov_base) + iov.back().iov_len == at) {
+                iov.back().iov_len += p.size;  // the next packet of the same chunk
+            } else {
+                iov.push_back({at, p.size});
+            }
+        }
         size_t first = 0;
         while (first < iov.size()) {
             ssize_t n = ::writev(to_, iov.data() + first, static_cast<int>(std::min<size_t>(iov.size() - first, 1024)));
