@@ -439,7 +439,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="threads per node (default 1)")
     ap.add_argument("--prompt-tokens", type=int, default=16, help="prefill length (default 16)")
     ap.add_argument("--gen-tokens", type=int, default=24, help="decode steps (default 24)")
-    ap.add_argument("--repeats", type=int, default=1, help="runs per row; the table shows medians (default 1)")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds over all rows; the table shows medians (default 1)")
     ap.add_argument("--latency-ms", type=float, nargs="+", default=None,
                     help="one-way latencies (ms) of emulated links between the nodes, e.g. 0 0.1 0.5")
     ap.add_argument("--rate-mbit", type=float, nargs="+", default=[0.0],
@@ -485,25 +485,28 @@ def main(argv=None) -> int:
         for link in links:
             calibration[link] = calibrate_link("127.0.0.1", *link)
             print_calibration(calibration[link])
-    rows = []
+    configs = [(exchange, nodes, link) for exchange in args.exchange for nodes in args.nodes
+               for link in [None] + (links if nodes > 1 else [])]
+    configs = [c for i, c in enumerate(configs) if c[1] > 1 or not any(x[1] == 1 for x in configs[:i])]
+    runs: dict = {c: [] for c in configs}
     try:
-        for exchange in args.exchange:
-            for nodes in args.nodes:
-                for link in [None] + (links if nodes > 1 else []):
-                    if nodes == 1 and any(r["nodes"] == 1 for r in rows):
-                        continue
-                    t0 = time.perf_counter()
-                    runs = [measure(args.model, nodes, exchange, args, layout, link) for _ in range(args.repeats)]
-                    r = dict(runs[0])
-                    for key in ("decode", "prefill", "sent", "received", "sync", "sync_ms"):
-                        r[key] = statistics.median(x[key] for x in runs)
-                    rows.append(r)
-                    print(f"  {nodes} node(s) {exchange} {r['network']}: {r['decode']:.2f} tok/s, "
-                          f"sent {r['sent'] / 1e3:.1f} kB/tok, sync {r['sync']:.0%} ({time.perf_counter() - t0:.0f} s)",
-                          file=sys.stderr, flush=True)
+        # Repeats are rounds over every configuration, so a load that comes and goes hits them alike.
+        for _ in range(args.repeats):
+            for c in configs:
+                exchange, nodes, link = c
+                r = measure(args.model, nodes, exchange, args, layout, link)
+                runs[c].append(r)
+                print(f"  {nodes} node(s) {exchange} {r['network']}: {r['decode']:.2f} tok/s, "
+                      f"sent {r['sent'] / 1e3:.1f} kB/tok, sync {r['sync']:.0%}", file=sys.stderr, flush=True)
     finally:
         if args.netns:
             NetnsNetwork.cleanup()
+    rows = []
+    for c in configs:
+        r = dict(runs[c][0])
+        for key in ("decode", "prefill", "sent", "received", "sync", "sync_ms"):
+            r[key] = statistics.median(x[key] for x in runs[c])
+        rows.append(r)
     add_model(rows, calibration, layout)
     print_table(rows)
     return 0
