@@ -67,7 +67,7 @@ class MoeModel:
     n_experts: int
     attention_params: int  # per layer
     vocab: int
-    q40_gb: float  # file size, for how many 24-32 GB PCs it needs
+    q40_gb: float  # approximate Q40 file size
 
     def bytes_read_per_token(self) -> float:
         """Q40 weights one token reads (routers are F32; the embedding row is negligible)."""
@@ -92,9 +92,11 @@ GLM47_FLASH = MoeModel("GLM-4.7-Flash (30B-A3B)", dim=2048, n_layers=47, dense_l
 
 def home_table(read_gbps: float = 30.0, overhead_s: float = 50e-6) -> str:
     """Markdown: modelled decode tok/s of the GLM MoE models on 1-4 home PCs over 1, 2.5 and 10 GbE."""
-    links = [("1 GbE", Link(100e-6, 1e9)), ("2.5 GbE", Link(100e-6, 2.5e9)), ("10 GbE", Link(50e-6, 10e9))]
-    lines = ["| model | nodes | compute ms | " + " | ".join(f"{n} tok/s (ms in exchanges)" for n, _ in links) + " |",
-             "|---|---|---|" + "---|" * len(links)]
+    links = [("1 GbE, 0.1 ms", Link(100e-6, 1e9)), ("2.5 GbE, 0.1 ms", Link(100e-6, 2.5e9)),
+             ("10 GbE, 0.05 ms", Link(50e-6, 10e9))]
+    lines = ["| model | nodes | GB / node | compute ms | " + " | ".join(f"{n}: tok/s (ms exchanging)" for n, _ in links)
+             + " |",
+             "|---|---|---|---|" + "---|" * len(links)]
     for m in (GLM45_AIR, GLM47_FLASH):
         for nodes in (1, 2, 3, 4):
             compute = m.bytes_read_per_token() / nodes / (read_gbps * 1e9)
@@ -102,7 +104,8 @@ def home_table(read_gbps: float = 30.0, overhead_s: float = 50e-6) -> str:
             for _, link in links:
                 t = token_seconds(compute, nodes, m.n_layers, m.dim, m.vocab, "q80", link, overhead_s)
                 cells.append(f"{1 / t['total']:.1f} ({(t['total'] - compute) * 1e3:.1f})")
-            lines.append(f"| {m.name} | {nodes} | {compute * 1e3:.0f} | " + " | ".join(cells) + " |")
+            lines.append(f"| {m.name} | {nodes} | {m.q40_gb / nodes:.0f} | {compute * 1e3:.0f} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
