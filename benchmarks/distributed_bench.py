@@ -408,8 +408,9 @@ def add_model(rows: list[dict], calibration: dict, layout):
         r["overhead_us"] = overhead * 1e6
         if r["link"] is None:
             continue
-        c = calibration[r["link"]]
-        link = Link(max(0.0, c["added_rtt_us"]) / 2e6, r["link"][1] * 1e6, shared_nic=False)
+        c = calibration.get(r["link"])  # none under netem: take the set latency
+        latency = max(0.0, c["added_rtt_us"]) / 2e6 if c else r["link"][0] / 1e3
+        link = Link(latency, r["link"][1] * 1e6, shared_nic=False)
         t = token_seconds(compute, r["nodes"], p["n_layers"], p["dim"], p["vocab_size"], r["exchange"], link, overhead)
         r["model"] = 1 / t["total"]
 
