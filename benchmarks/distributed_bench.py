@@ -63,7 +63,9 @@ def predicted_bytes(dim: int, n_layers: int, vocab: int, nodes: int, exchange: s
     """(sent, received) by the root per decoded token."""
     if nodes < 2:
         return 0, 0
-    b = dim // 32 * 34 if exchange == "q80" else 4 * dim
+    from time_model import partial_bytes
+
+    b = partial_bytes(dim, exchange)
     reduce = 2 * n_layers * (nodes - 1) * b
     root_share = vocab * 1 // nodes  # Partition{0, N}.share(vocab).size()
     return reduce + (nodes - 1) * (16 + 4 * dim), reduce + 4 * (vocab - root_share)
