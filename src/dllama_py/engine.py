@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _core
 from .architectures import ModelLayout, read_layout
+from .chat_template import ChatTemplateError
 from .model_file import NORM_EPSILON_CODES, FloatType
 from .reasoning import ThinkingSplitter, prompt_starts_in_thinking
 from .rope import rope_frequencies
@@ -21,6 +22,10 @@ from .tool_calls import split_tool_calls
 
 DEFAULT_CONTEXT = 4096  # positions allocated unless asked for more: 128k-context models stay small
 SECRET_ENV = "DLLAMA_SECRET"  # the shared secret of root and workers, when not given
+
+
+class NonFiniteLogitsError(RuntimeError):
+    """The model produced NaN or infinite logits: corrupt weights or header values, not a prompt problem."""
 
 
 def default_threads() -> int:
@@ -40,6 +45,8 @@ def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | N
     c.n_heads, c.n_kv_heads, c.vocab_size = p["n_heads"], p["n_kv_heads"], p["vocab_size"]
     c.head_dim = p.get("head_dim") or p["dim"] // p["n_heads"]
     model_ctx = p.get("max_seq_len") or DEFAULT_CONTEXT
+    if max_seq_len is not None and max_seq_len < 1:
+        raise ValueError(f"max_seq_len must be at least 1, not {max_seq_len}")
     c.seq_len = min(model_ctx, max_seq_len if max_seq_len else DEFAULT_CONTEXT)
     if kv_cache not in (None, "f16", "f32"):
         raise ValueError(f"kv_cache must be 'f16' or 'f32', not {kv_cache!r}")
@@ -123,8 +130,8 @@ class Engine:
                                   workers=list(workers or []), secret=secret or os.environ.get(SECRET_ENV, ""),
                                   exchange=exchange, timeout_ms=int(net_timeout * 1000))
         self._model.reset_net_stats()  # count inference traffic, not the weights sent to the workers
-        tok_path = Path(tokenizer) if tokenizer else bundle_path(self.path)
-        self.tokenizer: Tokenizer | None = Tokenizer.load(tok_path) if tok_path.exists() else None
+        self.tokenizer_path = Path(tokenizer) if tokenizer else bundle_path(self.path)
+        self.tokenizer: Tokenizer | None = Tokenizer.load(self.tokenizer_path) if self.tokenizer_path.exists() else None
         self._cached: list[int] = []  # tokens whose keys/values are in the cache, in order
         self.last_stats = GenerationStats()
 
@@ -190,7 +197,12 @@ class Engine:
                 f"{ids.size} tokens at position {self.position} exceed the context of {self.context_length} "
                 f"(raise max_seq_len, up to the model's {self.layout.params.get('max_seq_len')})"
             )
+        start = self.position
         logits = self.model.forward(ids, all_logits)
+        if not np.isfinite(logits).all():  # cheap next to the forward step (one row when decoding)
+            self.model.set_position(start)
+            raise NonFiniteLogitsError(f"{self.path}: the model produced NaN or infinite logits at position "
+                                       f"{start + ids.size - 1}; its weights or header values are corrupt")
         self._cached.extend(int(i) for i in ids)
         return logits
 
@@ -213,7 +225,10 @@ class Engine:
         tok = self._require_tokenizer()
         if not tok.chat_template:
             raise RuntimeError(f"{self.path}: the tokenizer has no chat template")
-        return tok.render_chat(messages, tools=tools, add_generation_prompt=add_generation_prompt, **template_kwargs)
+        try:
+            return tok.render_chat(messages, tools=tools, add_generation_prompt=add_generation_prompt, **template_kwargs)
+        except ChatTemplateError as error:
+            raise ChatTemplateError(f"{self.tokenizer_path}: {error}") from error.__cause__
 
     def generate(self, prompt: str | list[int], max_tokens: int = 256, temperature: float = 0.8, top_p: float = 0.9,
                  top_k: int = 0, seed: int | None = None, stop: list[str] | str | None = None) -> Iterator[str]:
