@@ -189,7 +189,7 @@ def _mutate_header_keys(data: bytes, rng: random.Random) -> tuple[bytes, str]:
         what = f"duplicate key {pair[0]} = {pairs[-1][1]}"
     else:
         keys = {k: i for i, (k, _) in enumerate(pairs)}
-        if kind == "swap_heads" and HEADER_KEYS["n_heads"] in keys:
+        if kind == "swap_heads" and HEADER_KEYS["n_heads"] in keys and HEADER_KEYS["n_kv_heads"] in keys:
             a, b = keys[HEADER_KEYS["n_heads"]], keys[HEADER_KEYS["n_kv_heads"]]
         else:
             a, b = rng.sample(range(len(pairs)), 2)
@@ -270,7 +270,7 @@ def loader_make(seed_dir: Path, case_dir: Path, rng: random.Random) -> str:
         for _ in range(1 if rng.random() < 0.85 else rng.randint(2, 3)):
             try:
                 data, step = _corrupt_model(data, rng)
-            except (struct.error, IndexError, ValueError, StopIteration):
+            except (struct.error, IndexError, KeyError, ValueError, StopIteration):
                 break  # an earlier step left no header to mutate
             steps.append(step)
         what = "; ".join(steps)
@@ -287,7 +287,7 @@ def loader_run(seed_dir: Path, case_dir: Path):
         eng.forward([i % vocab for i in range(1, min(6, eng.context_length + 1))], all_logits=False)
         eng.reset()
         if eng.tokenizer is not None:
-            list(eng.generate([1, 2, 3], max_tokens=3, temperature=0))
+            list(eng.generate([1, 2, 3][: eng.context_length], max_tokens=3, temperature=0))
             if eng.tokenizer.chat_template:
                 eng.apply_chat_template([{"role": "user", "content": "hi"}])
 

@@ -17,6 +17,7 @@ from .model_file import NORM_EPSILON_CODES, FloatType
 from .reasoning import ThinkingSplitter, prompt_starts_in_thinking
 from .rope import rope_frequencies
 from .sampling import Sampler
+from .tensor_lists import head_dim_of, rope_dim_of
 from .tokenizer import Tokenizer, bundle_path
 from .tool_calls import split_tool_calls
 
@@ -43,7 +44,7 @@ def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | N
     c.weight_type = _core.FloatType(int(layout.weight_type))
     c.dim, c.hidden_dim, c.n_layers = p["dim"], p["hidden_dim"], p["n_layers"]
     c.n_heads, c.n_kv_heads, c.vocab_size = p["n_heads"], p["n_kv_heads"], p["vocab_size"]
-    c.head_dim = p.get("head_dim") or p["dim"] // p["n_heads"]
+    c.head_dim = head_dim_of(p)
     model_ctx = p.get("max_seq_len") or DEFAULT_CONTEXT
     if max_seq_len is not None and max_seq_len < 1:
         raise ValueError(f"max_seq_len must be at least 1, not {max_seq_len}")
@@ -54,7 +55,7 @@ def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | N
     c.kv_f16 = kv_cache == "f16" if kv_cache else layout.weight_type != FloatType.F32
     c.norm_eps = p.get("norm_epsilon_f32") or NORM_EPSILON_CODES[p.get("norm_epsilon", 5)]
     c.rope_theta = p.get("rope_theta_f32") or float(p.get("rope_theta", 10000))
-    c.rope_dim = p.get("rope_dim") or c.head_dim
+    c.rope_dim = rope_dim_of(p)
     c.rope_style = _core.RopeStyle.INTERLEAVED if layout.arch.rope_style == "interleaved" else _core.RopeStyle.HALVES
     inv_freq, c.rope_attention_factor = rope_frequencies(p, c.rope_dim, c.rope_theta)
     c.rope_inv_freq = inv_freq.tolist()

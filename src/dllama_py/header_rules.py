@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from .model_file import FLOAT_BITS_KEYS, NORM_EPSILON_CODES, FloatType, HiddenAct, ModelFileError, RopeType
+from .tensor_lists import head_dim_of, rope_dim_of
 
 # Every architecture needs these.
 BASE_KEYS = ("arch_type", "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "weights_float_type")
@@ -94,11 +95,9 @@ def check_header(params: dict, arch, where: str, tensor_bytes: int | None = None
     n_heads, n_kv_heads = h.at_least("n_heads", 1), h.at_least("n_kv_heads", 1)
     if n_heads % n_kv_heads:
         h.fail("n_kv_heads", f"does not divide n_heads = {n_heads}")
-    head_dim = h.at_least("head_dim", 0, default=0)  # 0: dim / n_heads, as in distributed-llama
-    if head_dim == 0:
-        if dim % n_heads:
-            h.fail("dim", f"is not a multiple of n_heads = {n_heads} (and there is no head_dim)")
-        head_dim = dim // n_heads
+    if h.at_least("head_dim", 0, default=0) == 0 and dim % n_heads:  # 0: dim / n_heads, as in distributed-llama
+        h.fail("dim", f"is not a multiple of n_heads = {n_heads} (and there is no head_dim)")
+    head_dim = head_dim_of(p)
     _check_rope(h, head_dim, arch)
 
     if "norm_epsilon" in p and p["norm_epsilon"] not in NORM_EPSILON_CODES:
@@ -139,19 +138,18 @@ def check_header(params: dict, arch, where: str, tensor_bytes: int | None = None
     if weight_type in QUANTIZED:
         _check_block_multiples(h, weight_type, has_dense=n_dense > 0, moe=moe, latent=latent, head_dim=head_dim)
     if tensor_bytes is not None:
-        _check_fits(h, weight_type, tensor_bytes, tensor_bytes_are, head_dim, n_dense if moe else n_layers, moe, latent)
+        _check_fits(h, weight_type, tensor_bytes, tensor_bytes_are, head_dim, n_dense, moe, latent)
 
 
 def _check_rope(h: _Header, head_dim: int, arch) -> None:
     p = h.p
-    latent = "kv_lora_rank" in arch.required_keys
-    if latent:
-        rope_dim = h.at_least("qk_rope_head_dim", 2)
-        if p.get("rope_dim", rope_dim) != rope_dim:
-            h.fail("rope_dim", f"differs from qk_rope_head_dim = {rope_dim}")
-    else:
-        rope_dim = h.at_least("rope_dim", 2, default=head_dim)
-    key = "qk_rope_head_dim" if latent else "rope_dim" if "rope_dim" in p else "head_dim" if p.get("head_dim") else "dim"
+    if "kv_lora_rank" in arch.required_keys:
+        qk_rope = h.at_least("qk_rope_head_dim", 2)
+        if p.get("rope_dim", qk_rope) != qk_rope:
+            h.fail("rope_dim", f"differs from qk_rope_head_dim = {qk_rope}")
+    h.at_least("rope_dim", 2, default=2)
+    rope_dim = rope_dim_of(p)
+    key = next(k for k in ("rope_dim", "qk_rope_head_dim", "head_dim", "dim") if p.get(k))
     if rope_dim % 2:
         h.fail(key, "gives an odd number of rotary dims (RoPE rotates pairs)")
     if rope_dim > head_dim:
