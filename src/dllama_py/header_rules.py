@@ -37,8 +37,9 @@ class _Header:
     def __init__(self, params: dict, where: str):
         self.p, self.where = params, where
 
-    def fail(self, key: str, why: str):
-        raise ModelFileError(f"{self.where}: header key {key} = {_show(self.p.get(key))} {why}")
+    def fail(self, key: str, why: str, value=None):
+        value = self.p.get(key) if value is None else value
+        raise ModelFileError(f"{self.where}: header key {key} = {_show(value)} {why}")
 
     def at_least(self, key: str, minimum: int, default: int | None = None) -> int:
         """The value (default when absent), which must be >= minimum."""
@@ -176,7 +177,7 @@ def _check_rope(h: _Header, head_dim: int, arch) -> None:
         low = h.positive_float(low_key, 1.0) if low_key.endswith("_f32") else h.at_least(low_key, 1, default=1)
         high = h.positive_float(high_key, 4.0) if high_key.endswith("_f32") else h.at_least(high_key, 1, default=4)
         if high <= low:
-            h.fail(high_key, f"must be above {low_key} = {_show(low)}")
+            h.fail(high_key, f"must be above {low_key} = {_show(low)}", high)
 
 
 def _check_block_multiples(h: _Header, weight_type: FloatType, *, has_dense: bool, moe: bool, latent: bool,
@@ -208,15 +209,19 @@ def _check_fits(h: _Header, weight_type: FloatType, tensor_bytes: int, tensor_by
     per_value = weight_type.nbytes(32) / 32
     dim, n_layers = p["dim"], p["n_layers"]
     attention_width = p["n_heads"] * (p["v_head_dim"] if latent else head_dim)  # the output projection's input
+    # count -> (bytes, the other keys they depend on)
     needs = {
-        "vocab_size": p["vocab_size"] * dim * (2 + per_value),  # embedding (F16 or wider) and output head
-        "n_layers": n_layers * dim * (2 * 4 + attention_width * per_value),  # two F32 norms, output projection
-        "hidden_dim": n_dense * 3 * dim * p["hidden_dim"] * per_value,  # dense FFN: gate, up, down
+        "vocab_size": (p["vocab_size"] * dim * (2 + per_value), ["dim"]),  # embedding (F16 or wider), output head
+        # per layer: two F32 norms, the attention output projection; per dense layer: gate, up and down
+        "n_layers": (n_layers * dim * (2 * 4 + attention_width * per_value) + n_dense * 3 * dim * p["hidden_dim"] * per_value,
+                     ["dim", "hidden_dim", "n_heads"]),
     }
     if moe:
-        needs["n_experts"] = (n_layers - n_dense) * p["n_experts"] * 3 * dim * p["moe_hidden_dim"] * per_value
-    total = sum(needs.values())
+        needs["n_experts"] = ((n_layers - n_dense) * p["n_experts"] * 3 * dim * p["moe_hidden_dim"] * per_value,
+                              ["n_layers", "dim", "moe_hidden_dim"])
+    total = sum(n for n, _ in needs.values())
     if total > tensor_bytes:
-        key = max(needs, key=needs.get)
-        h.fail(key, f"needs at least {needs[key]:,.0f} bytes of tensors (with dim = {dim}, n_layers = {n_layers}), "
+        key = max(needs, key=lambda k: needs[k][0])
+        n, factors = needs[key]
+        h.fail(key, f"needs at least {n:,.0f} bytes of tensors (with {', '.join(f'{f} = {p[f]}' for f in factors)}), "
                     f"but there are only {tensor_bytes:,} {tensor_bytes_are}")

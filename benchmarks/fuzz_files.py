@@ -1,8 +1,9 @@
-"""Fuzz driver: feeds corrupted inputs to each target and counts how it fails.
+"""Fuzzing the file readers: corrupted .m files for the loader, bad checkpoints for the converter.
 
-    PYTHONPATH=src python benchmarks/fuzz.py                       # every target, 10,000 cases each
-    PYTHONPATH=src python benchmarks/fuzz.py loader -n 2000 --seed 7 --jobs 2
-    PYTHONPATH=src python benchmarks/fuzz.py converter --case 1234 --seed 7 --keep /tmp/case  # one case again
+    PYTHONPATH=src python benchmarks/fuzz_files.py                       # both targets, 10,000 cases each
+    PYTHONPATH=src python benchmarks/fuzz_files.py loader -n 2000 --seed 7 --jobs 2
+    PYTHONPATH=src python benchmarks/fuzz_files.py converter --case 1234 --seed 7 --keep /tmp/case  # one case again
+    PYTHONPATH=src python benchmarks/fuzz.py loader converter           # the same, from the fuzz driver
 
 Every case runs in its own process, forked from this one after `dllama_py` is imported (a fork server:
 a case costs a fork, not an interpreter start). The child builds its corrupted input from the target's
