@@ -58,7 +58,6 @@ class Target:
     make: Callable[[Path, Path, random.Random], str]
     run: Callable[[Path, Path], None]
     clean_errors: tuple[type[BaseException], ...]
-    cases: int = 10_000  # the default count
 
 
 # Exit codes of a case's process.
@@ -625,13 +624,30 @@ def _read(path: Path) -> str:
         return ""
 
 
+def run(name: str, n: int, seed: int = 0, jobs: int | None = None, timeout: float = 10.0, keep: Path | None = None,
+        memory_limit_mib: int = 4096, first: int = 0, progress: bool = False) -> dict:
+    """Runs cases first..first+n-1 of one target; its tally (tried, accepted, clean, crash, hang, examples, seconds)."""
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="dllama-fuzz-") as tmp:
+        tally = fuzz(name, n, seed, jobs or os.cpu_count() or 1, timeout, Path(tmp), keep, memory_limit_mib << 20,
+                     first, progress)
+    return tally.as_dict() | {"seconds": round(time.monotonic() - start, 1)}
+
+
+def print_counts(name: str, r: dict):
+    print(f"{name}: tried {r['tried']}, accepted {r['accepted']}, clean error {r['clean']}, crash {r['crash']}, "
+          f"hang {r['hang']} ({r['seconds']:.0f} s)")
+    for example in r["examples"]:
+        print(f"    {example}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("targets", nargs="*", metavar="TARGET", help=f"some of {', '.join(TARGETS)} (default: all)")
-    ap.add_argument("-n", "--cases", type=int, default=None, help="cases per target (default: each target's own)")
+    ap.add_argument("-n", "--cases", type=int, default=10_000, help="cases per target (default 10,000)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--case", type=int, default=None, help="run only this case index (with --keep to see it)")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="cases run at once")
+    ap.add_argument("--jobs", type=int, default=None, help="cases run at once (default: one per core)")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds before a case counts as a hang")
     ap.add_argument("--memory-limit", type=int, default=4096, help="address-space limit per case, MiB (0: none)")
     ap.add_argument("--keep", type=Path, default=None, help="copy the inputs of crashes and hangs here")
@@ -641,23 +657,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in TARGETS]
     if unknown:
         ap.error(f"unknown target {unknown[0]!r} (choose from {', '.join(TARGETS)})")
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="dllama-fuzz-") as tmp:
-        for name in names:
-            n = 1 if args.case is not None else args.cases or TARGETS[name]().cases
-            start = time.monotonic()
-            tally = fuzz(name, n, args.seed, args.jobs, args.timeout, Path(tmp), args.keep, args.memory_limit << 20,
-                         first=args.case or 0, progress=not args.json)
-            results[name] = tally.as_dict() | {"seconds": round(time.monotonic() - start, 1)}
+    results = {name: run(name, 1 if args.case is not None else args.cases, args.seed, args.jobs, args.timeout,
+                         args.keep, args.memory_limit, args.case or 0, progress=not args.json) for name in names}
     if args.json:
         print(json.dumps(results, indent=1))
-        return 0
-    print(f"{'target':12s} {'tried':>7s} {'accepted':>9s} {'clean error':>12s} {'crash':>6s} {'hang':>5s} {'seconds':>8s}")
-    for name, r in results.items():
-        print(f"{name:12s} {r['tried']:7d} {r['accepted']:9d} {r['clean']:12d} {r['crash']:6d} {r['hang']:5d} "
-              f"{r['seconds']:8.1f}")
-        for example in r["examples"]:
-            print(f"    {example}")
+    else:
+        for name, r in results.items():
+            print_counts(name, r)
     return 0 if all(r["crash"] == 0 and r["hang"] == 0 for r in results.values()) else 1
 
 
