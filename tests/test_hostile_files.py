@@ -262,10 +262,13 @@ def test_model_and_bundle_are_replaced_together(checkpoint, tmp_path):
     assert out.read_bytes() != model and not bundle_path(out).exists()
 
 
-@pytest.mark.parametrize("damage", ["config", "safetensors", "model"])
+@pytest.mark.parametrize("damage", ["config", "safetensors", "model", "output"])
 def test_cli_prints_one_line_for_bad_input(checkpoint, tmp_path, damage):
     out = tmp_path / "out.m"
-    if damage == "config":
+    if damage == "output":  # a directory where the model should go
+        out.mkdir()
+        command = ["convert", str(checkpoint), "-o", str(out), "--dtype", "f32"]
+    elif damage == "config":
         (checkpoint / "config.json").write_text('{"model_type": "llama", "hidden_size": NaN')
         command = ["convert", str(checkpoint), "-o", str(out)]
     elif damage == "safetensors":
@@ -279,3 +282,4 @@ def test_cli_prints_one_line_for_bad_input(checkpoint, tmp_path, damage):
     assert run.returncode == 1
     assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
     assert run.stderr.startswith("dllama-py: error: ") and str(tmp_path) in run.stderr
+    assert not bundle_path(out).exists() or damage == "model"  # no bundle without its model

@@ -161,10 +161,7 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
                     bar.update(f.tell() - bar.n)
             if bundle is not None:
                 tokenizer_bundle.write_bundle(bundle, tmp_tok_path)
-                os.replace(tmp_tok_path, tok_path)
-            else:
-                tok_path.unlink(missing_ok=True)  # an older model's bundle must not pass for this one's
-            os.replace(tmp_path, out_path)
+            _install(tmp_path, out_path, tmp_tok_path if bundle is not None else None, tok_path)
         except BaseException:
             tmp_path.unlink(missing_ok=True)
             tmp_tok_path.unlink(missing_ok=True)
@@ -178,6 +175,26 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
         log(f"Warning: {hf_dir} has no tokenizer.json; the model will need token ids, not text")
     log(f"Wrote {out_path} ({total / 1e6:,.1f} MB in {seconds:.1f} s, {total / 1e6 / max(seconds, 1e-9):,.0f} MB/s)")
     return ConversionReport(out_path, tok_path, len(specs), total, seconds, skipped)
+
+
+def _install(model_tmp: Path, model: Path, bundle_tmp: Path | None, bundle: Path):
+    """Renames the new model and bundle into place, removing the old bundle when the new model has none.
+    If a rename fails the old bundle is put back, so that a model and a bundle from different
+    conversions never stand side by side."""
+    saved = bundle.with_name(bundle.name + ".old")
+    had_bundle = bundle.exists()
+    if had_bundle:
+        os.replace(bundle, saved)
+    try:
+        if bundle_tmp is not None:
+            os.replace(bundle_tmp, bundle)
+        os.replace(model_tmp, model)
+    except BaseException:
+        bundle.unlink(missing_ok=True)
+        if had_bundle:
+            os.replace(saved, bundle)
+        raise
+    saved.unlink(missing_ok=True)
 
 
 def _write_tensor(f, ckpt: Checkpoint, spec: TensorSpec, name: str, dtype: FloatType):

@@ -92,8 +92,8 @@ def rope_parameters(cfg: dict) -> dict:
     rope.update(_section(cfg, "rope_scaling"))
     if "partial_rotary_factor" not in rope and "partial_rotary_factor" in cfg:
         rope["partial_rotary_factor"] = cfg["partial_rotary_factor"]
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    rope["rope_type"] = rope_type
+    rope = {key: value for key, value in rope.items() if value is not None}  # null: the default
+    rope["rope_type"] = rope.get("rope_type", rope.get("type", "default"))
     return rope
 
 
