@@ -45,9 +45,11 @@ from typing import Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from make_model import CHATML_TEMPLATE, write_byte_tokenizer, write_shard  # noqa: E402
+from make_model import write_byte_tokenizer, write_shard  # noqa: E402
 
-import dllama_py  # noqa: E402,F401  (imported once here, so that every forked case starts with it loaded)
+# Imported once here (no threads start on import), so that every forked case starts with them loaded.
+import dllama_py.convert  # noqa: E402,F401
+import dllama_py.engine  # noqa: E402,F401
 from dllama_py.architectures import plan_conversion  # noqa: E402
 from dllama_py.model_file import FLOAT_BITS_KEYS, HEADER_KEYS, MAGIC, FloatType  # noqa: E402
 
