@@ -79,6 +79,10 @@ SEEDS: dict[str, tuple[dict, str]] = {  # name -> (config.json, .m weight type)
     "qwen3": (dict(TINY, model_type="qwen3", head_dim=32, tie_word_embeddings=True), "f32"),
     "qwen3_moe": (dict(TINY, model_type="qwen3_moe", head_dim=32, num_experts=4, num_experts_per_tok=2,
                        moe_intermediate_size=32, norm_topk_prob=True), "q80"),
+    "glm": (dict(TINY, model_type="glm", head_dim=32, partial_rotary_factor=0.5, attention_bias=True), "q80"),
+    "chatglm": (dict(model_type="chatglm", hidden_size=64, ffn_hidden_size=96, num_layers=2, num_attention_heads=4,
+                     multi_query_attention=True, multi_query_group_num=2, kv_channels=16, padded_vocab_size=288,
+                     seq_length=256, layernorm_epsilon=1e-5, add_qkv_bias=True, rmsnorm=True), "q40"),
     "glm4": (dict(TINY, model_type="glm4", head_dim=32, partial_rotary_factor=0.5, attention_bias=True), "f16"),
     "glm4_moe": (dict(TINY | MOE, model_type="glm4_moe", num_hidden_layers=3, head_dim=32, partial_rotary_factor=0.5,
                       attention_bias=True, use_qk_norm=True, first_k_dense_replace=1), "q40"),
@@ -111,7 +115,7 @@ def write_tiny_checkpoint(config: dict, out: Path, bf16: bool = False, seed: int
         else:
             tensors[name] = (shape, "F32", x.astype("<f4").tobytes())
     write_shard(out / "model.safetensors", tensors)
-    write_byte_tokenizer(out, config["vocab_size"])
+    write_byte_tokenizer(out, config.get("vocab_size") or config["padded_vocab_size"])
 
 
 # ---------------------------------------------------------------------------------------- boundary values
@@ -296,14 +300,17 @@ def loader_run(seed_dir: Path, case_dir: Path):
 
 # -------------------------------------------------------------------------------------------- converter
 
-CONVERTER_SEEDS = ["llama", "qwen3", "qwen3_moe", "glm4", "glm4_moe", "glm4_moe_lite"]
+CONVERTER_SEEDS = list(SEEDS)
 CONFIG_KEYS = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                "head_dim", "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta",
                "partial_rotary_factor", "tie_word_embeddings", "sliding_window", "moe_intermediate_size",
                "n_routed_experts", "num_experts", "num_experts_per_tok", "n_shared_experts", "first_k_dense_replace",
                "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob", "q_lora_rank", "kv_lora_rank",
                "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "attention_bias", "mlp_layer_types",
-               "model_type", "hidden_act", "rope_scaling", "rope_parameters", "use_qk_norm"]
+               "model_type", "hidden_act", "rope_scaling", "rope_parameters", "use_qk_norm",
+               # chatglm's names
+               "ffn_hidden_size", "num_layers", "multi_query_group_num", "kv_channels", "padded_vocab_size",
+               "seq_length", "layernorm_epsilon", "rope_ratio", "add_qkv_bias", "multi_query_attention"]
 CONFIG_VALUES = [0, -1, 1, 2, 3, 7, 31, 33, 1000, 2**31 - 1, 2**31, 2**63, -(2**31), 0.5, 8.0, 1e30, 1e-30,
                  math.nan, math.inf, -math.inf, None, "x", "", [], {}, [1], True, False]
 ROPE_SCALINGS = [
