@@ -51,7 +51,7 @@ from make_model import write_byte_tokenizer, write_shard  # noqa: E402
 import dllama_py.convert  # noqa: E402,F401
 import dllama_py.engine  # noqa: E402,F401
 from dllama_py.architectures import plan_conversion  # noqa: E402
-from dllama_py.model_file import FLOAT_BITS_KEYS, HEADER_KEYS, MAGIC, FloatType  # noqa: E402
+from dllama_py.model_file import FLOAT_BITS_KEYS, HEADER_KEYS, KEY_NAMES, MAGIC, TENSOR_TYPE_KEYS, FloatType  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def _with_pairs(data: bytes, old_size: int, pairs: list[list[int]]) -> bytes:
 def _mutate_header_value(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     size, pairs = _header_pairs(data)
     pair = rng.choice(pairs)
-    name = next(k for k, v in HEADER_KEYS.items() if v == pair[0])
+    name = KEY_NAMES.get(pair[0], f"key {pair[0]}")
     old = pair[1]
     if name in FLOAT_BITS_KEYS and rng.random() < 0.7:
         value = rng.choice(BOUNDARY_FLOATS)
@@ -176,8 +176,12 @@ def _mutate_header_value(data: bytes, rng: random.Random) -> tuple[bytes, str]:
 
 def _mutate_header_keys(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     size, pairs = _header_pairs(data)
-    kind = rng.choice(["add", "drop", "rename", "duplicate", "swap", "swap_heads"])
-    if kind == "add":
+    kind = rng.choice(["add", "drop", "rename", "duplicate", "swap", "swap_heads", "tensor_type"])
+    if kind == "tensor_type":  # a per-tensor storage type
+        key, value = TENSOR_TYPE_KEYS + rng.choice([0, 1, 2, 5, 30, 1000]), rng.choice([0, 1, 2, 3, 4, -1])
+        pairs.append([key, value])
+        what = f"add tensor type key {key} = {value}"
+    elif kind == "add":
         name = rng.choice(list(HEADER_KEYS))
         value = float_bits(rng.choice(BOUNDARY_FLOATS)) if name in FLOAT_BITS_KEYS else rng.choice(BOUNDARY_INTS)
         pairs.insert(rng.randrange(len(pairs) + 1), [HEADER_KEYS[name], value])

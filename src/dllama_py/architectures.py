@@ -22,7 +22,7 @@ from .hf_config import (
     qwen3_moe_header,
 )
 from .header_rules import check_header
-from .model_file import ArchType, FloatType, Header, ModelFileError, read_header
+from .model_file import TENSOR_TYPE_KEYS, ArchType, FloatType, Header, ModelFileError, read_header
 from .tensor_lists import (
     Source,
     TensorSpec,
@@ -217,13 +217,16 @@ class ModelLayout:
         return self.header.params
 
 
-def place_tensors(specs: list[TensorSpec], weight_type: FloatType, start: int) -> list[PlacedTensor]:
+def default_tensor_type(spec: TensorSpec, weight_type: FloatType) -> FloatType:
+    """The architecture's rule for a tensor's storage type: the type its tensor list gives (norms and
+    routers F32, embeddings by compact_embedding_dtype), else the file's weight type. A file stores
+    another type for a tensor only with a per-tensor header key (model_file.TENSOR_TYPE_KEYS)."""
+    return spec.dtype if spec.dtype is not None else weight_type
+
+
+def place_tensors(specs: list[TensorSpec], types: list[FloatType], start: int) -> list[PlacedTensor]:
     placed, offset = [], start
-    for spec in specs:
-        dtype = spec.dtype if spec.dtype is not None else weight_type
-        if dtype in (FloatType.Q40, FloatType.Q80) and spec.cols % 32:
-            raise ValueError(f"tensor {spec.name} ({spec.rows} x {spec.cols}) cannot be {dtype.name}: "
-                             "its rows are not whole 32-value blocks")
+    for spec, dtype in zip(specs, types):
         n = dtype.nbytes(spec.rows * spec.cols)
         placed.append(PlacedTensor(spec, dtype, offset, n))
         offset += n
@@ -241,10 +244,17 @@ def read_layout(path: str | os.PathLike) -> ModelLayout:
     size = path.stat().st_size
     check_header(p, arch, str(path), size - header.size)
     weight_type = FloatType(p["weights_float_type"])
-    try:
-        tensors = place_tensors(arch.tensors(p, arch.hf_names), weight_type, header.size)
-    except ValueError as e:
-        raise ModelFileError(f"{path}: {e}") from None
+    specs = arch.tensors(p, arch.hf_names)
+    for index in header.tensor_types:
+        if index >= len(specs):
+            raise ModelFileError(f"{path}: header key {TENSOR_TYPE_KEYS + index} gives a type for tensor {index}, "
+                                 f"but the {arch.builder} model has {len(specs)} tensors")
+    types = [header.tensor_types.get(i, default_tensor_type(spec, weight_type)) for i, spec in enumerate(specs)]
+    for spec, dtype in zip(specs, types):
+        if spec.cols % dtype.block_size:
+            raise ModelFileError(f"{path}: tensor {spec.name!r} is stored as {dtype.name}, but its rows of {spec.cols} "
+                                 f"values are not whole {dtype.block_size}-value blocks (convert the model again)")
+    tensors = place_tensors(specs, types, header.size)
     end = tensors[-1].offset + tensors[-1].nbytes
     if size < end:
         first_missing = next(t for t in tensors if t.offset + t.nbytes > size)

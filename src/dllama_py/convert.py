@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import tokenizer as tokenizer_bundle
-from .architectures import TensorSpec, UnsupportedModelError, place_tensors, plan_conversion
+from .architectures import TensorSpec, UnsupportedModelError, default_tensor_type, place_tensors, plan_conversion
 from .header_rules import check_header
 from .model_file import FloatType, ModelFileError, encode_header
 from .safetensors_reader import Checkpoint, CheckpointError
@@ -60,6 +60,19 @@ def encode_tensor(values: np.ndarray, dtype: FloatType) -> bytes:
     if dtype == FloatType.Q40:
         return _core.quantize_q40(flat)
     return _core.quantize_q80(flat)
+
+
+def storage_type(spec: TensorSpec, weight_type: FloatType) -> FloatType:
+    """The type the converter stores a tensor in: the one place that decides it.
+
+    The architecture's rule (default_tensor_type), except that a quantized tensor's rows must be whole
+    32-value blocks: a tensor with another column count (e.g. an MLA q_b over a q_lora_rank of 48) is
+    stored at F16, as llama.cpp falls back, rather than written into a file the engine must refuse.
+    Tensors whose type differs from the rule get a per-tensor header key."""
+    dtype = default_tensor_type(spec, weight_type)
+    if spec.cols % dtype.block_size:
+        return FloatType.F16
+    return dtype
 
 
 def _source_name(spec: TensorSpec, ckpt: Checkpoint) -> str:
@@ -110,16 +123,17 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
     except UnsupportedModelError as e:
         raise UnsupportedModelError(f"{hf_dir}: {e}") from None
     with Checkpoint(hf_dir) as ckpt:
-        try:
-            params = dict(plan.params, weights_float_type=int(weight_type))
-            # The loader's own rules; the counts must fit the checkpoint before a list of every tensor is built.
+        params = dict(plan.params, weights_float_type=int(weight_type))
+        try:  # the loader's own rules; the counts must fit the checkpoint before a list of every tensor is built
             check_header(params, plan.arch, "the .m header it gives", 8 * ckpt.n_values(),
                          "bytes in the checkpoint's tensors as F32, counting a tied output head twice")
-            specs = plan.tensors(weight_type)
-            header = encode_header(params)
-            placed = place_tensors(specs, weight_type, len(header))
-        except (ModelFileError, ValueError) as e:  # UnsupportedModelError, or a tensor a quantization cannot split
+        except ModelFileError as e:
             raise UnsupportedModelError(f"{hf_dir}: {e}") from None
+        specs = plan.tensors(weight_type)
+        types = [storage_type(spec, weight_type) for spec in specs]
+        other_types = {i: t for i, (spec, t) in enumerate(zip(specs, types)) if t != default_tensor_type(spec, weight_type)}
+        header = encode_header(params, other_types)
+        placed = place_tensors(specs, types, len(header))
         arch, model_type = plan.arch, config["model_type"]
         # The tokenizer before the long part: a checkpoint whose tokenizer fails is refused at once.
         bundle = tokenizer_bundle.build_bundle(hf_dir) if (hf_dir / "tokenizer.json").exists() else None
@@ -134,6 +148,10 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
         total = placed[-1].offset + placed[-1].nbytes
         log(f"Converting {hf_dir} ({model_type} -> {arch.builder}, {weight_type.name}) to {out_path}: "
             f"{len(specs)} tensors, {total / 1e6:,.1f} MB")
+        if other_types:
+            examples = ", ".join(f"{specs[i].name} as {t.name}" for i, t in list(other_types.items())[:3])
+            log(f"{len(other_types)} tensor(s) stored in another type than the rule's (`dllama-py inspect` lists them), "
+                f"e.g. {examples}")
         extra_layers = sorted({int(m[1]) for m in map(re.compile(r"model\.layers\.(\d+)\.").match, skipped)
                                if m and int(m[1]) >= plan.params["n_layers"]})
         if extra_layers:

@@ -27,7 +27,6 @@ ARCH_KEY_UNUSED = {
     "latent_norm_epsilon_f32": None,  # None: must be absent
 }
 FLAG_KEYS = ("attention_bias", "qk_norm", "norm_topk_prob", "yarn_truncate")
-QUANTIZED = (FloatType.Q40, FloatType.Q80)
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
@@ -80,7 +79,6 @@ def check_header(params: dict, arch, where: str, tensor_bytes: int | None = None
                         + ("" if unused is None else f" (only {unused} is allowed)"))
     if p["weights_float_type"] not in FloatType.__members__.values():
         h.fail("weights_float_type", f"is not a known weight type ({', '.join(f'{t.value} {t.name}' for t in FloatType)})")
-    weight_type = FloatType(p["weights_float_type"])
     if p.get("version", 0) != 0:
         h.fail("version", "is not supported (only 0)")
     if p.get("hidden_act", HiddenAct.SILU) != HiddenAct.SILU:
@@ -136,10 +134,8 @@ def check_header(params: dict, arch, where: str, tensor_bytes: int | None = None
             h.at_least(key, 1)
         h.at_least("q_lora_rank", 0, default=0)
 
-    if weight_type in QUANTIZED:
-        _check_block_multiples(h, weight_type, has_dense=n_dense > 0, moe=moe, latent=latent, head_dim=head_dim)
     if tensor_bytes is not None:
-        _check_fits(h, weight_type, tensor_bytes, tensor_bytes_are, head_dim, n_dense, moe, latent)
+        _check_fits(h, tensor_bytes, tensor_bytes_are, head_dim, n_dense, moe, latent)
 
 
 def _check_rope(h: _Header, head_dim: int, arch) -> None:
@@ -180,40 +176,19 @@ def _check_rope(h: _Header, head_dim: int, arch) -> None:
             h.fail(high_key, f"must be above {low_key} = {_show(low)}", high)
 
 
-def _check_block_multiples(h: _Header, weight_type: FloatType, *, has_dense: bool, moe: bool, latent: bool,
-                           head_dim: int) -> None:
-    """Quantized rows are whole 32-value blocks: every matrix's row length (its input width) is a multiple of 32."""
+def _check_fits(h: _Header, tensor_bytes: int, tensor_bytes_are: str, head_dim: int, n_dense: int, moe: bool,
+                latent: bool) -> None:
+    """Lower bounds of the tensor bytes each count implies, against what the file holds: every tensor at
+    the smallest storage type (a per-tensor header key may give any tensor any type)."""
     p = h.p
-    widths = {"dim": p["dim"]}
-    if has_dense:
-        widths["hidden_dim"] = p["hidden_dim"]
-    if moe:
-        widths["moe_hidden_dim"] = p["moe_hidden_dim"]
-    if latent:
-        widths |= {"kv_lora_rank": p["kv_lora_rank"], "qk_nope_head_dim": p["qk_nope_head_dim"],
-                   "v_head_dim": p["n_heads"] * p["v_head_dim"]}
-        if p.get("q_lora_rank"):
-            widths["q_lora_rank"] = p["q_lora_rank"]
-    else:
-        widths["head_dim" if "head_dim" in p else "n_heads"] = p["n_heads"] * head_dim
-    for key, width in widths.items():
-        if width % 32:
-            h.fail(key, f"gives rows of {width} values, but {weight_type.name} rows need a multiple of 32 "
-                        "(use F32 or F16 weights)")
-
-
-def _check_fits(h: _Header, weight_type: FloatType, tensor_bytes: int, tensor_bytes_are: str, head_dim: int,
-                n_dense: int, moe: bool, latent: bool) -> None:
-    """Lower bounds of the tensor bytes each count implies, against what the file holds."""
-    p = h.p
-    per_value = weight_type.nbytes(32) / 32
+    per_value = min(t.nbytes(t.block_size) / t.block_size for t in FloatType)
     dim, n_layers = p["dim"], p["n_layers"]
     attention_width = p["n_heads"] * (p["v_head_dim"] if latent else head_dim)  # the output projection's input
     # count -> (bytes, the other keys they depend on)
     needs = {
-        "vocab_size": (p["vocab_size"] * dim * (2 + per_value), ["dim"]),  # embedding (F16 or wider), output head
-        # per layer: two F32 norms, the attention output projection; per dense layer: gate, up and down
-        "n_layers": (n_layers * dim * (2 * 4 + attention_width * per_value) + n_dense * 3 * dim * p["hidden_dim"] * per_value,
+        "vocab_size": (2 * p["vocab_size"] * dim * per_value, ["dim"]),  # embedding and output head
+        # per layer: two norms and the attention output projection; per dense layer: gate, up and down
+        "n_layers": (n_layers * dim * (2 + attention_width) * per_value + n_dense * 3 * dim * p["hidden_dim"] * per_value,
                      ["dim", "hidden_dim", "n_heads"]),
     }
     if moe:
