@@ -198,3 +198,27 @@ def test_slot_api_for_callers_with_their_own_loop(tiny_models):
         with pytest.raises(RuntimeError, match="in use by a running generation"):
             sched.decode([(held._slot.index, 4)])
         held.cancel()
+
+
+def test_nan_logits_end_the_request_and_empty_its_slot(tiny_models, tmp_path):
+    import math
+    import struct
+
+    from dllama_py.architectures import read_layout
+    from dllama_py.engine import NonFiniteLogitsError
+
+    good = tiny_models.converted("llama", "f32")
+    norm = next(t for t in read_layout(good).tensors if t.spec.name == "final_norm")
+    data = bytearray(good.read_bytes())
+    struct.pack_into("<f", data, norm.offset, math.nan)
+    path = tmp_path / "nan.m"
+    path.write_bytes(bytes(data))
+    with Engine(path, threads=1, max_sequences=2) as eng:
+        req = eng.scheduler.submit([1, 2, 3], max_tokens=4)
+        with pytest.raises(NonFiniteLogitsError, match=r"nan\.m: the model produced NaN or infinite logits at position 2"):
+            list(req)
+        assert req.finish_reason == "error" and eng.scheduler.active == 0
+        assert all(eng.model.length(s) == 0 and eng.scheduler.slot_tokens(s) == [] for s in range(2))
+        with pytest.raises(NonFiniteLogitsError, match="at position 0"):
+            eng.scheduler.decode([(0, 7), (1, 8)])
+        assert eng.model.length(0) == 0 and eng.model.length(1) == 0

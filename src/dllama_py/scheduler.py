@@ -33,6 +33,10 @@ from .sampling import Sampler
 ROWS_PER_STEP = 64  # the C++ core's matrix-matrix chunk: prompt rows beyond the decode rows fill it
 
 
+class NonFiniteLogitsError(RuntimeError):
+    """The model produced NaN or infinite logits: corrupt weights or header values, not a prompt problem."""
+
+
 @dataclass
 class GenerationStats:
     prompt_tokens: int = 0
@@ -117,8 +121,10 @@ class Scheduler:
     """Runs the requests submitted to it in shared forward steps over the model's KV-cache slots
     (`max_sequences` of the Engine). Thread-safe."""
 
-    def __init__(self, model, rows_per_step: int = ROWS_PER_STEP):
+    def __init__(self, model, rows_per_step: int = ROWS_PER_STEP, name: str = "the model"):
+        """name: how errors name the model (its file)."""
         self._model = model
+        self._name = name
         self._vocab = model.config.vocab_size
         self._seq_len = model.config.seq_len
         self._rows_per_step = rows_per_step
@@ -180,7 +186,11 @@ class Scheduler:
     def forward(self, ids: list[int], all_logits: bool, slot: int = 0) -> np.ndarray:
         """The raw model on one slot (Engine.forward): logits for tokens appended to its sequence."""
         with self._holding([slot]):
+            start = len(self._slots[slot].tokens)
             logits = self._model.forward(np.asarray(ids, dtype=np.int32), all_logits, slot)
+            if not np.isfinite(logits).all():  # cheap next to the forward step (one row when decoding)
+                self._model.truncate(slot, start)  # the failed step is not kept in the cache
+                raise self._non_finite(start + len(ids) - 1)
             self._slots[slot].tokens.extend(ids)
             return logits
 
@@ -232,6 +242,10 @@ class Scheduler:
             slots = np.asarray([s for s, _ in rows], dtype=np.int32)
             positions = np.asarray([len(self._slots[s].tokens) for s, _ in rows], dtype=np.int32)
             logits = self._model.step(tokens, slots, positions, np.ones(len(rows), dtype=bool))
+            if not np.isfinite(logits).all():
+                for slot, position in zip(slots.tolist(), positions.tolist()):
+                    self._model.truncate(slot, position)  # the failed step is not kept in the cache
+                raise self._non_finite(int(positions[~np.isfinite(logits).all(axis=1)][0]))
             for slot, token in rows:
                 self._slots[slot].tokens.append(token)
             return logits
@@ -372,6 +386,12 @@ class Scheduler:
         for req, row in zip(owners, logits):
             if req._done:  # cancelled while the step ran
                 continue
+            if not np.isfinite(row).all():
+                req._error = self._non_finite(len(req._slot.tokens) - 1)
+                self._finish(req, "error")
+                self._model.truncate(req._slot.index, 0)  # what it computed may hold NaN too
+                req._slot.tokens.clear()
+                continue
             try:
                 token = req.sampler.sample(row)
             except Exception as e:  # e.g. a caller's own sampler: this request fails, the others go on
@@ -395,6 +415,10 @@ class Scheduler:
                 req._next = token
         self._release_finished()
         self._cv.notify_all()
+
+    def _non_finite(self, position: int) -> NonFiniteLogitsError:
+        return NonFiniteLogitsError(f"{self._name}: the model produced NaN or infinite logits at position {position}; "
+                                    "its weights or header values are corrupt")
 
     def _finish(self, req: Request, reason: str):
         req.stats.finish_reason = reason
