@@ -14,6 +14,9 @@ namespace dllama {
 // Workers spin this many rounds waiting for the next task before they sleep: ops within a forward
 // step come every few microseconds, tokens every few milliseconds.
 static constexpr int kSpinRounds = 1 << 16;
+// Every this many rounds a spinning thread yields its core: on a machine with more runnable threads
+// than cores, the thread it waits for may be the one waiting for that core.
+static constexpr int kYieldEvery = 256;
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
     for (int i = 1; i < n_threads_; i++) workers_.emplace_back([this, i] { worker_loop(i); });
@@ -46,15 +49,19 @@ void ThreadPool::run_chunks(size_t n_chunks, const std::function<void(size_t, in
     }
     claim_chunks(0);
     closed_.store(generation);
-    while (busy_.load() != 0) cpu_relax();  // chunks other threads are still running
+    for (int spin = 1; busy_.load() != 0; spin++) {  // chunks other threads are still running
+        cpu_relax();
+        if (spin % kYieldEvery == 0) std::this_thread::yield();
+    }
 }
 
 void ThreadPool::worker_loop(int index) {
     uint64_t seen = 0;
     for (;;) {
         uint64_t gen = generation_.load(std::memory_order_acquire);
-        for (int spin = 0; gen == seen && spin < kSpinRounds; spin++) {
+        for (int spin = 1; gen == seen && spin <= kSpinRounds; spin++) {
             cpu_relax();
+            if (spin % kYieldEvery == 0) std::this_thread::yield();
             gen = generation_.load(std::memory_order_acquire);
         }
         if (gen == seen) {
