@@ -8,7 +8,7 @@
 //
 // Tokens are processed in tiles (up to 16 for quantized weights, 8 for f32/f16, where 16 was measured
 // 2x slower): each block of weights is loaded and unpacked once per tile. Every tile streams its
-// weights with software prefetch far ahead (prefetch_bytes): without it a tile of 2-16 tokens (batched
+// weights with software prefetch far ahead (prefetch_ahead): without it a tile of 2-16 tokens (batched
 // decode) ran 1.5-3x slower on this machine, the hardware prefetcher alone not keeping up.
 #include "kernels/matmul_kernels.h"
 
@@ -23,16 +23,32 @@
 
 namespace dllama::kernels {
 
-// How far ahead of the loads a tile of T tokens prefetches. Measured on Zen 4 (Q40, 1 GiB), one token:
-// none 18.5 GB/s on one core, 1 KiB 17.5, 2 KiB 18.4, 4 KiB 22, 8 KiB 18; 2 KiB into L2 (T1) 19. Tiles of
-// 4-16 tokens (batched decode; 8 x 8192x2048 Q40, one thread, best of 30): 16 KiB ahead took 4.9-5.3 ms
-// for 8 tokens where 4 KiB took 5.5-9.7 and 64 KiB 8.5-8.8, and 4 tokens ran as fast as one.
-template <int T>
-constexpr int64_t prefetch_bytes() {
-    return T == 1 ? 4096 : 16384;
-}
+// How far ahead of the loads a tile prefetches. Measured on Zen 4 (Q40, 1 GiB), one token, into L1:
+// none 18.5 GB/s on one core, 1 KiB 17.5, 2 KiB 18.4, 4 KiB 22, 8 KiB 18; 2 KiB into L2 (T1) 19.
+constexpr int64_t kPrefetchBytes = 4096;
+// Tiles of 2-16 tokens (batched decode) compute longer per byte: they also prefetch into L2 this far
+// ahead. Q40, 8 x 8192x2048, one thread, best of 30, 8 tokens: 4 KiB into L1 alone 5.5-9.7 ms; 16 KiB
+// into L1 4.6-5.3; 16/32/48/64 KiB into L2 plus 2 KiB into L1 4.4, 4.0, 3.9, 4.0; 32 KiB into L2 plus
+// 4 KiB into L1 3.7 (580 GOP/s, near the 630 of weights already in L2).
+constexpr int64_t kPrefetchL2Bytes = 32768;
 
-static inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+// Always inlined: GCC treats a function holding only prefetches as free of side effects and deletes
+// the calls to one it did not inline.
+#define DLLAMA_INLINE inline __attribute__((always_inline))
+static DLLAMA_INLINE void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+static DLLAMA_INLINE void prefetch_l2(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
+
+// Prefetches ahead of a tile's loads: `lines` cache lines of weights at p (and, for quantized blocks,
+// the scales at s, which advance at 1/ratio of the quants' pace); into L2 as well for T > 1.
+template <int T>
+static DLLAMA_INLINE void prefetch_ahead(const uint8_t* p, int lines, const uint8_t* s = nullptr, int ratio = 1) {
+    if (T > 1) {
+        for (int l = 0; l < lines; l++) prefetch_l2(p + kPrefetchL2Bytes + 64 * l);
+        if (s) prefetch_l2(s + kPrefetchL2Bytes / ratio);
+    }
+    for (int l = 0; l < lines; l++) prefetch(p + kPrefetchBytes + 64 * l);
+    if (s) prefetch(s + kPrefetchBytes / ratio);
+}
 
 static inline __m512i broadcast_dword(const int8_t* p) {
     int32_t v;
@@ -81,7 +97,7 @@ static void float_tile(const uint8_t* g, int64_t cols, const float* x, float* y,
     for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t c = 0; c < cols; c++) {
         const uint8_t* p = g + c * col_bytes;
-        prefetch(p + prefetch_bytes<T>());
+        prefetch_ahead<T>(p, 1);
         const __m512 w = Half ? _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)))
                               : _mm512_load_ps(reinterpret_cast<const float*>(p));
         for (int t = 0; t < T; t++) acc[t] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[t * cols + c]), acc[t]);
@@ -124,8 +140,7 @@ static void q40_tile(const uint8_t* g, const QuantizedX& x, int t0, float* y, in
     for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < x.nb; b++) {
         const uint8_t* q = g + b * kQ40BlockBytes;
-        for (int l = 0; l < 4; l++) prefetch(q + prefetch_bytes<T>() + 64 * l);
-        prefetch(scales + b * 2 * kGroupRows + prefetch_bytes<T>() / 8);
+        prefetch_ahead<T>(q, 4, scales + b * 2 * kGroupRows, 8);
         // Chunk k's low nibbles are elements 4k..4k+3, its high nibbles 16+4k..16+4k+3.
         __m512i w[8];
         for (int k = 0; k < 4; k++) {
@@ -146,8 +161,7 @@ static void q80_tile(const uint8_t* g, const QuantizedX& x, int t0, float* y, in
     for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < x.nb; b++) {
         const uint8_t* q = g + b * kQ80BlockBytes;
-        for (int l = 0; l < 8; l++) prefetch(q + prefetch_bytes<T>() + 64 * l);
-        prefetch(scales + b * 2 * kGroupRows + prefetch_bytes<T>() / 16);
+        prefetch_ahead<T>(q, 8, scales + b * 2 * kGroupRows, 16);
         __m512i w[8];
         for (int k = 0; k < 8; k++) w[k] = _mm512_load_si512(q + 64 * k);
         const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(scales + b * 2 * kGroupRows)));
