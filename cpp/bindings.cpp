@@ -180,6 +180,8 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("port", &Worker::port);
 
     m.def("quantize_q40", &quantize_to_bytes<BlockQ40, quantize_q40>, "Quantize float32 values to Q40 blocks (bytes)");
+    m.def("quantize_q40_best_fit", &quantize_to_bytes<BlockQ40, quantize_q40_best_fit>,
+          "Quantize float32 values to Q40 blocks (bytes), each block's scale chosen to minimise its squared error");
     m.def("quantize_q80", &quantize_to_bytes<BlockQ80, quantize_q80>, "Quantize float32 values to Q80 blocks (bytes)");
     m.def("builder_names", &builder_names);
     m.def(

@@ -86,6 +86,80 @@ void quantize_q40(const float* x, size_t n, BlockQ40* out) {
     }
 }
 
+// Round to the nearest integer, ties to even, for |v| < 2^22 (enough for quantization levels): adding and
+// subtracting 1.5 * 2^23 leaves no fraction bits. Unlike std::nearbyint this vectorizes.
+static inline float round_half_even(float v) {
+    return (v + 12582912.0f) - 12582912.0f;
+}
+
+// Sum of 16 values by halving (short dependency chains, vector adds), destroying them.
+static inline float sum16(float* a) {
+    for (int w = 8; w >= 1; w /= 2)
+        for (int j = 0; j < w; j++) a[j] += a[j + w];
+    return a[0];
+}
+
+void quantize_q40_best_fit(const float* x, size_t n, BlockQ40* out) {
+    // Candidate scales put the value of largest magnitude m at -(8 + 0.1 i), i = -10..10: below 8 the
+    // grid is coarser but reaches m; above 8, m is clipped to -8 but the grid is finer for the rest. For
+    // each rounding the best d is the least-squares one, sum(x q) / sum(q q), then rounded to f16; its
+    // error is sum(x x) - 2 d sum(x q) + d d sum(q q). The plain rule is the first candidate, so no
+    // block ends up worse than quantize_q40 makes it.
+    constexpr int kSteps = 10;
+    for (size_t b = 0; b < n / kBlockSize; b++) {
+        const float* g = x + b * kBlockSize;
+        quantize_q40(g, kBlockSize, &out[b]);
+        float gmin, gmax;
+        block_min_max(g, gmin, gmax);
+        const float m = -gmin > gmax ? gmin : gmax;
+        if (m == 0.0f) continue;
+        float best_q[kBlockSize], q[kBlockSize];
+        float sxx = 0.0f, sxq = 0.0f, sqq = 0.0f;
+        for (int j = 0; j < 16; j++) {
+            best_q[j] = (float)((out[b].qs[j] & 15) - 8);
+            best_q[j + 16] = (float)((out[b].qs[j] >> 4) - 8);
+        }
+        for (int j = 0; j < kBlockSize; j++) {
+            sxx += g[j] * g[j];
+            sxq += g[j] * best_q[j];
+            sqq += best_q[j] * best_q[j];
+        }
+        uint16_t best_d = out[b].d;
+        const float d0 = f16_to_f32(best_d);
+        float best_err = sxx - 2.0f * d0 * sxq + d0 * d0 * sqq;
+        bool improved = false;
+        for (int i = -kSteps; i <= kSteps; i++) {
+            const float iscale = -(8.0f + 0.1f * (float)i) / m;
+            // Element-wise first, then the sums: a shape the compiler turns into vector code.
+            float xq[16], qq[16];
+            for (int j = 0; j < kBlockSize; j++) {
+                const float r = round_half_even(g[j] * iscale);
+                q[j] = r < -8.0f ? -8.0f : (r > 7.0f ? 7.0f : r);
+            }
+            for (int j = 0; j < 16; j++) {
+                xq[j] = g[j] * q[j] + g[j + 16] * q[j + 16];
+                qq[j] = q[j] * q[j] + q[j + 16] * q[j + 16];
+            }
+            sxq = sum16(xq);
+            sqq = sum16(qq);
+            if (sqq == 0.0f) continue;
+            const uint16_t d16 = f32_to_f16(sxq / sqq);
+            const float d = f16_to_f32(d16);
+            const float err = sxx - 2.0f * d * sxq + d * d * sqq;
+            if (err < best_err) {
+                best_err = err;
+                best_d = d16;
+                std::memcpy(best_q, q, sizeof(q));
+                improved = true;
+            }
+        }
+        if (!improved) continue;
+        out[b].d = best_d;
+        for (int j = 0; j < 16; j++)
+            out[b].qs[j] = (uint8_t)(((int)best_q[j] + 8) | (((int)best_q[j + 16] + 8) << 4));
+    }
+}
+
 void quantize_q80(const float* x, size_t n, BlockQ80* out) {
     for (size_t b = 0; b < n / kBlockSize; b++) {
         const float* g = x + b * kBlockSize;

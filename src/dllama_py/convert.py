@@ -1,4 +1,4 @@
-"""HF checkpoint directory -> .m model file (plus the tokenizer bundle beside it).
+"""HF checkpoint directory or GGUF file -> .m model file (plus the tokenizer bundle beside it).
 
 Tensors are streamed one at a time (large ones in row chunks) from memory-mapped safetensors, so
 peak memory stays around one chunk whatever the model size. The output is written to a temporary
@@ -13,13 +13,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from . import tokenizer as tokenizer_bundle
 from .architectures import TensorSpec, place_tensors, plan_conversion
+from .gguf_import import GGUFCheckpoint, is_gguf
 from .model_file import FloatType, encode_header
 from .safetensors_reader import Checkpoint, CheckpointError
+from .tensor_lists import RowPermutation
 
 CHUNK_BYTES = 64 << 20  # float32 bytes converted at once
 
@@ -100,13 +103,33 @@ class _Progress:
             sys.stderr.write("\n")
 
 
+@dataclass
+class Source:
+    """What a conversion reads: the HF-style config, the tensors by HF name, and the tokenizer bundle."""
+
+    config: dict
+    tensors: Checkpoint | GGUFCheckpoint
+    tokenizer_bundle: Callable[[], dict | None]
+
+
+def open_source(path: Path) -> Source:
+    """An HF checkpoint directory, or a GGUF file."""
+    if is_gguf(path):
+        ckpt = GGUFCheckpoint(path)
+        return Source(ckpt.config, ckpt, ckpt.tokenizer_bundle)
+    config_path = path / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: is {path} a Hugging Face checkpoint directory or a GGUF file?")
+    config = json.loads(config_path.read_text())
+    has_tokenizer = (path / "tokenizer.json").exists()
+    return Source(config, Checkpoint(path), lambda: tokenizer_bundle.build_bundle(path) if has_tokenizer else None)
+
+
 def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str = "q40", progress: bool = True,
             log=print) -> ConversionReport:
     hf_dir, out_path = Path(hf_dir), Path(out_path)
-    config_path = hf_dir / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found: is {hf_dir} a Hugging Face checkpoint directory?")
-    config = json.loads(config_path.read_text())
+    source = open_source(hf_dir)
+    config = source.config
     plan = plan_conversion(config)
     arch, model_type = plan.arch, config["model_type"]
     weight_type = FloatType.parse(dtype)
@@ -114,19 +137,19 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
     specs = plan.tensors(weight_type)
     placed = place_tensors(specs, weight_type, len(header))
 
-    with Checkpoint(hf_dir) as ckpt:
+    with source.tensors as ckpt:
+        bundle = source.tokenizer_bundle()  # before writing anything: a bad tokenizer leaves no model behind
         sources = []
         for spec in specs:
             name = _source_name(spec, ckpt)
             _check_shape(spec, name, ckpt)
             sources.append(name)
-        used = set(sources)
-        skipped = sorted(n for n in ckpt.names() if n not in used)
+        skipped = ckpt.unused(sources)
         total = placed[-1].offset + placed[-1].nbytes
         log(f"Converting {hf_dir} ({model_type} -> {arch.builder}, {weight_type.name}) to {out_path}: "
             f"{len(specs)} tensors, {total / 1e6:,.1f} MB")
-        extra_layers = sorted({int(n.split(".")[2]) for n in skipped
-                               if n.startswith("model.layers.") and int(n.split(".")[2]) >= plan.params["n_layers"]})
+        extra_layers = sorted({layer for n in skipped if (layer := _layer_of(n)) is not None
+                               and layer >= plan.params["n_layers"]})
         if extra_layers:
             log(f"Skipping layer(s) {', '.join(map(str, extra_layers))} past num_hidden_layers "
                 f"(multi-token-prediction weights, not used for generation)")
@@ -153,17 +176,37 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
         seconds = time.monotonic() - start
 
     tok_path = None
-    if (hf_dir / "tokenizer.json").exists():
+    if bundle is not None:
         tok_path = tokenizer_bundle.bundle_path(out_path)
-        tokenizer_bundle.write_bundle(tokenizer_bundle.build_bundle(hf_dir), tok_path)
+        tokenizer_bundle.write_bundle(bundle, tok_path)
     else:
-        log(f"Warning: {hf_dir} has no tokenizer.json; the model will need token ids, not text")
+        log(f"Warning: {hf_dir} has no tokenizer; the model will need token ids, not text")
     log(f"Wrote {out_path} ({total / 1e6:,.1f} MB in {seconds:.1f} s, {total / 1e6 / max(seconds, 1e-9):,.0f} MB/s)")
     return ConversionReport(out_path, tok_path, len(specs), total, seconds, skipped)
 
 
-def _write_tensor(f, ckpt: Checkpoint, spec: TensorSpec, name: str, dtype: FloatType):
+def _layer_of(name: str) -> int | None:
+    """The layer index in an HF ("model.layers.N.") or GGUF ("blk.N.") tensor name."""
+    parts = name.split(".")
+    if name.startswith("model.layers.") and parts[2].isdigit():
+        return int(parts[2])
+    if name.startswith("blk.") and parts[1].isdigit():
+        return int(parts[1])
+    return None
+
+
+def _write_tensor(f, ckpt: Checkpoint | GGUFCheckpoint, spec: TensorSpec, name: str, dtype: FloatType):
     first, last = spec.source_rows or (0, spec.rows)
+    if (ckpt.stored_type(name) == dtype and spec.source_shape is None
+            and (spec.transform is None or isinstance(spec.transform, RowPermutation))):
+        # Already in this encoding (e.g. a GGUF's Q4_0 blocks for Q40): copy the bytes, reordering rows if asked.
+        if spec.transform is not None:
+            f.write(spec.transform(ckpt.read_stored(name, first, last)).tobytes())
+            return
+        rows_per_chunk = max(1, CHUNK_BYTES // dtype.nbytes(spec.cols))
+        for r0 in range(first, last, rows_per_chunk):
+            f.write(ckpt.read_stored(name, r0, min(last, r0 + rows_per_chunk)).tobytes())
+        return
     if spec.transform is not None or spec.rows == 1:
         values = ckpt.read(name, *spec.source_rows) if spec.source_rows else ckpt.read(name)
         if spec.transform is not None:

@@ -96,6 +96,15 @@ class Checkpoint:
     def names(self) -> list[str]:
         return list(self._where)
 
+    def unused(self, used_names) -> list[str]:
+        """The checkpoint's tensors not among `used_names`."""
+        used = set(used_names)
+        return sorted(n for n in self._where if n not in used)
+
+    def stored_type(self, name: str):
+        """Safetensors tensors are always re-encoded (see GGUFCheckpoint.stored_type)."""
+        return None
+
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._where[name].header[name]["shape"])
 

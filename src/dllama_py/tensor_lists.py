@@ -37,16 +37,29 @@ class Source:
     rows: tuple[int, int] | None = None
 
 
-def permute_for_interleaved_rope(n_heads: int) -> Transform:
+class RowPermutation:
+    """A transform that only reorders rows (new row i = old row `order[i]`). Unlike other transforms it
+    also applies to rows of quantized blocks, so already-quantized input can be copied without
+    re-quantizing."""
+
+    def __init__(self, order: np.ndarray):
+        self.order = np.asarray(order)
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        if w.shape[0] != len(self.order):
+            raise ValueError(f"row permutation of {len(self.order)} rows applied to {w.shape[0]} rows")
+        return w[self.order]
+
+    def inverse(self) -> "RowPermutation":
+        return RowPermutation(np.argsort(self.order))
+
+
+def permute_for_interleaved_rope(n_heads: int, head_dim: int) -> RowPermutation:
     """HF stores Llama q/k for rotate-half RoPE; distributed-llama's LLAMA graph rotates adjacent
-    pairs, so rows are reordered within each head: new row 2j = old j, new row 2j+1 = old j + d/2."""
-
-    def permute(w: np.ndarray) -> np.ndarray:
-        rows, cols = w.shape
-        head_dim = rows // n_heads
-        return w.reshape(n_heads, 2, head_dim // 2, cols).swapaxes(1, 2).reshape(rows, cols)
-
-    return permute
+    pairs, so rows are reordered within each head: new row 2j = old j, new row 2j+1 = old j + d/2.
+    (llama.cpp's GGUF files store q/k in this same interleaved order.)"""
+    order = np.arange(n_heads * head_dim).reshape(n_heads, 2, head_dim // 2).swapaxes(1, 2).reshape(-1)
+    return RowPermutation(order)
 
 
 def split_kv_b(p: dict, part: str) -> Transform:
@@ -217,8 +230,8 @@ def decoder_tensors(p: dict, names, *, qk_norm=False, bias=False, sandwich=False
     dim, vocab = p["dim"], p["vocab_size"]
     transforms, source_shapes = {}, {}
     if permute_qk:
-        transforms = {"attn.q": permute_for_interleaved_rope(p["n_heads"]),
-                      "attn.k": permute_for_interleaved_rope(p["n_kv_heads"])}
+        transforms = {"attn.q": permute_for_interleaved_rope(p["n_heads"], head_dim_of(p)),
+                      "attn.k": permute_for_interleaved_rope(p["n_kv_heads"], head_dim_of(p))}
     if is_latent_attention(p):
         transforms = {"attn.k_b": split_kv_b(p, "k"), "attn.v_b": split_kv_b(p, "v")}
         kv_b_shape = (p["n_heads"] * (p["qk_nope_head_dim"] + p["v_head_dim"]), p["kv_lora_rank"])
