@@ -193,8 +193,30 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("port", &Worker::port);
 
     m.def("quantize_q40", &quantize_to_bytes<BlockQ40, quantize_q40>, "Quantize float32 values to Q40 blocks (bytes)");
-    m.def("quantize_q40_best_fit", &quantize_to_bytes<BlockQ40, quantize_q40_best_fit>,
-          "Quantize float32 values to Q40 blocks (bytes), each block's scale chosen to minimise its squared error");
+    m.def(
+        "quantize_q40_best_fit",
+        [](py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+            if (x.ndim() != 2) throw std::invalid_argument("quantize_q40_best_fit takes a 2-D array of rows");
+            const size_t rows = (size_t)x.shape(0), cols = (size_t)x.shape(1);
+            if (cols % kBlockSize != 0) throw std::invalid_argument("rows must be whole 32-value blocks, got " + std::to_string(cols));
+            std::string out(rows * cols / kBlockSize * sizeof(BlockQ40), '\0');
+            py::gil_scoped_release release;
+            // Rows are independent: split them across the cores.
+            const size_t n_threads = std::max<size_t>(1, std::min<size_t>(std::thread::hardware_concurrency(), rows * cols / (4096 * kBlockSize)));
+            std::vector<std::thread> threads;
+            for (size_t t = 0; t < n_threads; t++) {
+                const size_t r0 = rows * t / n_threads, r1 = rows * (t + 1) / n_threads;
+                threads.emplace_back([&, r0, r1] {
+                    quantize_q40_best_fit(x.data() + r0 * cols, (r1 - r0) * cols, cols,
+                                          reinterpret_cast<BlockQ40*>(&out[0]) + r0 * cols / kBlockSize);
+                });
+            }
+            for (auto& th : threads) th.join();
+            py::gil_scoped_acquire acquire;
+            return py::bytes(out);
+        },
+        "Quantize rows of float32 values (a 2-D array) to Q40 blocks (bytes), each block's scale chosen to minimise "
+        "its error weighted by sqrt(row mean square + value^2)");
     m.def("quantize_q80", &quantize_to_bytes<BlockQ80, quantize_q80>, "Quantize float32 values to Q80 blocks (bytes)");
     m.def("builder_names", &builder_names);
     m.def(

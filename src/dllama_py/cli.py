@@ -63,7 +63,7 @@ def _add_sampling_options(p: argparse.ArgumentParser, max_tokens: int):
 def cmd_convert(args) -> int:
     from .convert import convert
 
-    convert(args.hf_dir, args.output, dtype=args.dtype, progress=not args.quiet)
+    convert(args.hf_dir, args.output, dtype=args.dtype, progress=not args.quiet, pure=args.pure)
     return 0
 
 
@@ -202,12 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("convert", help="convert a Hugging Face checkpoint to a .m model file",
+    p = sub.add_parser("convert", help="convert a Hugging Face checkpoint or a GGUF file to a .m model file",
                        description="Convert a Hugging Face checkpoint directory (config.json, safetensors, "
-                                   "tokenizer.json) to a .m model file plus its tokenizer bundle.")
-    p.add_argument("hf_dir", help="the checkpoint directory")
+                                   "tokenizer.json) or a llama.cpp GGUF file to a .m model file plus its "
+                                   "tokenizer bundle.")
+    p.add_argument("hf_dir", metavar="SOURCE", help="the checkpoint directory or .gguf file")
     p.add_argument("-o", "--output", required=True, help="the .m file to write")
     p.add_argument("--dtype", default="q40", choices=["f32", "f16", "q80", "q40"], help="weight type (default q40)")
+    p.add_argument("--pure", action="store_true",
+                   help="q40: quantize the output head to Q40 too and use distributed-llama's quantizer "
+                        "(default: head at Q80, each block's scale fitted; the file is then for dllama-py only)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_convert)
 

@@ -26,6 +26,7 @@ from .safetensors_reader import Checkpoint, CheckpointError
 from .tensor_lists import RowPermutation
 
 CHUNK_BYTES = 64 << 20  # float32 bytes converted at once
+Q80_AT_Q40 = ("lm_head", "k", "v", "kv_a")  # tensors (last name part) kept at Q80 in a Q40 file: see storage_type
 
 
 @dataclass
@@ -38,28 +39,39 @@ class ConversionReport:
     skipped: list[str]
 
 
-def encode_tensor(values: np.ndarray, dtype: FloatType) -> bytes:
-    """Bytes of float32 values in a .m storage type."""
+def encode_tensor(values: np.ndarray, dtype: FloatType, pure: bool = False) -> bytes:
+    """Bytes of float32 values in a .m storage type. Q40 blocks get the scale that minimises each block's
+    error, unless `pure`: then distributed-llama's own rule, byte for byte."""
     from . import _core
 
-    flat = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    rows = np.ascontiguousarray(values, dtype=np.float32)
+    rows = rows.reshape(-1, rows.shape[-1] if rows.ndim else 1)
+    flat = rows.reshape(-1)
     if dtype == FloatType.F32:
         return flat.astype("<f4").tobytes()
     if dtype == FloatType.F16:
         return flat.astype("<f2").tobytes()
     if dtype == FloatType.Q40:
-        return _core.quantize_q40(flat)
+        return _core.quantize_q40(flat) if pure else _core.quantize_q40_best_fit(rows)
     return _core.quantize_q80(flat)
 
 
-def storage_type(spec: TensorSpec, weight_type: FloatType) -> FloatType:
+def storage_type(spec: TensorSpec, weight_type: FloatType, pure: bool = False) -> FloatType:
     """The type the converter stores a tensor in: the one place that decides it.
 
-    The architecture's rule (default_tensor_type), except that a quantized tensor's rows must be whole
-    32-value blocks: a tensor with another column count (e.g. an MLA q_b over a q_lora_rank of 48) is
-    stored at F16, as llama.cpp falls back, rather than written into a file the engine must refuse.
-    Tensors whose type differs from the rule get a per-tensor header key."""
+    The architecture's rule (default_tensor_type), with two exceptions, each recorded in a per-tensor
+    header key:
+    - a quantized tensor's rows must be whole 32-value blocks: a tensor with another column count (e.g. an
+      MLA q_b over a q_lora_rank of 48) is stored at F16, as llama.cpp falls back, rather than written
+      into a file the engine must refuse;
+    - at Q40 the output head (which is the embedding table in models that tie them) stays at Q80, as
+      llama.cpp keeps it at higher precision: 4-bit logits are the main loss of small models; so do the
+      projections whose outputs fill the KV cache (attention k and v, MLA's kv_a), which every later
+      token reads again and which are small next to the rest (a few % of a GQA model). `pure` stores
+      them at Q40 like every other matrix (the file then has distributed-llama's layout exactly)."""
     dtype = default_tensor_type(spec, weight_type)
+    if dtype == FloatType.Q40 and not pure and spec.name.split(".")[-1] in Q80_AT_Q40:
+        dtype = FloatType.Q80
     if spec.cols % dtype.block_size:
         return FloatType.F16
     return dtype
@@ -113,7 +125,9 @@ def open_source(path: Path) -> Source:
 
 
 def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str = "q40", progress: bool = True,
-            log=print) -> ConversionReport:
+            log=print, pure: bool = False) -> ConversionReport:
+    """Convert an HF checkpoint directory or a GGUF file to a .m file at `dtype`. `pure`: every matrix at
+    `dtype` with distributed-llama's quantizer (see storage_type and encode_tensor)."""
     hf_dir, out_path = Path(hf_dir), Path(out_path)
     source = open_source(hf_dir)
     config = source.config
@@ -121,7 +135,7 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
     arch, model_type = plan.arch, config["model_type"]
     weight_type = FloatType.parse(dtype)
     specs = plan.tensors(weight_type)
-    types = [storage_type(spec, weight_type) for spec in specs]
+    types = [storage_type(spec, weight_type, pure) for spec in specs]
     other_types = {i: t for i, (spec, t) in enumerate(zip(specs, types)) if t != default_tensor_type(spec, weight_type)}
     header = encode_header(dict(plan.params, weights_float_type=int(weight_type)), other_types)
     placed = place_tensors(specs, types, len(header))
@@ -159,7 +173,7 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
             with open(tmp_path, "wb") as f:
                 f.write(header)
                 for i, (spec, pt, name) in enumerate(zip(specs, placed, sources), 1):
-                    _write_tensor(f, ckpt, spec, name, pt.dtype)
+                    _write_tensor(f, ckpt, spec, name, pt.dtype, pure)
                     if f.tell() != pt.offset + pt.nbytes:
                         raise RuntimeError(f"internal error: {spec.name} ended at {f.tell()}, expected {pt.offset + pt.nbytes}")
                     bar.set_postfix_str(f"{i}/{len(specs)} tensors", refresh=False)
@@ -192,7 +206,7 @@ def _layer_of(name: str) -> int | None:
     return None
 
 
-def _write_tensor(f, ckpt: Checkpoint | GGUFCheckpoint, spec: TensorSpec, name: str, dtype: FloatType):
+def _write_tensor(f, ckpt: Checkpoint | GGUFCheckpoint, spec: TensorSpec, name: str, dtype: FloatType, pure: bool):
     first, last = spec.source_rows or (0, spec.rows)
     if (ckpt.stored_type(name) == dtype and spec.source_shape is None
             and (spec.transform is None or isinstance(spec.transform, RowPermutation))):
@@ -209,8 +223,8 @@ def _write_tensor(f, ckpt: Checkpoint | GGUFCheckpoint, spec: TensorSpec, name: 
         if spec.transform is not None:
             values = spec.transform(values.reshape(spec.source_shape or (spec.rows, spec.cols)))
         values = values.reshape(spec.rows, spec.cols)
-        f.write(encode_tensor(values, dtype))
+        f.write(encode_tensor(values, dtype, pure))
         return
     rows_per_chunk = max(1, CHUNK_BYTES // (4 * spec.cols))
     for r0 in range(first, last, rows_per_chunk):
-        f.write(encode_tensor(ckpt.read(name, r0, min(last, r0 + rows_per_chunk)), dtype))
+        f.write(encode_tensor(ckpt.read(name, r0, min(last, r0 + rows_per_chunk)), dtype, pure))
