@@ -19,9 +19,17 @@ import numpy as np
 from tqdm import tqdm
 
 from . import tokenizer as tokenizer_bundle
-from .architectures import TensorSpec, default_tensor_type, place_tensors, plan_conversion
+from .architectures import (
+    ConversionPlan,
+    ModelLayout,
+    PlacedTensor,
+    TensorSpec,
+    default_tensor_type,
+    place_tensors,
+    plan_conversion,
+)
 from .gguf_import import GGUFCheckpoint, is_gguf
-from .model_file import FloatType, encode_header
+from .model_file import FloatType, Header, encode_header
 from .safetensors_reader import Checkpoint, CheckpointError
 from .tensor_lists import RowPermutation
 
@@ -77,14 +85,6 @@ def storage_type(spec: TensorSpec, weight_type: FloatType, pure: bool = False) -
     return dtype
 
 
-def _source_name(spec: TensorSpec, ckpt: Checkpoint) -> str:
-    if spec.source in ckpt:
-        return spec.source
-    if spec.fallback and spec.fallback in ckpt:
-        return spec.fallback
-    raise CheckpointError(f"{ckpt.directory}: missing tensor {spec.source!r} (needed for {spec.name})")
-
-
 def _check_shape(spec: TensorSpec, name: str, ckpt: Checkpoint):
     shape = ckpt.shape(name)
     if spec.source_rows:  # a row range of a fused tensor: it must at least hold those rows
@@ -107,7 +107,7 @@ class Source:
     """What a conversion reads: the HF-style config, the tensors by HF name, and the tokenizer bundle."""
 
     config: dict
-    tensors: Checkpoint | GGUFCheckpoint
+    open_tensors: Callable[[], Checkpoint | GGUFCheckpoint]
     tokenizer_bundle: Callable[[], dict | None]
 
 
@@ -115,13 +115,75 @@ def open_source(path: Path) -> Source:
     """An HF checkpoint directory, or a GGUF file."""
     if is_gguf(path):
         ckpt = GGUFCheckpoint(path)
-        return Source(ckpt.config, ckpt, ckpt.tokenizer_bundle)
+        return Source(ckpt.config, lambda: ckpt, ckpt.tokenizer_bundle)
     config_path = path / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: is {path} a Hugging Face checkpoint directory or a GGUF file?")
     config = json.loads(config_path.read_text())
     has_tokenizer = (path / "tokenizer.json").exists()
-    return Source(config, Checkpoint(path), lambda: tokenizer_bundle.build_bundle(path) if has_tokenizer else None)
+    return Source(config, lambda: Checkpoint(path), lambda: tokenizer_bundle.build_bundle(path) if has_tokenizer else None)
+
+
+@dataclass
+class FilePlan:
+    """What the .m file for a config at a dtype holds: its header and every tensor's type and place.
+    The converter writes it, `pull` preallocates and fills it, `list` sizes models by it."""
+
+    config: dict
+    conversion: ConversionPlan
+    weight_type: FloatType
+    pure: bool
+    header: bytes
+    placed: list[PlacedTensor]
+    other_types: dict[int, FloatType]  # tensor index -> type, where storage_type departs from the rule
+
+    @property
+    def size(self) -> int:
+        return self.placed[-1].offset + self.placed[-1].nbytes
+
+    def layout(self, path: str | os.PathLike = "") -> ModelLayout:
+        """The layout read_layout would find in the written file."""
+        params = dict(self.conversion.params, weights_float_type=int(self.weight_type))
+        return ModelLayout(Path(path), self.conversion.arch, Header(params, len(self.header), self.other_types),
+                           self.weight_type, self.placed)
+
+    def source_names(self, has) -> list[str]:
+        """The checkpoint tensor each .m tensor is made from, given `has(name)`; names the first missing one."""
+        names = []
+        for pt in self.placed:
+            spec = pt.spec
+            if has(spec.source):
+                names.append(spec.source)
+            elif spec.fallback and has(spec.fallback):
+                names.append(spec.fallback)
+            else:
+                raise CheckpointError(f"missing tensor {spec.source!r} (needed for {spec.name})")
+        return names
+
+
+def plan_file(config: dict, dtype: str, pure: bool = False) -> FilePlan:
+    conversion = plan_conversion(config)
+    weight_type = FloatType.parse(dtype)
+    specs = conversion.tensors(weight_type)
+    types = [storage_type(spec, weight_type, pure) for spec in specs]
+    other_types = {i: t for i, (spec, t) in enumerate(zip(specs, types)) if t != default_tensor_type(spec, weight_type)}
+    header = encode_header(dict(conversion.params, weights_float_type=int(weight_type)), other_types)
+    return FilePlan(config, conversion, weight_type, pure, header, place_tensors(specs, types, len(header)), other_types)
+
+
+def describe_skipped(plan: FilePlan, skipped: list[str], log):
+    """Says which checkpoint tensors a conversion leaves out (multi-token-prediction layers, others)."""
+    if plan.other_types:
+        examples = ", ".join(f"{plan.placed[i].spec.name} as {t.name}" for i, t in list(plan.other_types.items())[:3])
+        log(f"{len(plan.other_types)} tensor(s) stored in another type than the rule's (`dllama-py inspect` lists "
+            f"them), e.g. {examples}")
+    extra_layers = sorted({layer for n in skipped if (layer := _layer_of(n)) is not None
+                           and layer >= plan.conversion.params["n_layers"]})
+    if extra_layers:
+        log(f"Skipping layer(s) {', '.join(map(str, extra_layers))} past num_hidden_layers "
+            f"(multi-token-prediction weights, not used for generation)")
+    if skipped:
+        log(f"Skipping {len(skipped)} checkpoint tensors the model does not use, e.g. {skipped[0]}")
 
 
 def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str = "q40", progress: bool = True,
@@ -130,38 +192,22 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
     `dtype` with distributed-llama's quantizer (see storage_type and encode_tensor)."""
     hf_dir, out_path = Path(hf_dir), Path(out_path)
     source = open_source(hf_dir)
-    config = source.config
-    plan = plan_conversion(config)
-    arch, model_type = plan.arch, config["model_type"]
-    weight_type = FloatType.parse(dtype)
-    specs = plan.tensors(weight_type)
-    types = [storage_type(spec, weight_type, pure) for spec in specs]
-    other_types = {i: t for i, (spec, t) in enumerate(zip(specs, types)) if t != default_tensor_type(spec, weight_type)}
-    header = encode_header(dict(plan.params, weights_float_type=int(weight_type)), other_types)
-    placed = place_tensors(specs, types, len(header))
+    plan = plan_file(source.config, dtype, pure)
+    specs = [pt.spec for pt in plan.placed]
 
-    with source.tensors as ckpt:
+    with source.open_tensors() as ckpt:
         bundle = source.tokenizer_bundle()  # before writing anything: a bad tokenizer leaves no model behind
-        sources = []
-        for spec in specs:
-            name = _source_name(spec, ckpt)
-            _check_shape(spec, name, ckpt)
-            sources.append(name)
+        try:
+            sources = plan.source_names(lambda name: name in ckpt)
+        except CheckpointError as e:
+            raise CheckpointError(f"{ckpt.directory}: {e}") from None
+        for pt, name in zip(plan.placed, sources):
+            _check_shape(pt.spec, name, ckpt)
         skipped = ckpt.unused(sources)
-        total = placed[-1].offset + placed[-1].nbytes
-        log(f"Converting {hf_dir} ({model_type} -> {arch.builder}, {weight_type.name}) to {out_path}: "
-            f"{len(specs)} tensors, {total / 1e6:,.1f} MB")
-        if other_types:
-            examples = ", ".join(f"{specs[i].name} as {t.name}" for i, t in list(other_types.items())[:3])
-            log(f"{len(other_types)} tensor(s) stored in another type than the rule's (`dllama-py inspect` lists them), "
-                f"e.g. {examples}")
-        extra_layers = sorted({layer for n in skipped if (layer := _layer_of(n)) is not None
-                               and layer >= plan.params["n_layers"]})
-        if extra_layers:
-            log(f"Skipping layer(s) {', '.join(map(str, extra_layers))} past num_hidden_layers "
-                f"(multi-token-prediction weights, not used for generation)")
-        if skipped:
-            log(f"Skipping {len(skipped)} checkpoint tensors the model does not use, e.g. {skipped[0]}")
+        total = plan.size
+        log(f"Converting {hf_dir} ({source.config['model_type']} -> {plan.conversion.arch.builder}, "
+            f"{plan.weight_type.name}) to {out_path}: {len(specs)} tensors, {total / 1e6:,.1f} MB")
+        describe_skipped(plan, skipped, log)
 
         tmp_path = out_path.with_name(out_path.name + ".partial")
         # Bytes written out of the file's size, so the bar ends at exactly 100% and its ETA follows the
@@ -171,11 +217,9 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
         start = time.monotonic()
         try:
             with open(tmp_path, "wb") as f:
-                f.write(header)
-                for i, (spec, pt, name) in enumerate(zip(specs, placed, sources), 1):
-                    _write_tensor(f, ckpt, spec, name, pt.dtype, pure)
-                    if f.tell() != pt.offset + pt.nbytes:
-                        raise RuntimeError(f"internal error: {spec.name} ended at {f.tell()}, expected {pt.offset + pt.nbytes}")
+                f.write(plan.header)
+                for i, (pt, name) in enumerate(zip(plan.placed, sources), 1):
+                    write_tensor(f, ckpt, pt, name, pure)
                     bar.set_postfix_str(f"{i}/{len(specs)} tensors", refresh=False)
                     bar.update(f.tell() - bar.n)
             os.replace(tmp_path, out_path)
@@ -206,7 +250,15 @@ def _layer_of(name: str) -> int | None:
     return None
 
 
-def _write_tensor(f, ckpt: Checkpoint | GGUFCheckpoint, spec: TensorSpec, name: str, dtype: FloatType, pure: bool):
+def write_tensor(f, ckpt: Checkpoint | GGUFCheckpoint, pt: PlacedTensor, name: str, pure: bool):
+    """Writes one tensor, read from checkpoint tensor `name`, at its place in the .m file `f`."""
+    f.seek(pt.offset)
+    _encode_into(f, ckpt, pt.spec, name, pt.dtype, pure)
+    if f.tell() != pt.offset + pt.nbytes:
+        raise RuntimeError(f"internal error: {pt.spec.name} ended at {f.tell()}, expected {pt.offset + pt.nbytes}")
+
+
+def _encode_into(f, ckpt: Checkpoint | GGUFCheckpoint, spec: TensorSpec, name: str, dtype: FloatType, pure: bool):
     first, last = spec.source_rows or (0, spec.rows)
     if (ckpt.stored_type(name) == dtype and spec.source_shape is None
             and (spec.transform is None or isinstance(spec.transform, RowPermutation))):

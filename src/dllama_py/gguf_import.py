@@ -171,31 +171,43 @@ class GGUFCheckpoint:
         if scaling not in ("none",) + allowed:
             raise UnsupportedModelError(f"{self.path}: rope scaling {scaling!r} is not supported for {self.arch}")
 
-    def _llama3_rope(self, head_dim: int, theta: float) -> dict:
-        """llama.cpp stores Llama 3.1 RoPE scaling as a table of per-frequency divisors (rope_freqs) rather
-        than its parameters; they are recovered here and checked by recomputing the table. Only the ratios
-        original_context / low_freq_factor and original_context / high_freq_factor are determined, so the
-        original context is taken as 8192 (every Llama 3.x)."""
+    def _llama3_rope(self, head_dim: int, theta: float) -> dict | None:
+        """llama.cpp stores Llama 3.1 RoPE scaling as a table of per-frequency wavelength divisors
+        (rope_freqs) instead of its parameters. The formula only depends on the wavelength thresholds
+        context/high_freq_factor and context/low_freq_factor, so the context is taken as 8192 (every
+        Llama 3.x) and the factors are recovered from the table: from the line the in-between entries
+        lie on (1/f = (1 - s)/factor + s, s linear in 1/wavelength), or, with fewer such entries, from the
+        gap between the unscaled and fully scaled ones. The result is checked by recomputing the table."""
         factors = self._tensors["rope_freqs.weight"].data.astype(np.float64).reshape(-1)
         wavelen = 2 * math.pi * theta ** (np.arange(0, head_dim, 2) / head_dim)
         factor, context = float(factors.max()), 8192
-        low, high = 1.0, 4.0
-        smooth = (factors > 1 + 1e-6) & (factors < factor * (1 - 1e-6))
-        if factor > 1 and smooth.sum() >= 2:
-            # In between, 1/f = (1 - s)/factor + s with s = (context/wavelen - low) / (high - low): linear in 1/wavelen.
-            s = (1 / factors[smooth] - 1 / factor) / (1 - 1 / factor)
-            slope, intercept = np.polyfit(1 / wavelen[smooth], s, 1)
+        if len(factors) != len(wavelen):
+            raise UnsupportedModelError(f"{self.path}: rope_freqs.weight has {len(factors)} values, expected {len(wavelen)}")
+        if factor <= 1 + 1e-6:
+            return None
+        unscaled, scaled = factors <= 1 + 1e-6, factors >= factor * (1 - 1e-6)
+        between = ~unscaled & ~scaled
+        s = (1 / factors - 1 / factor) / (1 - 1 / factor)  # the smoothing weight of each in-between entry
+        below = wavelen[unscaled].max() if unscaled.any() else 0.0
+        if between.sum() >= 2:
+            slope, intercept = np.polyfit(1 / wavelen[between], s[between], 1)
             low = -intercept * context / slope
             high = low + context / slope
-            low, high = (round(v) if abs(v - round(v)) < 1e-3 else v for v in (low, high))
-        rope = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
-                "original_max_position_embeddings": context, "rope_theta": theta}
-        expected = np.where(wavelen < context / high, 1.0, np.where(
-            wavelen > context / low, factor,
-            1 / ((1 - (context / wavelen - low) / (high - low)) / factor + (context / wavelen - low) / (high - low))))
+        elif between.sum() == 1:
+            k = np.flatnonzero(between)[0]
+            high = context / ((below + wavelen[k]) / 2)
+            low = (context / wavelen[k] - s[k] * high) / (1 - s[k])
+        else:
+            above = wavelen[scaled].min()
+            high, low = context / (below + (above - below) / 3), context / (below + 2 * (above - below) / 3)
+        low, high = (float(round(v)) if abs(v - round(v)) < 1e-3 else float(v) for v in (low, high))
+        smooth = (context / wavelen - low) / (high - low)
+        expected = np.where(wavelen < context / high, 1.0,
+                            np.where(wavelen > context / low, factor, 1 / ((1 - smooth) / factor + smooth)))
         if not np.allclose(expected, factors, rtol=1e-4):
             raise UnsupportedModelError(f"{self.path}: rope_freqs.weight is not a Llama 3 RoPE scaling table")
-        return rope
+        return {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
+                "original_max_position_embeddings": context, "rope_theta": theta}
 
     # ------------------------------------------------------------------------------------------ tensors
 
