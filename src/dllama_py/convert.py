@@ -29,6 +29,7 @@ from .architectures import (
     plan_conversion,
 )
 from .gguf_import import GGUFCheckpoint, is_gguf
+from .hf_config import UnsupportedModelError
 from .model_file import FloatType, Header, encode_header
 from .safetensors_reader import Checkpoint, CheckpointError
 from .tensor_lists import RowPermutation
@@ -120,8 +121,23 @@ def open_source(path: Path) -> Source:
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: is {path} a Hugging Face checkpoint directory or a GGUF file?")
     config = json.loads(config_path.read_text())
+    block = fp8_block_size(config, config_path)
     has_tokenizer = (path / "tokenizer.json").exists()
-    return Source(config, lambda: Checkpoint(path), lambda: tokenizer_bundle.build_bundle(path) if has_tokenizer else None)
+    return Source(config, lambda: Checkpoint(path, weight_block_size=block),
+                  lambda: tokenizer_bundle.build_bundle(path) if has_tokenizer else None)
+
+
+def fp8_block_size(config: dict, where) -> tuple[int, int] | None:
+    """The FP8 scale block of a checkpoint whose config says quantization_config.quant_method "fp8"
+    (None: not quantized, or blocks to infer from the shapes); other quantizations are refused."""
+    quant = config.get("quantization_config")
+    if not quant:
+        return None
+    if quant.get("quant_method") != "fp8":
+        raise UnsupportedModelError(f"{where}: quantization_config.quant_method {quant.get('quant_method')!r} is not "
+                                    "supported (only fp8, or unquantized checkpoints)")
+    block = quant.get("weight_block_size")
+    return (int(block[0]), int(block[1])) if block else None
 
 
 @dataclass
