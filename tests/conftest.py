@@ -61,7 +61,15 @@ def _ranges(values: set[int]) -> str:
     return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
 
 
+# Other figures tests measure, by section title, shown at the end of the run (real-weights quality, pull's disk).
+MEASURED: dict[str, list[str]] = {}
+
+
 def pytest_terminal_summary(terminalreporter):
+    for title, lines in MEASURED.items():
+        terminalreporter.section(title)
+        for line in lines:
+            terminalreporter.write_line(line)
     if not PARITY_FIGURES:
         return
     terminalreporter.section("logits against transformers (worst max |error| / std of reference, argmax agreement)")

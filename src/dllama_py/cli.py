@@ -1,4 +1,4 @@
-"""The dllama-py command line: convert, generate, chat, inspect, bench."""
+"""The dllama-py command line: convert, pull, list, generate, chat, serve, worker, inspect, bench."""
 
 from __future__ import annotations
 
@@ -20,8 +20,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+MODEL_HELP = ("a .m file, or a model's name or repo id from `dllama-py list` once pulled "
+              "(default: SmolLM2-135M-Instruct, converted on first use)")
+
+
+def _resolve_model(args):
+    """-m as given (see catalog.resolve_model), the default model when absent."""
+    from .catalog import resolve_model
+
+    args.model = resolve_model(args.model, notice=lambda line: print(line, file=sys.stderr, flush=True))
+
+
 def _add_run_options(p: argparse.ArgumentParser):
-    p.add_argument("-m", "--model", required=True, help="the .m model file")
+    p.add_argument("-m", "--model", default=None, help=MODEL_HELP)
     p.add_argument("--tokenizer", default=None, metavar="PATH",
                    help="tokenizer bundle, or a Hugging Face checkpoint directory or tokenizer.json "
                         "(default: the model's own, MODEL.tokenizer.json)")
@@ -40,6 +51,7 @@ def _engine(args):
 
     from .engine import Engine
 
+    _resolve_model(args)
     # On a terminal only (disable=None); its last state (100%, the time it took) stays.
     with tqdm(unit="B", unit_scale=True, unit_divisor=1000, desc=f"loading {args.model}", delay=LOAD_PROGRESS_DELAY_S,
               disable=None, dynamic_ncols=True, file=sys.stderr) as bar:
@@ -122,6 +134,7 @@ def cmd_inspect(args) -> int:
     from .engine import model_config
     from .model_file import TENSOR_TYPE_KEYS
 
+    _resolve_model(args)
     layout = read_layout(args.model)
     print(f"{layout.path}: {layout.arch.builder} ({layout.arch.arch_type.name}), weights {layout.weight_type.name}, "
           f"{_fmt_bytes(layout.path.stat().st_size)}")
@@ -150,9 +163,40 @@ def cmd_inspect(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
+    _resolve_model(args)
     run_bench(args.model, threads=args.threads, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
               bandwidth_gbps=args.bandwidth, max_seq_len=args.max_seq_len, workers=args.workers, secret=args.secret,
               exchange=args.exchange, tokenizer=args.tokenizer)
+    return 0
+
+
+def cmd_pull(args) -> int:
+    from .hub import pull
+
+    pull(args.repo, dtype=args.dtype, revision=args.revision, output=args.output, pure=args.pure,
+         progress=not args.quiet)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .catalog import KNOWN_MODELS, model_sizes, pulled_copies
+
+    gb = lambda n: f"{n / 1e9:,.1f}"  # noqa: E731
+    print(f"{'MODEL':24} {'REPO':36} {'ARCH':14} {'PARAMS (ACTIVE)':17} {'Q40 GB':>7} {'Q80 GB':>7}  "
+          f"{'RAM GB PER NODE, 1/2/3/4 NODES (Q40)':36} HERE")
+    models = [m for m in KNOWN_MODELS if not args.filter or args.filter.lower() in (m.name + m.repo).lower()]
+    for m in models:  # printed as computed: the larger MoE models take a moment each
+        s = model_sizes(m.config)
+        params = f"{s.total_params / 1e9:.1f}B" + (f" ({s.active_params / 1e9:.1f}B)" if s.active_params != s.total_params else "")
+        ram = " / ".join(gb(r) if r else "-" for r in s.ram_per_node)
+        here = ", ".join(p.name for p in pulled_copies(m.repo)) or "-"
+        print(f"{m.name:24} {m.repo:36} {m.config['model_type']:14} {params:17} {gb(s.file_bytes['q40']):>7} "
+              f"{gb(s.file_bytes['q80']):>7}  {ram:36} {here}", flush=True)
+    if not models:
+        print(f"no known model matches {args.filter!r}")
+    print("\nGet one with `dllama-py pull REPO` (any Hugging Face repo of a supported architecture works), then run "
+          "it with `dllama-py chat -m NAME`. RAM: the largest node's weights, mapped embedding rows and KV cache "
+          "at a 4096-token context.")
     return 0
 
 
@@ -215,6 +259,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_convert)
 
+    p = sub.add_parser("pull", help="download a Hugging Face model and convert it, one shard at a time",
+                       description="Download REPO from the Hugging Face Hub and convert it to a .m file, one "
+                                   "safetensors shard at a time (disk: the output plus one shard). A stopped pull "
+                                   "continues where it stopped when run again. Gated repos: `hf auth login` or "
+                                   "HF_TOKEN.")
+    p.add_argument("repo", help="the repo id, e.g. zai-org/GLM-4.5-Air (see `dllama-py list`)")
+    p.add_argument("--dtype", default="q40", choices=["f32", "f16", "q80", "q40"], help="weight type (default q40)")
+    p.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
+    p.add_argument("-o", "--output", default=None,
+                   help="the .m file to write (default: REPO-DTYPE.m in the cache directory, where -m NAME finds it)")
+    p.add_argument("--pure", action="store_true", help="as for convert")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("list", help="list known models: sizes, memory per node, which are here",
+                       description="Known models with their size at q40/q80 and the memory each node needs for "
+                                   "1-4 nodes, computed from their configs by the converter's own rules.")
+    p.add_argument("filter", nargs="?", default=None, help="only models whose name or repo contains this")
+    p.set_defaults(func=cmd_list)
+
     p = sub.add_parser("generate", help="continue a prompt", description="Stream a continuation of PROMPT.")
     _add_run_options(p)
     p.add_argument("prompt", help="the prompt text")
@@ -270,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("inspect", help="show a .m file's header, tensors and memory per node")
-    p.add_argument("model", help="the .m model file")
+    p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
     p.add_argument("--tensors", action="store_true", help="list every tensor")
     p.add_argument("--max-seq-len", type=_positive_int, default=None,
                    help="context length for the KV cache figures (default: the model's, capped at 4096)")
