@@ -1,8 +1,12 @@
 """HF checkpoint directory or GGUF file -> .m model file (plus the tokenizer bundle beside it).
 
 Tensors are streamed one at a time (large ones in row chunks) from memory-mapped safetensors, so
-peak memory stays around one chunk whatever the model size. The output is written to a temporary
-file and renamed at the end: an interrupted run never leaves a half-written model under the name.
+peak memory stays around one chunk whatever the model size. The model and its tokenizer bundle are
+written to temporary files and renamed at the end, the bundle first: an interrupted or failed run never
+leaves a half-written model under the name, nor a new model beside an old bundle.
+
+Bad input (a config, safetensors or GGUF file or tokenizer that cannot be used) raises one of
+CONVERSION_ERRORS, naming the file and the key or tensor.
 """
 
 from __future__ import annotations
@@ -24,18 +28,26 @@ from .architectures import (
     ModelLayout,
     PlacedTensor,
     TensorSpec,
+    UnsupportedModelError,
     default_tensor_type,
     place_tensors,
     plan_conversion,
 )
 from .gguf_import import GGUFCheckpoint, is_gguf
-from .hf_config import UnsupportedModelError
-from .model_file import FloatType, Header, encode_header
+from .header_rules import check_header
+from .model_file import FloatType, Header, ModelFileError, encode_header
 from .safetensors_reader import Checkpoint, CheckpointError
 from .tensor_lists import RowPermutation
+from .tokenizer import TokenizerError
 
 CHUNK_BYTES = 64 << 20  # float32 bytes converted at once
 Q80_AT_Q40 = ("lm_head", "k", "v", "kv_a")  # tensors (last name part) kept at Q80 in a Q40 file: see storage_type
+CONVERSION_ERRORS = (UnsupportedModelError, CheckpointError, TokenizerError)
+# The largest magnitude each storage type holds (F16's largest value; Q40 and Q80 keep an F16 scale of
+# max|x| / 8 and max|x| / 127 per block).
+F16_MAX = 65504.0
+MAX_MAGNITUDE = {FloatType.F32: np.finfo(np.float32).max, FloatType.F16: F16_MAX, FloatType.Q40: F16_MAX * 8,
+                 FloatType.Q80: F16_MAX * 127}
 
 
 @dataclass
@@ -103,6 +115,19 @@ def _check_shape(spec: TensorSpec, name: str, ckpt: Checkpoint):
                               f"(for {spec.name})")
 
 
+def read_config(hf_dir: Path) -> dict:
+    config_path = hf_dir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: is {hf_dir} a Hugging Face checkpoint directory or a GGUF file?")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or UTF-8
+        raise CheckpointError(f"{config_path}: cannot be read as JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: not a JSON object")
+    return config
+
+
 @dataclass
 class Source:
     """What a conversion reads: the HF-style config, the tensors by HF name, and the tokenizer bundle."""
@@ -117,11 +142,8 @@ def open_source(path: Path) -> Source:
     if is_gguf(path):
         ckpt = GGUFCheckpoint(path)
         return Source(ckpt.config, lambda: ckpt, ckpt.tokenizer_bundle)
-    config_path = path / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found: is {path} a Hugging Face checkpoint directory or a GGUF file?")
-    config = json.loads(config_path.read_text())
-    block = fp8_block_size(config, config_path)
+    config = read_config(path)
+    block = fp8_block_size(config, path / "config.json")
     has_tokenizer = (path / "tokenizer.json").exists()
     return Source(config, lambda: Checkpoint(path, weight_block_size=block),
                   lambda: tokenizer_bundle.build_bundle(path) if has_tokenizer else None)
@@ -177,9 +199,18 @@ class FilePlan:
         return names
 
 
-def plan_file(config: dict, dtype: str, pure: bool = False) -> FilePlan:
-    conversion = plan_conversion(config)
+def plan_file(config: dict, dtype: str, pure: bool = False, where: str = "config.json",
+              tensor_bytes: tuple[int, str] | None = None) -> FilePlan:
+    """The file for `config` at `dtype`. tensor_bytes: (the most bytes the tensors can take, what that
+    is): the header's counts are checked against it by the loader's own rules before a list with one
+    entry per tensor is built (a hostile config cannot make that list huge)."""
     weight_type = FloatType.parse(dtype)
+    try:
+        conversion = plan_conversion(config)
+        params = dict(conversion.params, weights_float_type=int(weight_type))
+        check_header(params, conversion.arch, "the .m header it gives", *(tensor_bytes or ()))
+    except (UnsupportedModelError, ModelFileError) as e:
+        raise UnsupportedModelError(f"{where}: {e}") from None
     specs = conversion.tensors(weight_type)
     types = [storage_type(spec, weight_type, pure) for spec in specs]
     other_types = {i: t for i, (spec, t) in enumerate(zip(specs, types)) if t != default_tensor_type(spec, weight_type)}
@@ -208,11 +239,12 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
     `dtype` with distributed-llama's quantizer (see storage_type and encode_tensor)."""
     hf_dir, out_path = Path(hf_dir), Path(out_path)
     source = open_source(hf_dir)
-    plan = plan_file(source.config, dtype, pure)
-    specs = [pt.spec for pt in plan.placed]
-
     with source.open_tensors() as ckpt:
-        bundle = source.tokenizer_bundle()  # before writing anything: a bad tokenizer leaves no model behind
+        plan = plan_file(source.config, dtype, pure, str(hf_dir), (
+            8 * ckpt.n_values(), "bytes in the checkpoint's tensors as F32, counting a tied output head twice"))
+        specs = [pt.spec for pt in plan.placed]
+        # The tokenizer before the long part: a checkpoint whose tokenizer fails is refused at once.
+        bundle = source.tokenizer_bundle()
         try:
             sources = plan.source_names(lambda name: name in ckpt)
         except CheckpointError as e:
@@ -226,6 +258,8 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
         describe_skipped(plan, skipped, log)
 
         tmp_path = out_path.with_name(out_path.name + ".partial")
+        tok_path = tokenizer_bundle.bundle_path(out_path)
+        tmp_tok_path = tok_path.with_name(tok_path.name + ".partial")
         # Bytes written out of the file's size, so the bar ends at exactly 100% and its ETA follows the
         # large tensors; on a terminal only (disable=None), unless progress is off.
         bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=out_path.name, leave=True,
@@ -238,22 +272,42 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
                     write_tensor(f, ckpt, pt, name, pure)
                     bar.set_postfix_str(f"{i}/{len(specs)} tensors", refresh=False)
                     bar.update(f.tell() - bar.n)
-            os.replace(tmp_path, out_path)
+            if bundle is not None:
+                tokenizer_bundle.write_bundle(bundle, tmp_tok_path)
+            install(tmp_path, out_path, tmp_tok_path if bundle is not None else None, tok_path)
         except BaseException:
             tmp_path.unlink(missing_ok=True)
+            tmp_tok_path.unlink(missing_ok=True)
             raise
         finally:
             bar.close()
         seconds = time.monotonic() - start
 
-    tok_path = None
-    if bundle is not None:
-        tok_path = tokenizer_bundle.bundle_path(out_path)
-        tokenizer_bundle.write_bundle(bundle, tok_path)
-    else:
+    if bundle is None:
+        tok_path = None
         log(f"Warning: {hf_dir} has no tokenizer; the model will need token ids, not text")
     log(f"Wrote {out_path} ({total / 1e6:,.1f} MB in {seconds:.1f} s, {total / 1e6 / max(seconds, 1e-9):,.0f} MB/s)")
     return ConversionReport(out_path, tok_path, len(specs), total, seconds, skipped)
+
+
+def install(model_tmp: Path, model: Path, bundle_tmp: Path | None, bundle: Path):
+    """Renames the new model and bundle into place, removing the old bundle when the new model has none.
+    If a rename fails the old bundle is put back, so that a model and a bundle from different
+    conversions never stand side by side."""
+    saved = bundle.with_name(bundle.name + ".old")
+    had_bundle = bundle.exists()
+    if had_bundle:
+        os.replace(bundle, saved)
+    try:
+        if bundle_tmp is not None:
+            os.replace(bundle_tmp, bundle)
+        os.replace(model_tmp, model)
+    except BaseException:
+        bundle.unlink(missing_ok=True)
+        if had_bundle:
+            os.replace(saved, bundle)
+        raise
+    saved.unlink(missing_ok=True)
 
 
 def _layer_of(name: str) -> int | None:
@@ -280,19 +334,42 @@ def _encode_into(f, ckpt: Checkpoint | GGUFCheckpoint, spec: TensorSpec, name: s
             and (spec.transform is None or isinstance(spec.transform, RowPermutation))):
         # Already in this encoding (e.g. a GGUF's Q4_0 blocks for Q40): copy the bytes, reordering rows if asked.
         if spec.transform is not None:
-            f.write(spec.transform(ckpt.read_stored(name, first, last)).tobytes())
+            f.write(spec.transform(_check_stored(ckpt.read_stored(name, first, last), ckpt, name, dtype)).tobytes())
             return
         rows_per_chunk = max(1, CHUNK_BYTES // dtype.nbytes(spec.cols))
         for r0 in range(first, last, rows_per_chunk):
-            f.write(ckpt.read_stored(name, r0, min(last, r0 + rows_per_chunk)).tobytes())
+            f.write(_check_stored(ckpt.read_stored(name, r0, min(last, r0 + rows_per_chunk)), ckpt, name, dtype).tobytes())
         return
     if spec.transform is not None or spec.rows == 1:
         values = ckpt.read(name, *spec.source_rows) if spec.source_rows else ckpt.read(name)
         if spec.transform is not None:
             values = spec.transform(values.reshape(spec.source_shape or (spec.rows, spec.cols)))
         values = values.reshape(spec.rows, spec.cols)
-        f.write(encode_tensor(values, dtype, pure))
+        f.write(encode_tensor(_check_values(values, ckpt, name, dtype), dtype, pure))
         return
     rows_per_chunk = max(1, CHUNK_BYTES // (4 * spec.cols))
     for r0 in range(first, last, rows_per_chunk):
-        f.write(encode_tensor(ckpt.read(name, r0, min(last, r0 + rows_per_chunk)), dtype, pure))
+        values = ckpt.read(name, r0, min(last, r0 + rows_per_chunk))
+        f.write(encode_tensor(_check_values(values, ckpt, name, dtype), dtype, pure))
+
+
+def _check_values(values: np.ndarray, ckpt, name: str, dtype: FloatType) -> np.ndarray:
+    """Refuses NaN, infinities and values the storage type would turn into infinities."""
+    largest = float(np.abs(values).max(initial=0.0))  # NaN when any value is NaN
+    if not np.isfinite(largest):
+        raise CheckpointError(f"{ckpt.directory}: tensor {name!r} holds NaN or infinite values")
+    if largest > MAX_MAGNITUDE[dtype]:
+        raise CheckpointError(f"{ckpt.directory}: tensor {name!r} holds values up to {largest:g}, more than "
+                              f"{dtype.name} can store ({MAX_MAGNITUDE[dtype]:g}); convert with --dtype f32")
+    return values
+
+
+def _check_stored(rows: np.ndarray, ckpt, name: str, dtype: FloatType) -> np.ndarray:
+    """Refuses copied rows (a GGUF's own blocks) with a NaN or infinite value or block scale."""
+    if dtype in (FloatType.F32, FloatType.F16):
+        values = rows.view("<f4" if dtype == FloatType.F32 else "<f2")
+    else:  # each block starts with its f16 scale
+        values = rows.reshape(-1, dtype.nbytes(32))[:, :2].view("<f2")
+    if not np.isfinite(values).all():
+        raise CheckpointError(f"{ckpt.directory}: tensor {name!r} holds NaN or infinite values")
+    return rows
