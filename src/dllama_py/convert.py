@@ -239,6 +239,10 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
     `dtype` with distributed-llama's quantizer (see storage_type and encode_tensor)."""
     hf_dir, out_path = Path(hf_dir), Path(out_path)
     source = open_source(hf_dir)
+    try:  # an unsupported model is refused before its tensors are opened
+        plan_conversion(source.config)
+    except UnsupportedModelError as e:
+        raise UnsupportedModelError(f"{hf_dir}: {e}") from None
     with source.open_tensors() as ckpt:
         plan = plan_file(source.config, dtype, pure, str(hf_dir), (
             8 * ckpt.n_values(), "bytes in the checkpoint's tensors as F32, counting a tied output head twice"))

@@ -8,7 +8,6 @@ distribution's file list rather than by importing it.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -43,7 +42,7 @@ def bundled_gguf() -> Path | None:
 
 def default_model(notice=print) -> Path:
     """The converted default model, converting it on first use (with a one-line notice)."""
-    from .convert import convert
+    from .convert import convert, install
     from .tokenizer import bundle_path
 
     path = cache_dir() / f"{NAME}-{DTYPE}.m"
@@ -54,11 +53,10 @@ def default_model(notice=print) -> Path:
         raise FileNotFoundError(f"no model given (-m) and the default model is not installed: {INSTALL_HINT}")
     path.parent.mkdir(parents=True, exist_ok=True)
     notice(f"First run: converting {NAME} ({source.name} from the {PACKAGE} package) to {path}")
-    # In a directory of its own, then moved into place tokenizer first, model last: another process
-    # starting at the same time converts too, and either finds both files or neither.
+    # In a directory of its own, then moved into place together: another process starting at the same
+    # time converts too, and either finds both files or neither.
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".converting-") as tmp:
         partial = Path(tmp) / path.name
         convert(source, partial, dtype=DTYPE, progress=False, log=lambda *a: None)
-        os.replace(bundle_path(partial), bundle_path(path))
-        os.replace(partial, path)
+        install(partial, path, bundle_path(partial), bundle_path(path))
     return path

@@ -251,6 +251,10 @@ class GGUFCheckpoint:
                 used.update(t.name for t in pair)
         return used
 
+    def n_values(self) -> int:
+        """Values in all tensors together."""
+        return sum(int(t.n_elements) for t in self._tensors.values())
+
     def unused(self, hf_names) -> list[str]:
         used = self.gguf_names(hf_names)
         return sorted(n for n in self._tensors if n not in used and n != "rope_freqs.weight")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import tokenizer as tokenizer_bundle
 from .catalog import pulled_path
-from .convert import describe_skipped, fp8_block_size, plan_file, write_tensor
+from .convert import describe_skipped, fp8_block_size, install, plan_file, write_tensor
 from .safetensors_reader import SCALE_SUFFIX, Checkpoint, CheckpointError
 
 INDEX = "model.safetensors.index.json"
@@ -95,10 +95,11 @@ def pull(repo: str, dtype: str = "q40", revision: str | None = None, output: str
         raise FileNotFoundError(f"{repo} has no config.json: not a transformers checkpoint")
     config = json.loads((work / "config.json").read_text())
     block = fp8_block_size(config, f"{repo}/config.json")
-    plan = plan_file(config, dtype, pure)
+    shards = _shards(work, sizes, repo)
+    checkpoint_bytes = sum(sizes.get(s, 0) for s in shards)
+    plan = plan_file(config, dtype, pure, repo, (8 * checkpoint_bytes, "bytes: 8 per byte of the repo's safetensors files"))
     bundle = tokenizer_bundle.build_bundle(work) if (work / "tokenizer.json").is_file() else None
 
-    shards = _shards(work, sizes, repo)
     weight_map = _weight_map(work, shards)
     shutil.rmtree(work)  # read: from here on the disk holds only the output and the shard in use
     state = PullState(repo, revision, commit, dtype, pure, plan.size)
@@ -131,11 +132,14 @@ def pull(repo: str, dtype: str = "q40", revision: str | None = None, output: str
                             explain, log)
         finally:
             bar.close()
+    bundle_tmp = None
     if bundle is not None:
-        tokenizer_bundle.write_bundle(bundle, tokenizer_bundle.bundle_path(output))
+        bundle_tmp = work / "bundle.partial"
+        work.mkdir(exist_ok=True)
+        tokenizer_bundle.write_bundle(bundle, bundle_tmp)
     else:
         log(f"Warning: {repo} has no tokenizer.json; the model will need token ids, not text")
-    os.replace(partial, output)
+    install(partial, output, bundle_tmp, tokenizer_bundle.bundle_path(output))
     state_path.unlink()
     shutil.rmtree(work, ignore_errors=True)
     log(f"Wrote {output}")
