@@ -101,7 +101,8 @@ def pull(repo: str, dtype: str = "q40", revision: str | None = None, output: str
     bundle = tokenizer_bundle.build_bundle(work) if (work / "tokenizer.json").is_file() else None
 
     weight_map = _weight_map(work, shards)
-    shutil.rmtree(work)  # read: from here on the disk holds only the output and the shard in use
+    for name in SMALL_FILES:  # read: from here on the disk holds the output and the shard in use (and
+        (work / name).unlink(missing_ok=True)  # huggingface_hub's part of an interrupted one, to resume)
     state = PullState(repo, revision, commit, dtype, pure, plan.size)
     if previous is None or not state.matches(previous) or not partial.is_file():
         partial.unlink(missing_ok=True)
