@@ -119,7 +119,7 @@ PYBIND11_MODULE(_core, m) {
     py::class_<Model>(m, "Model")
         .def(py::init([](const std::string& path, const ModelConfig& cfg, const std::vector<TensorInfo>& tensors,
                          int n_threads, const std::vector<std::string>& workers, const std::string& secret,
-                         const std::string& exchange, int timeout_ms) {
+                         const std::string& exchange, int timeout_ms, int heartbeat_ms) {
                  py::gil_scoped_release release;
                  if (workers.empty()) return build_model(cfg, std::make_shared<TensorStore>(path, tensors), n_threads);
                  if (exchange != "f32" && exchange != "q80")
@@ -129,11 +129,12 @@ PYBIND11_MODULE(_core, m) {
                  options.secret = secret;
                  options.exchange = exchange == "f32" ? net::Exchange::F32 : net::Exchange::Q80;
                  options.timeout_ms = timeout_ms;
+                 options.heartbeat_ms = heartbeat_ms;
                  return build_root_model(cfg, path, tensors, n_threads, options);
              }),
              py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_threads"),
              py::arg("workers") = std::vector<std::string>{}, py::arg("secret") = "", py::arg("exchange") = "q80",
-             py::arg("timeout_ms") = 10000)
+             py::arg("timeout_ms") = net::kDefaultTimeoutMs, py::arg("heartbeat_ms") = net::kDefaultHeartbeatMs)
         .def("stop_workers", &Model::stop_workers, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("n_nodes", [](const Model& m) { return m.partition().n_nodes; })
         .def("net_stats",
@@ -174,7 +175,8 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<Worker>(m, "Worker")
         .def(py::init<const std::string&, int, int, std::string, std::string, int>(), py::arg("host"), py::arg("port"),
-             py::arg("n_threads"), py::arg("secret") = "", py::arg("local_model") = "", py::arg("timeout_ms") = 10000)
+             py::arg("n_threads"), py::arg("secret") = "", py::arg("local_model") = "",
+             py::arg("timeout_ms") = net::kDefaultTimeoutMs)
         .def("serve_one", &Worker::serve_one, py::arg("wait_ms"), py::call_guard<py::gil_scoped_release>(),
              "Serves one root's session if one arrives within wait_ms; False if none came")
         .def_property_readonly("port", &Worker::port);

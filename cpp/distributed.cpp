@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -16,8 +17,11 @@ namespace dllama {
 
 namespace {
 
-enum Frame : uint8_t { kSetup = 1, kRequest = 2, kReady = 3, kFailed = 4 };
+enum Frame : uint8_t { kSetup = 1, kRequest = 2, kReady = 3, kFailed = 4, kProgress = 5 };
 constexpr uint32_t kMaxSetupBytes = 64u << 20;
+constexpr uint32_t kMaxTensors = 1u << 20;
+constexpr uint32_t kMaxRopeFrequencies = 2048;  // head_dim / 2 at most
+constexpr int kProgressMs = 1000;  // a loading worker reports this often (and so shows it is alive)
 
 // --- the exchanges of a step, over the mesh ---------------------------------------------------
 
@@ -34,6 +38,8 @@ public:
         return Stats{s.bytes_sent, s.bytes_received, s.seconds_in_sync, s.syncs};
     }
     void reset_stats() override { mesh_->reset_stats(); }
+    void begin_step() override { mesh_->begin_step(); }
+    void end_step() override { mesh_->end_step(); }
     net::Mesh& mesh() { return *mesh_; }
 
 private:
@@ -80,7 +86,7 @@ ModelConfig read_config(net::Reader& r) {
     float* floats[] = {&c.norm_eps, &c.rope_theta, &c.rope_attention_factor, &c.routed_scaling, &c.latent_norm_eps,
                        &c.attention_scale};
     for (float* v : floats) *v = r.f32("config");
-    c.rope_inv_freq.resize(r.u32("rope frequencies"));
+    c.rope_inv_freq.resize(r.count("rope frequency count", 4, kMaxRopeFrequencies));
     for (float& f : c.rope_inv_freq) f = r.f32("rope frequency");
     return c;
 }
@@ -107,8 +113,9 @@ std::vector<uint8_t> setup_frame(const ModelConfig& cfg, const std::string& iden
 
 class RemoteWeights : public WeightSource {
 public:
-    RemoteWeights(net::Socket& root, std::vector<TensorInfo> tensors) : root_(root) {
-        for (auto& t : tensors) tensors_[t.name] = std::move(t);
+    RemoteWeights(net::Socket& root, std::mutex& send_mutex, const std::vector<TensorInfo>& tensors)
+        : root_(root), send_mutex_(send_mutex) {
+        for (const auto& t : tensors) tensors_[t.name] = t;
     }
     const TensorInfo& info(const std::string& name) const override {
         auto it = tensors_.find(name);
@@ -118,11 +125,15 @@ public:
     bool has(const std::string& name) const override { return tensors_.count(name) != 0; }
     std::vector<uint8_t> read(const std::string& name, Range rows, Range cols) const override {
         const TensorInfo& t = info(name);
+        check_slice(t, rows, cols, describe());
         net::Writer w;
         w.u8(kRequest);
         w.string(name);
         for (int64_t v : {rows.begin, rows.end, cols.begin, cols.end}) w.u64((uint64_t)v);
-        root_.send_frame(w.data());
+        {
+            std::lock_guard<std::mutex> lock(send_mutex_);
+            root_.send_frame(w.data());
+        }
         uint64_t n = 0;
         root_.recv_all(&n, sizeof(n));
         const uint64_t expected = bytes_of(t.type, (size_t)cols.size()) * (uint64_t)rows.size();
@@ -137,16 +148,87 @@ public:
 
 private:
     net::Socket& root_;
+    std::mutex& send_mutex_;  // shared with the progress reports
     std::map<std::string, TensorInfo> tensors_;
 };
 
+// Counts the bytes a worker's graph takes from its weight source.
+class CountingWeights : public WeightSource {
+public:
+    CountingWeights(std::shared_ptr<const WeightSource> inner, std::atomic<uint64_t>& loaded)
+        : inner_(std::move(inner)), loaded_(loaded) {}
+    const TensorInfo& info(const std::string& name) const override { return inner_->info(name); }
+    bool has(const std::string& name) const override { return inner_->has(name); }
+    std::vector<uint8_t> read(const std::string& name, Range rows, Range cols) const override {
+        std::vector<uint8_t> bytes = inner_->read(name, rows, cols);
+        loaded_ += bytes.size();
+        return bytes;
+    }
+    std::string describe() const override { return inner_->describe(); }
+
+private:
+    std::shared_ptr<const WeightSource> inner_;
+    std::atomic<uint64_t>& loaded_;
+};
+
+// While a worker loads its share, tells the root every kProgressMs how far it got (so that the root
+// sees it alive however long one tensor takes) and shows the same on stderr.
+class ProgressReports {
+public:
+    ProgressReports(net::Socket& root, std::mutex& send_mutex, uint64_t expected)
+        : thread_([this, &root, &send_mutex, expected] {
+              std::unique_lock<std::mutex> lock(mutex_);
+              while (!wake_.wait_for(lock, std::chrono::milliseconds(kProgressMs), [this] { return done_; })) {
+                  net::Writer w;
+                  w.u8(kProgress);
+                  w.u64(loaded);
+                  w.u64(expected);
+                  std::fprintf(stderr, "\rworker: loaded %llu of ~%llu MB", (unsigned long long)(loaded >> 20),
+                               (unsigned long long)(expected >> 20));
+                  shown_ = true;
+                  try {
+                      std::lock_guard<std::mutex> send_lock(send_mutex);
+                      root.send_frame(w.data());
+                  } catch (const std::exception&) {
+                      return;  // the loading thread meets the same error and reports it
+                  }
+              }
+          }) {}
+    ~ProgressReports() {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            done_ = true;
+        }
+        wake_.notify_all();
+        thread_.join();
+        if (shown_) std::fprintf(stderr, "\n");
+    }
+    std::atomic<uint64_t> loaded{0};
+
+private:
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    bool done_ = false, shown_ = false;
+    std::thread thread_;
+};
+
+// How far one worker got with its share: the root's view.
+struct LoadProgress {
+    std::atomic<uint64_t> loaded{0}, expected{0};
+};
+
 // On the root: answers one worker's requests until it is READY (or FAILED, which throws).
-void serve_weights(net::Socket& worker, int node, const TensorStore& store, std::atomic<uint64_t>& sent) {
+void serve_weights(net::Socket& worker, int node, const TensorStore& store, LoadProgress& progress) {
     for (;;) {
         const std::vector<uint8_t> frame = worker.recv_frame(net::kMaxStringBytes + 64);
         net::Reader r(frame);
         const uint8_t type = r.u8("frame type");
         if (type == kReady) return;
+        if (type == kProgress) {
+            progress.loaded = r.u64("bytes loaded");
+            progress.expected = r.u64("bytes expected");
+            continue;
+        }
         if (type == kFailed) throw std::runtime_error("worker node " + std::to_string(node) + " (" + worker.label() +
                                                       ") could not load its share: " + r.string("message"));
         if (type != kRequest) throw net::ProtocolError("unexpected frame " + std::to_string(type) + " from " + worker.label());
@@ -157,8 +239,21 @@ void serve_weights(net::Socket& worker, int node, const TensorStore& store, std:
         const uint64_t n = bytes.size();
         worker.send_all(&n, sizeof(n));
         worker.send_all(bytes.data(), bytes.size());
-        sent += n;
     }
+}
+
+// The SETUP frame's tensor table, each entry checked.
+std::vector<TensorInfo> read_tensors(net::Reader& r) {
+    std::vector<TensorInfo> tensors(r.count("tensor count", 4 + 4 + 3 * 8, kMaxTensors));
+    for (TensorInfo& t : tensors) {
+        t.name = r.string("tensor name", 256);
+        t.type = (FloatType)r.i32("tensor type");
+        t.rows = (int64_t)std::min<uint64_t>(r.u64("rows"), INT64_MAX);
+        t.cols = (int64_t)std::min<uint64_t>(r.u64("cols"), INT64_MAX);
+        t.offset = r.u64("offset");
+        validate_tensor(t);
+    }
+    return tensors;
 }
 
 std::string hex(const net::Digest& d) {
@@ -188,12 +283,12 @@ std::unique_ptr<Model> build_root_model(const ModelConfig& config, const std::st
                                         const std::vector<TensorInfo>& tensors, int n_threads,
                                         const ClusterOptions& options) {
     auto store = std::make_shared<TensorStore>(path, tensors);
-    auto mesh = net::Mesh::connect_root(options.workers, options.secret, options.timeout_ms);
+    auto mesh = net::Mesh::connect_root(options.workers, options.secret, options.timeout_ms, options.heartbeat_ms);
     const int n_nodes = mesh->n_nodes();
     const std::vector<uint8_t> setup = setup_frame(config, model_identity(path), options.exchange, tensors);
 
     // Each worker loads its share at once, asking for slices; one thread per worker answers.
-    std::vector<std::atomic<uint64_t>> sent(n_nodes);
+    std::vector<LoadProgress> progress(n_nodes);
     std::vector<std::string> errors(n_nodes);
     std::vector<std::thread> threads;
     std::atomic<int> done{0};
@@ -201,7 +296,7 @@ std::unique_ptr<Model> build_root_model(const ModelConfig& config, const std::st
         threads.emplace_back([&, node] {
             try {
                 mesh->peer(node).send_frame(setup);
-                serve_weights(mesh->peer(node), node, *store, sent[node]);
+                serve_weights(mesh->peer(node), node, *store, progress[node]);
             } catch (const std::exception& e) {
                 errors[node] = e.what();
             }
@@ -211,15 +306,17 @@ std::unique_ptr<Model> build_root_model(const ModelConfig& config, const std::st
     while (done < n_nodes - 1) {
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
         if (!options.show_progress) continue;
-        std::string line = "\rsending weights:";
+        std::string line = "\rworkers loading:";
         for (int node = 1; node < n_nodes; node++)
-            line += "  node " + std::to_string(node) + " " + std::to_string(sent[node] / 1000000) + " MB";
+            line += "  node " + std::to_string(node) + " " + std::to_string(progress[node].loaded >> 20) + "/~" +
+                    std::to_string(progress[node].expected >> 20) + " MB";
         std::fprintf(stderr, "%s", line.c_str());
     }
     for (auto& t : threads) t.join();
     if (options.show_progress) std::fprintf(stderr, "\n");
     for (const std::string& e : errors)
         if (!e.empty()) throw std::runtime_error(e);
+    mesh->start_heartbeats();  // the workers now wait for steps, however long the root takes
 
     auto collective = std::make_shared<MeshCollective>(std::move(mesh), options.exchange);
     return build_model(config, store, n_threads, Partition{0, n_nodes}, collective);
@@ -227,11 +324,11 @@ std::unique_ptr<Model> build_root_model(const ModelConfig& config, const std::st
 
 Worker::Worker(const std::string& host, int port, int n_threads, std::string secret, std::string local_model,
                int timeout_ms)
-    : listener_(host, port), n_threads_(n_threads), secret_(std::move(secret)), local_model_(std::move(local_model)),
-      timeout_ms_(timeout_ms) {}
+    : listener_(host, port), lobby_(listener_, std::move(secret)), n_threads_(n_threads),
+      local_model_(std::move(local_model)), timeout_ms_(timeout_ms) {}
 
 bool Worker::serve_one(int wait_ms) {
-    std::unique_ptr<net::Mesh> mesh = net::Mesh::accept_worker(listener_, secret_, timeout_ms_, wait_ms);
+    std::unique_ptr<net::Mesh> mesh = net::Mesh::accept_worker(lobby_, timeout_ms_, wait_ms);
     if (!mesh) return false;
     const int node = mesh->node(), n_nodes = mesh->n_nodes();
     net::Socket& root = mesh->peer(0);
@@ -241,29 +338,37 @@ bool Worker::serve_one(int wait_ms) {
         const std::vector<uint8_t> frame = root.recv_frame(kMaxSetupBytes);
         net::Reader r(frame);
         if (r.u8("frame type") != kSetup) throw net::ProtocolError("expected the SETUP frame from " + root.label());
-        const std::string identity = r.string("model identity");
-        const auto exchange = (net::Exchange)r.u8("exchange");
-        collective = std::make_shared<MeshCollective>(std::move(mesh), exchange);
+        const std::string identity = r.string("model identity", 256);
+        const uint8_t exchange = r.u8("exchange");
+        if (exchange > (uint8_t)net::Exchange::Q80) throw net::ProtocolError("unknown exchange type " + std::to_string(exchange));
+        collective = std::make_shared<MeshCollective>(std::move(mesh), (net::Exchange)exchange);
         const ModelConfig cfg = read_config(r);
-        std::vector<TensorInfo> tensors(r.u32("tensor count"));
-        for (TensorInfo& t : tensors) {
-            t.name = r.string("tensor name");
-            t.type = (FloatType)r.i32("tensor type");
-            t.rows = (int64_t)r.u64("rows");
-            t.cols = (int64_t)r.u64("cols");
-            t.offset = r.u64("offset");
-        }
+        validate_config(cfg);
+        const std::vector<TensorInfo> tensors = read_tensors(r);
+        if (r.remaining() != 0)
+            throw net::ProtocolError(std::to_string(r.remaining()) + " bytes after the end of the SETUP frame");
+        uint64_t total = 0;
+        for (const TensorInfo& t : tensors) total += tensor_bytes(t);
+        const uint64_t share = total / n_nodes;  // about: some tensors are replicated, the embedding stays on the root
+        check_memory(cfg, n_threads_, share);
+
+        std::mutex send_mutex;  // the loading thread's requests and the progress reports
         std::shared_ptr<const WeightSource> weights;
         if (!local_model_.empty()) {
             if (model_identity(local_model_) != identity)
                 throw std::runtime_error(local_model_ + " is not the root's model file (different header or size)");
             weights = std::make_shared<TensorStore>(local_model_, tensors);
         } else {
-            weights = std::make_shared<RemoteWeights>(root, tensors);
+            weights = std::make_shared<RemoteWeights>(root, send_mutex, tensors);
         }
         std::fprintf(stderr, "worker: node %d of %d, loading %s (%s)\n", node, n_nodes, cfg.arch.c_str(),
                      local_model_.empty() ? "weights from the root" : local_model_.c_str());
-        auto model = build_model(cfg, weights, n_threads_, Partition{node, n_nodes}, collective);
+        std::unique_ptr<Model> model;
+        {
+            ProgressReports progress(root, send_mutex, share);
+            model = build_model(cfg, std::make_shared<CountingWeights>(weights, progress.loaded), n_threads_,
+                                Partition{node, n_nodes}, collective);
+        }
         net::Writer ok;
         ok.u8(kReady);
         root.send_frame(ok.data());

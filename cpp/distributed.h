@@ -21,7 +21,8 @@ struct ClusterOptions {
     std::vector<std::string> workers;  // "host:port"
     std::string secret;                // shared secret; empty: none
     net::Exchange exchange = net::Exchange::Q80;
-    int timeout_ms = 10000;
+    int timeout_ms = net::kDefaultTimeoutMs;      // I/O timeout while a step (or the setup) is in flight
+    int heartbeat_ms = net::kDefaultHeartbeatMs;  // pings to idle workers
     bool show_progress = true;  // weight transfer progress on stderr
 };
 
@@ -37,7 +38,7 @@ std::unique_ptr<Model> build_root_model(const ModelConfig& config, const std::st
 class Worker {
 public:
     Worker(const std::string& host, int port, int n_threads, std::string secret, std::string local_model = "",
-           int timeout_ms = 10000);
+           int timeout_ms = net::kDefaultTimeoutMs);
     // Waits up to wait_ms (< 0: forever) for a root and serves its whole session; false if none came.
     // Errors of a session are logged to stderr; the worker stays usable.
     bool serve_one(int wait_ms);
@@ -45,8 +46,9 @@ public:
 
 private:
     net::Listener listener_;
+    net::Lobby lobby_;
     int n_threads_;
-    std::string secret_, local_model_;
+    std::string local_model_;
     int timeout_ms_;
 };
 

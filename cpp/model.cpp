@@ -11,13 +11,15 @@ namespace dllama {
 Model::Model(const ModelConfig& config, std::shared_ptr<const WeightSource> weights, int n_threads, Partition partition,
              std::shared_ptr<Collective> collective)
     : cfg_(config), weights_(std::move(weights)), part_(partition), collective_(std::move(collective)), pool_(n_threads) {
+    validate_config(cfg_);
+    check_memory(cfg_, pool_.size(), 0);
     if (part_.node == 0) {
         const TensorInfo& emb = weights_->info("embedding");
         if (emb.rows != cfg_.vocab_size || emb.cols != cfg_.dim)
             throw std::runtime_error(weights_->describe() + ": embedding is " + std::to_string(emb.rows) + "x" +
                                      std::to_string(emb.cols) + ", expected vocab x dim");
     }
-    final_norm_ = weights_->vector("final_norm");
+    final_norm_ = weights_->vector("final_norm", Range::all(cfg_.dim));
     vocab_share_ = part_.share(cfg_.vocab_size);
     lm_head_ = weights_->matrix("lm_head", vocab_share_, Range::all(cfg_.dim));
     scratch_.x.resize((size_t)kMaxChunk * cfg_.dim);
@@ -51,6 +53,7 @@ void Model::forward(const int32_t* tokens, int n, bool all_logits, float* logits
         const bool last_chunk = done + step.n == n;
         step.head_first = all_logits ? 0 : step.n - 1;
         step.head_rows = all_logits || last_chunk ? step.n - step.head_first : 0;
+        StepScope scope(collective_.get());
         run_step(step, tokens + done, all_logits ? logits + (size_t)done * cfg_.vocab_size : logits);
         pos_ += step.n;
     }
@@ -65,15 +68,24 @@ void Model::broadcast_step(Step& step) {
 
 void Model::serve() {
     for (;;) {
+        StepScope scope(collective_.get());  // waits, idle, for the root's next step
         Step step;
         broadcast_step(step);
         if (step.n == 0) return;
+        // The header comes from the network: check it before it sizes or indexes anything.
+        if (step.n < 0 || step.n > kMaxChunk || step.pos < 0 || step.pos > cfg_.seq_len - step.n ||
+            step.head_rows < 0 || step.head_first < 0 || step.head_first > step.n - step.head_rows)
+            throw std::runtime_error("bad step from the root: " + std::to_string(step.n) + " tokens at position " +
+                                     std::to_string(step.pos) + ", output rows " + std::to_string(step.head_first) +
+                                     "+" + std::to_string(step.head_rows) + " (at most " + std::to_string(kMaxChunk) +
+                                     " tokens per step in a context of " + std::to_string(cfg_.seq_len) + ")");
         run_step(step, nullptr, nullptr);
     }
 }
 
 void Model::stop_workers() {
     if (!collective_) return;
+    StepScope scope(collective_.get());
     Step stop;
     broadcast_step(stop);
 }

@@ -47,6 +47,14 @@ struct ModelConfig {
     bool attention_out_bias = false;
 };
 
+// Throws std::invalid_argument naming the field when a config is inconsistent or beyond what any model
+// has (sizes 0 or huge, more KV heads than heads, rope_dim > head_dim, non-finite constants...), before
+// anything is sized from it.
+void validate_config(const ModelConfig& config);
+// Throws std::invalid_argument when the buffers the config sizes (KV cache, RoPE table, attention scores
+// for n_threads) plus weight_bytes exceed this machine's memory and swap.
+void check_memory(const ModelConfig& config, int n_threads, uint64_t weight_bytes);
+
 // Buffers the forward pass reuses between calls, sized for the largest chunk of tokens.
 struct Scratch {
     std::vector<float> x, xn, y;  // residual stream, normed input, block output: [chunk x dim]

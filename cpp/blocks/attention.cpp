@@ -26,8 +26,8 @@ Attention::Attention(const WeightSource& weights, const std::string& prefix, con
         v_bias_ = weights.vector(prefix + "v_bias", kv_rows);
     }
     if (options.qk_norm) {
-        q_norm_ = weights.vector(prefix + "q_norm");
-        k_norm_ = weights.vector(prefix + "k_norm");
+        q_norm_ = weights.vector(prefix + "q_norm", Range::all(head_dim_));
+        k_norm_ = weights.vector(prefix + "k_norm", Range::all(head_dim_));
     }
     k_cache_ = KvCache(cfg.seq_len, n_kv_, head_dim_, cfg.kv_f16, KvCache::Layout::PositionBlocks);
     v_cache_ = KvCache(cfg.seq_len, n_kv_, head_dim_, cfg.kv_f16);

@@ -6,12 +6,13 @@ static std::string layer_prefix(int l) { return "layers." + std::to_string(l) + 
 
 DecoderLayer Decoder::layer_norms(int l, bool sandwich) const {
     const std::string p = layer_prefix(l);
+    const Range dim = Range::all(cfg_.dim);
     DecoderLayer layer;
-    layer.attn_norm = weights_->vector(p + "attn_norm");
-    layer.ffn_norm = weights_->vector(p + "ffn_norm");
+    layer.attn_norm = weights_->vector(p + "attn_norm", dim);
+    layer.ffn_norm = weights_->vector(p + "ffn_norm", dim);
     if (sandwich) {
-        layer.post_attn_norm = weights_->vector(p + "post_attn_norm");
-        layer.post_ffn_norm = weights_->vector(p + "post_ffn_norm");
+        layer.post_attn_norm = weights_->vector(p + "post_attn_norm", dim);
+        layer.post_ffn_norm = weights_->vector(p + "post_ffn_norm", dim);
     }
     return layer;
 }

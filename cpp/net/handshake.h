@@ -42,17 +42,18 @@
 
 namespace dllama::net {
 
-constexpr uint32_t kProtocolVersion = 1;
+constexpr uint32_t kProtocolVersion = 2;
 constexpr char kMagic[8] = {'D', 'L', 'P', 'Y', 'N', 'E', 'T', '\0'};
 
-enum class Role : uint32_t { Root = 1, Peer = 2 };
+// Any is never sent: server_handshake accepts either role with it.
+enum class Role : uint32_t { Any = 0, Root = 1, Peer = 2 };
 
 // The connecting side. Throws ProtocolError (wrong magic or version, role refused), AuthError or
 // NetError, all prefixed with the socket's label. `version` is only changed by tests.
 void client_handshake(Socket& s, Role role, const std::string& secret, uint32_t version = kProtocolVersion);
 
-// The accepting side; `expected` is the role it accepts now. Throws like client_handshake and has
-// told the client why before it throws.
-void server_handshake(Socket& s, Role expected, const std::string& secret);
+// The accepting side; `expected` is the role it accepts now (Any: root or peer). Returns the client's
+// role. Throws like client_handshake and has told the client why before it throws.
+Role server_handshake(Socket& s, Role expected, const std::string& secret);
 
 }  // namespace dllama::net

@@ -21,6 +21,9 @@ from .tool_calls import split_tool_calls
 
 DEFAULT_CONTEXT = 4096  # positions allocated unless asked for more: 128k-context models stay small
 SECRET_ENV = "DLLAMA_SECRET"  # the shared secret of root and workers, when not given
+# Seconds a step may wait on a silent peer, and between heartbeats to idle workers (a worker gives up
+# on a root silent for 3 intervals). Environment variables, so that tests can shorten them for the CLI.
+NET_TIMEOUT_ENV, HEARTBEAT_ENV = "DLLAMA_NET_TIMEOUT", "DLLAMA_HEARTBEAT"
 
 
 def default_threads() -> int:
@@ -69,6 +72,13 @@ def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | N
     return c
 
 
+def _milliseconds(seconds: float | None, env: str, default: float) -> int:
+    value = seconds if seconds is not None else float(os.environ.get(env) or default)
+    if not value > 0:
+        raise ValueError(f"{env.lower().removeprefix('dllama_')} must be a positive number of seconds, got {value}")
+    return int(value * 1000)
+
+
 class ChatPiece(str):
     """A piece of a chat reply; `kind` is "reasoning" or "answer"."""
 
@@ -104,12 +114,14 @@ class Engine:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, max_seq_len: int | None = None,
                  tokenizer: str | os.PathLike | None = None, workers: list[str] | None = None,
-                 secret: str | None = None, exchange: str | None = None, net_timeout: float = 10.0,
-                 kv_cache: str | None = None):
+                 secret: str | None = None, exchange: str | None = None, net_timeout: float | None = None,
+                 kv_cache: str | None = None, heartbeat: float | None = None):
         """kv_cache: "f16" or "f32" (default: f32 for F32 models, else f16).
         workers: "host:port" of `dllama-py worker`s to split the model with (tensor parallelism);
         secret: their shared secret (default: $DLLAMA_SECRET); exchange: "q80" or "f32" for the partial
-        sums sent between nodes (default: f32 for F32 models, else q80)."""
+        sums sent between nodes (default: f32 for F32 models, else q80); net_timeout: seconds a step
+        waits on a silent peer (default 5, or $DLLAMA_NET_TIMEOUT); heartbeat: seconds between pings to
+        idle workers (default 10, or $DLLAMA_HEARTBEAT). Sessions may idle for hours."""
         self.path = Path(path)
         self.layout = read_layout(self.path)
         self.config = model_config(self.layout, max_seq_len, kv_cache)
@@ -121,7 +133,8 @@ class Engine:
             exchange = "f32" if self.layout.weight_type == FloatType.F32 else "q80"
         self._model = _core.Model(str(self.path), self.config, tensors, threads or default_threads(),
                                   workers=list(workers or []), secret=secret or os.environ.get(SECRET_ENV, ""),
-                                  exchange=exchange, timeout_ms=int(net_timeout * 1000))
+                                  exchange=exchange, timeout_ms=_milliseconds(net_timeout, NET_TIMEOUT_ENV, 5.0),
+                                  heartbeat_ms=_milliseconds(heartbeat, HEARTBEAT_ENV, 10.0))
         self._model.reset_net_stats()  # count inference traffic, not the weights sent to the workers
         tok_path = Path(tokenizer) if tokenizer else bundle_path(self.path)
         self.tokenizer: Tokenizer | None = Tokenizer.load(tok_path) if tok_path.exists() else None
