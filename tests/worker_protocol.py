@@ -106,6 +106,8 @@ class ModelSetup:
     tensors: list  # [name, type, rows, cols, offset]
     identity: str
     exchange: int = 0  # 0 f32, 1 q80
+    rope_count: int | None = None  # counts sent in place of the true ones
+    tensor_count: int | None = None
 
     @classmethod
     def from_model(cls, path, seq_len: int = 64) -> "ModelSetup":
@@ -120,12 +122,27 @@ class ModelSetup:
         return cls(Path(path), c.arch, int(c.weight_type), ints, floats, list(c.rope_inv_freq), tensors,
                    model_identity(path))
 
+    def copy(self, **changes) -> "ModelSetup":
+        """A deep copy; config fields (ints or floats) and attributes given by name are replaced."""
+        out = ModelSetup(self.path, self.arch, self.weight_type, dict(self.ints), dict(self.floats),
+                         list(self.rope_inv_freq), [list(t) for t in self.tensors], self.identity, self.exchange,
+                         self.rope_count, self.tensor_count)
+        for k, v in changes.items():
+            if k in out.ints:
+                out.ints[k] = v
+            elif k in out.floats:
+                out.floats[k] = v
+            else:
+                setattr(out, k, v)
+        return out
+
     def payload(self) -> bytes:
         out = u8(SETUP) + string(self.identity) + u8(self.exchange) + string(self.arch) + i32(self.weight_type)
         out += b"".join(i32(self.ints[k]) for k in CONFIG_INTS)
         out += b"".join(f32(self.floats[k]) for k in CONFIG_FLOATS)
-        out += u32(len(self.rope_inv_freq)) + b"".join(f32(f) for f in self.rope_inv_freq)
-        out += u32(len(self.tensors))
+        rope_count = len(self.rope_inv_freq) if self.rope_count is None else self.rope_count
+        out += u32(rope_count) + b"".join(f32(f) for f in self.rope_inv_freq)
+        out += u32(len(self.tensors) if self.tensor_count is None else self.tensor_count)
         for name, dtype, rows, cols, offset in self.tensors:
             out += string(name) + i32(dtype) + u64(rows) + u64(cols) + u64(offset)
         return out
@@ -289,6 +306,13 @@ class WorkerProcess:
             if needle in line:
                 return line
 
+    def saw(self, needle: str, timeout: float = 10.0) -> str:
+        """A line containing `needle`, printed before now or within `timeout` seconds."""
+        for line in self.log:
+            if needle in line:
+                return line
+        return self.wait_for(needle, timeout)
+
     def drain(self) -> list[str]:
         out = []
         while True:
@@ -344,8 +368,7 @@ class FuzzCase:
 
 
 def _mutated_setup(base: ModelSetup, rng: random.Random) -> tuple[ModelSetup, str]:
-    s = ModelSetup(base.path, base.arch, base.weight_type, dict(base.ints), dict(base.floats),
-                   list(base.rope_inv_freq), [list(t) for t in base.tensors], base.identity, base.exchange)
+    s = base.copy()
     what = rng.choice(["int", "int", "int", "float", "freqs", "tensor", "tensor", "count", "arch", "exchange", "type"])
     if what == "int":
         k = rng.choice(CONFIG_INTS)

@@ -1,0 +1,321 @@
+"""A worker against hostile and patient roots, over loopback with hand-made frames (worker_protocol.py):
+every value from the wire is checked before use, a bad message ends only that session (with the reason
+on the worker's stderr), idle or trickling connections never block a real root, and sessions survive
+hours of silence while dead or hung peers are still found."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from hf_models import N_PREFILL
+from worker_protocol import (ModelSetup, FakeRoot, WorkerProcess, frame, model_identity, u8, STEP, i32)
+
+from dllama_py import Engine
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_models):
+    return tiny_models.converted("llama", "f32")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_models, llama):
+    ids = tiny_models.hf("llama")[1]
+    with Engine(llama, threads=1) as eng:
+        return ids, np.concatenate([eng.forward(ids[:N_PREFILL])] + [eng.forward([t]) for t in ids[N_PREFILL:]])
+
+
+@pytest.fixture(scope="module")
+def setup(llama):
+    return ModelSetup.from_model(llama)
+
+
+@pytest.fixture(scope="module")
+def worker():
+    with WorkerProcess() as w:
+        yield w
+
+
+def serves_a_real_root(worker: WorkerProcess, path, reference, **engine_args):
+    """The worker, after whatever came before, splits the model with a real root and gets its logits right."""
+    ids, single = reference
+    assert worker.alive(), worker.log[-5:]
+    with Engine(path, threads=1, workers=[worker.address], exchange="f32", **engine_args) as eng:
+        split = np.concatenate([eng.forward(ids[:N_PREFILL])] + [eng.forward([t]) for t in ids[N_PREFILL:]])
+    assert np.abs(split - single).max() <= 1e-4 * single.std()
+    worker.wait_for("worker: session ended")
+
+
+# --- SETUP: the config and the tensor table are checked before anything is sized from them -----------
+
+BAD_SETUPS = {
+    "no KV heads": (dict(n_kv_heads=0), "n_kv_heads is 0, expected 1..4"),
+    "more KV heads than heads": (dict(n_kv_heads=8), "n_kv_heads is 8, expected 1..4"),
+    "heads not a multiple of KV heads": (dict(n_kv_heads=3), "n_heads 4 is not a multiple of n_kv_heads 3"),
+    "no context": (dict(seq_len=0), "seq_len is 0"),
+    "no head dim": (dict(head_dim=0), "head_dim is 0"),
+    "rope_dim over head_dim": (dict(rope_dim=64), "rope_dim is 64, expected 0..32"),
+    "huge dim": (dict(dim=2**31 - 1), "dim is 2147483647"),
+    "NaN norm epsilon": (dict(norm_eps=float("nan")), "norm_eps is nan"),
+    "2^28 rope frequencies": (dict(rope_count=1 << 28), "rope frequency count is 268435456, but at most"),
+    "2^24 tensors": (dict(tensor_count=1 << 24), "tensor count is 16777216, but at most"),
+    "a KV cache larger than the machine": (dict(seq_len=1 << 22, n_layers=1024), "MiB of memory and swap"),
+    "unknown exchange": (dict(exchange=7), "unknown exchange type 7"),
+    "unknown architecture": (dict(arch="gpt9"), "no graph builder named 'gpt9'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SETUPS, ids=list(BAD_SETUPS))
+def test_bad_setup_is_refused_before_allocation(worker, setup, llama, reference, case):
+    changes, message = BAD_SETUPS[case]
+    with FakeRoot(worker.port) as root:
+        root.start_session()
+        reason = root.setup(setup.copy(**changes))
+    assert message in reason
+    assert message in worker.wait_for("worker: session failed")
+    serves_a_real_root(worker, llama, reference)
+
+
+BAD_TENSORS = {
+    "unknown type": (1, 9, "unknown type 9"),
+    "2^40 rows": (2, 1 << 40, "impossible shape 1099511627776 x"),
+    "no columns": (3, 0, "impossible shape"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TENSORS, ids=list(BAD_TENSORS))
+def test_bad_tensor_table_is_refused(worker, setup, llama, reference, case):
+    field, value, message = BAD_TENSORS[case]
+    bad = setup.copy()
+    bad.tensors[3][field] = value
+    with FakeRoot(worker.port) as root:
+        root.start_session()
+        assert message in root.setup(bad)
+    worker.wait_for("worker: session failed")
+    serves_a_real_root(worker, llama, reference)
+
+
+def test_a_tensor_of_another_shape_is_refused_not_overrun(worker, setup, llama, reference):
+    """A norm vector of 4 values where the config says dim (128): refused, not read past its end."""
+    bad = setup.copy()
+    norm = next(t for t in bad.tensors if t[0] == "layers.0.attn_norm")
+    norm[3] = 4
+    with FakeRoot(worker.port) as root:
+        root.start_session()
+        assert "tensor layers.0.attn_norm (1 x 4) has no rows 0..1, columns 0..128" in root.setup(bad)
+    serves_a_real_root(worker, llama, reference)
+
+
+def test_weight_reply_of_the_wrong_size_is_refused(worker, setup, llama, reference):
+    with FakeRoot(worker.port) as root:
+        root.start_session()
+        root.raw(frame(setup.payload()))
+        root.sock.recv(1 << 16)  # the first request
+        root.raw((1 << 62).to_bytes(8, "little"))
+        assert "bytes of" in worker.wait_for("worker: session failed")
+    serves_a_real_root(worker, llama, reference)
+
+
+def test_local_model_offsets_cannot_wrap(llama, setup, reference, tmp_path):
+    """With --model, a tensor offset near 2^64 used to wrap past the bounds check."""
+    copy = tmp_path / "copy.m"
+    shutil.copy(llama, copy)
+    bad = setup.copy(identity=model_identity(copy))
+    bad.tensors[2][4] = 2**64 - 100
+    with WorkerProcess("--model", str(copy)) as w:
+        with FakeRoot(w.port) as root:
+            root.start_session()
+            assert "ends past the end of the file" in root.setup(bad)
+        serves_a_real_root(w, llama, reference)
+
+
+# --- steps: n and pos against the chunk size and the context ------------------------------------------
+
+BAD_STEPS = {
+    "4096 tokens with a 4 MiB payload": ((4096, 0, 0, 1), 4 << 20),
+    "-1 tokens": ((-1, 0, 0, 1), 0),
+    "position 50,000,000": ((1, 50_000_000, 0, 1), 512),
+    "past the end of the context": ((8, 60, 0, 1), 0),
+    "output rows outside the step": ((2, 0, 1, 5), 0),
+}
+
+
+@pytest.mark.parametrize("case", BAD_STEPS, ids=list(BAD_STEPS))
+def test_bad_step_header_ends_the_session(worker, setup, llama, reference, case):
+    (n, pos, first, rows), payload = BAD_STEPS[case]
+    with FakeRoot(worker.port) as root:
+        root.start_session()
+        assert root.setup(setup) == "ready"
+        with contextlib.suppress(ConnectionError):  # the worker may hang up before it all went out
+            root.raw(u8(STEP) + i32(n) + i32(pos) + i32(first) + i32(rows) + bytes(payload))
+        assert "bad step from the root" in worker.wait_for("worker: session failed")
+    serves_a_real_root(worker, llama, reference)
+
+
+# --- connections that never finish their handshake ----------------------------------------------------
+
+def test_idle_and_trickling_connections_do_not_block_a_root(worker, llama, reference):
+    idle = [socket.create_connection(("127.0.0.1", worker.port)) for _ in range(20)]  # over the cap of 16
+    stop = threading.Event()
+
+    def trickle():  # one byte every 4 s
+        with socket.create_connection(("127.0.0.1", worker.port)) as s, contextlib.suppress(ConnectionError):
+            for b in b"DLPYNET\0":
+                s.sendall(bytes([b]))
+                if stop.wait(4):
+                    return
+
+    trickler = threading.Thread(target=trickle)
+    trickler.start()
+    try:
+        time.sleep(0.3)
+        start = time.monotonic()
+        serves_a_real_root(worker, llama, reference)
+        assert time.monotonic() - start < 4
+        assert "connections were waiting for their handshake" in worker.saw("dropped")
+    finally:
+        stop.set()
+        trickler.join()
+        for s in idle:
+            s.close()
+
+
+def test_a_handshake_has_one_deadline(worker):
+    """A byte every second keeps the I/O timeout (5 s) from firing, but not the handshake's deadline."""
+    with socket.create_connection(("127.0.0.1", worker.port)) as s:
+        s.settimeout(10)
+        start = time.monotonic()
+        with contextlib.suppress(ConnectionError):
+            for b in b"DLPYNET\0" + bytes(8):
+                s.sendall(bytes([b]))
+                time.sleep(1)
+        assert s.recv(100) == b""  # dropped without an answer
+        assert 4.5 < time.monotonic() - start < 8
+    assert "(waiting for data)" in worker.saw("did not finish within 5000 ms")
+
+
+# --- long silence -------------------------------------------------------------------------------------
+
+def test_idle_session_outlives_the_step_timeout(worker, llama, reference):
+    """Idle 4x the step timeout and 10x the heartbeat interval between two steps: the session lives."""
+    ids, single = reference
+    with Engine(llama, threads=1, workers=[worker.address], exchange="f32", net_timeout=0.5, heartbeat=0.2) as eng:
+        first = eng.forward(ids[:N_PREFILL])
+        time.sleep(2.0)
+        rest = [eng.forward([t]) for t in ids[N_PREFILL:]]
+    split = np.concatenate([first] + rest)
+    assert np.abs(split - single).max() <= 1e-4 * single.std()
+    worker.wait_for("worker: session ended")
+
+
+def test_worker_ends_a_session_whose_root_fell_silent(worker, setup, llama, reference):
+    with FakeRoot(worker.port) as root:
+        root.start_session(heartbeat_ms=200)
+        assert root.setup(setup) == "ready"
+        start = time.monotonic()
+        line = worker.wait_for("worker: session failed")
+        took = time.monotonic() - start
+    assert "node 0 (127.0.0.1:" in line and "waiting for the next step or heartbeat" in line
+    assert 0.5 <= took < 3  # three 200 ms intervals, give or take
+    serves_a_real_root(worker, llama, reference)
+
+
+def test_worker_answers_heartbeats(worker, setup):
+    with FakeRoot(worker.port) as root:
+        root.start_session(heartbeat_ms=200)
+        assert root.setup(setup) == "ready"
+        for _ in range(5):
+            time.sleep(0.3)  # longer than an interval: the worker only stays because of the pings
+            root.raw(u8(2))
+            assert root.sock.recv(1) == u8(3)
+    worker.wait_for("worker: session failed")
+
+
+def test_root_reports_a_worker_that_hangs_while_idle(llama, reference, capfd):
+    ids, _ = reference
+    with WorkerProcess() as w:
+        with Engine(llama, threads=1, workers=[w.address], exchange="f32", net_timeout=0.5, heartbeat=0.2) as eng:
+            eng.forward(ids[:4])
+            w.proc.send_signal(signal.SIGSTOP)
+            try:
+                time.sleep(1.5)  # a heartbeat, then its 0.5 s timeout
+                assert f"lost the workers while idle: node 1 (127.0.0.1:{w.port})" in capfd.readouterr().err
+                start = time.monotonic()
+                with pytest.raises(RuntimeError, match=f"node 1 \\(127.0.0.1:{w.port}\\)"):
+                    eng.forward([5])
+                assert time.monotonic() - start < 0.5
+            finally:
+                w.proc.send_signal(signal.SIGCONT)
+        serves_a_real_root(w, llama, reference)
+
+
+@pytest.fixture(scope="module")
+def chat_model(tiny_models, tmp_path_factory):
+    """The tiny Llama with a tokenizer and chat template, for the CLI."""
+    from test_generation import write_glm_tokenizer
+
+    from dllama_py.convert import convert
+
+    directory = tmp_path_factory.mktemp("chat_llama")
+    shutil.copytree(tiny_models.hf("llama")[0], directory, dirs_exist_ok=True)
+    write_glm_tokenizer(directory)
+    out = directory / "chat.m"
+    convert(directory, out, dtype="f32", progress=False, log=lambda *a: None)
+    return out
+
+
+SHORT_TIMEOUTS = {"DLLAMA_NET_TIMEOUT": "0.5", "DLLAMA_HEARTBEAT": "0.2"}
+
+
+def test_chat_with_workers_after_silence(worker, chat_model):
+    import os
+
+    proc = subprocess.Popen([sys.executable, "-m", "dllama_py.cli", "chat", "-m", str(chat_model), "-t", "1",
+                             "--workers", worker.address, "-n", "3", "--temperature", "0"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **SHORT_TIMEOUTS})
+    proc.stdin.write("Hello\n")
+    proc.stdin.flush()
+    time.sleep(2.5)  # the user thinks: 5x the step timeout
+    out, err = proc.communicate("And now?\n", timeout=60)
+    assert proc.returncode == 0, err
+    assert "error" not in err
+    assert worker.wait_for("worker: session") == "worker: session ended"  # not "failed"
+
+
+def test_serve_with_workers_after_silence(worker, chat_model):
+    import json
+    import os
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "dllama_py.cli", "serve", "-m", str(chat_model), "-t", "1",
+                             "--workers", worker.address, "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **SHORT_TIMEOUTS})
+    try:
+        url = proc.stdout.readline().split(" on ")[1].strip()
+        body = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3,
+                           "temperature": 0}).encode()
+
+        def ask():
+            req = urllib.request.Request(url + "/chat/completions", body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+
+        assert ask()[0] == 200
+        time.sleep(2.5)
+        status, reply = ask()
+        assert status == 200 and reply["usage"]["completion_tokens"] >= 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert worker.wait_for("worker: session") == "worker: session ended"
