@@ -344,7 +344,6 @@ class WorkerProcess:
 
 
 SESSION_END = "worker: session"  # "worker: session failed: ..." / "worker: session ended"
-REFUSED = "session refused or failed before it started"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,7 +482,34 @@ def run_case(worker: WorkerProcess, setup: ModelSetup, case: FuzzCase, timeout: 
     if not worker.alive():
         return "crash"
     try:
-        worker.wait_for(SESSION_END if case.stage != "mesh" else REFUSED, timeout)
+        worker.wait_for(SESSION_END if case.stage != "mesh" else "refused", timeout)
     except TimeoutError:
         return "crash" if not worker.alive() else "hang"
     return "clean"
+
+
+def fuzz_worker(model_path, n_cases: int, seed: int = 0, progress=None, check=None,
+                check_every: int = 100) -> tuple[dict, list[str]]:
+    """Runs n_cases against one worker process (restarted after a crash or hang). Returns the counts
+    of "tried", "clean", "crash" and "hang", and a description of every case that was not clean.
+    check(worker), if given, runs every check_every cases and at the end (a real root, say)."""
+    setup = ModelSetup.from_model(model_path)
+    counts = {"tried": 0, "clean": 0, "crash": 0, "hang": 0}
+    failures = []
+    worker = WorkerProcess()
+    try:
+        for i, case in enumerate(fuzz_cases(setup, n_cases, seed)):
+            result = run_case(worker, setup, case)
+            counts["tried"] += 1
+            counts[result] += 1
+            if result != "clean":
+                failures.append(f"case {i} ({case.stage}: {case.note}): {result}, exit code {worker.proc.poll()}")
+                worker.close()
+                worker = WorkerProcess()
+            if progress:
+                progress(counts)
+            if check and (i + 1 == n_cases or (i + 1) % check_every == 0):
+                check(worker)
+    finally:
+        worker.close()
+    return counts, failures
