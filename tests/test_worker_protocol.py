@@ -205,16 +205,27 @@ def test_a_handshake_has_one_deadline(worker):
 
 # --- long silence -------------------------------------------------------------------------------------
 
-def test_idle_session_outlives_the_step_timeout(worker, llama, reference):
-    """Idle 4x the step timeout and 10x the heartbeat interval between two steps: the session lives."""
+SHORT_TIMEOUTS = {"DLLAMA_NET_TIMEOUT": "0.5", "DLLAMA_HEARTBEAT": "0.2"}
+
+
+@pytest.fixture(scope="module")
+def quick_worker():
+    """A worker whose step timeout is 0.5 s (a session used to end once it idled that long)."""
+    with WorkerProcess(env=SHORT_TIMEOUTS) as w:
+        yield w
+
+
+def test_idle_session_outlives_the_step_timeout(quick_worker, llama, reference):
+    """Idle 4x both sides' step timeout and 10x the heartbeat interval between two steps: the session lives."""
     ids, single = reference
-    with Engine(llama, threads=1, workers=[worker.address], exchange="f32", net_timeout=0.5, heartbeat=0.2) as eng:
+    with Engine(llama, threads=1, workers=[quick_worker.address], exchange="f32", net_timeout=0.5,
+                heartbeat=0.2) as eng:
         first = eng.forward(ids[:N_PREFILL])
         time.sleep(2.0)
         rest = [eng.forward([t]) for t in ids[N_PREFILL:]]
     split = np.concatenate([first] + rest)
     assert np.abs(split - single).max() <= 1e-4 * single.std()
-    worker.wait_for("worker: session ended")
+    assert quick_worker.wait_for("worker: session") == "worker: session ended"
 
 
 def test_worker_ends_a_session_whose_root_fell_silent(worker, setup, llama, reference):
@@ -273,14 +284,11 @@ def chat_model(tiny_models, tmp_path_factory):
     return out
 
 
-SHORT_TIMEOUTS = {"DLLAMA_NET_TIMEOUT": "0.5", "DLLAMA_HEARTBEAT": "0.2"}
-
-
-def test_chat_with_workers_after_silence(worker, chat_model):
+def test_chat_with_workers_after_silence(quick_worker, chat_model):
     import os
 
     proc = subprocess.Popen([sys.executable, "-m", "dllama_py.cli", "chat", "-m", str(chat_model), "-t", "1",
-                             "--workers", worker.address, "-n", "3", "--temperature", "0"],
+                             "--workers", quick_worker.address, "-n", "3", "--temperature", "0"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **SHORT_TIMEOUTS})
     proc.stdin.write("Hello\n")
@@ -289,16 +297,16 @@ def test_chat_with_workers_after_silence(worker, chat_model):
     out, err = proc.communicate("And now?\n", timeout=60)
     assert proc.returncode == 0, err
     assert "error" not in err
-    assert worker.wait_for("worker: session") == "worker: session ended"  # not "failed"
+    assert quick_worker.wait_for("worker: session") == "worker: session ended"  # not "failed"
 
 
-def test_serve_with_workers_after_silence(worker, chat_model):
+def test_serve_with_workers_after_silence(quick_worker, chat_model):
     import json
     import os
     import urllib.request
 
     proc = subprocess.Popen([sys.executable, "-m", "dllama_py.cli", "serve", "-m", str(chat_model), "-t", "1",
-                             "--workers", worker.address, "--port", "0"],
+                             "--workers", quick_worker.address, "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **SHORT_TIMEOUTS})
     try:
@@ -318,4 +326,4 @@ def test_serve_with_workers_after_silence(worker, chat_model):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
-    assert worker.wait_for("worker: session") == "worker: session ended"
+    assert quick_worker.wait_for("worker: session") == "worker: session ended"

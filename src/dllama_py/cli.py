@@ -167,10 +167,11 @@ def cmd_worker(args) -> int:
     import os
 
     from . import _core
-    from .engine import default_threads
+    from .engine import NET_TIMEOUT_ENV, _milliseconds, default_threads
 
     secret = args.secret or os.environ.get(SECRET_ENV, "")
-    worker = _core.Worker(args.host, args.port, args.threads or default_threads(), secret, args.model or "")
+    worker = _core.Worker(args.host, args.port, args.threads or default_threads(), secret, args.model or "",
+                          _milliseconds(None, NET_TIMEOUT_ENV, 5.0))
     print(f"dllama-py worker listening on {args.host}:{worker.port}", flush=True)
     if not secret:
         print(f"warning: no --secret (or ${SECRET_ENV}): anyone who can reach this port can use this worker",
