@@ -67,7 +67,7 @@ void write_config(net::Writer& w, const ModelConfig& c) {
 
 ModelConfig read_config(net::Reader& r) {
     ModelConfig c;
-    c.arch = r.string("arch", 64);
+    c.arch = r.name("arch", 64);
     c.weight_type = (FloatType)r.i32("weight type");
     int* ints[] = {&c.dim, &c.hidden_dim, &c.n_layers, &c.n_heads, &c.n_kv_heads, &c.head_dim, &c.vocab_size,
                    &c.seq_len, &c.rope_dim};
@@ -232,7 +232,7 @@ void serve_weights(net::Socket& worker, int node, const TensorStore& store, Load
         if (type == kFailed) throw std::runtime_error("worker node " + std::to_string(node) + " (" + worker.label() +
                                                       ") could not load its share: " + r.string("message"));
         if (type != kRequest) throw net::ProtocolError("unexpected frame " + std::to_string(type) + " from " + worker.label());
-        const std::string name = r.string("tensor name");
+        const std::string name = r.name("tensor name", 256);
         int64_t v[4];
         for (int64_t& x : v) x = (int64_t)r.u64("range");
         const std::vector<uint8_t> bytes = store.read(name, Range{v[0], v[1]}, Range{v[2], v[3]});
@@ -246,7 +246,7 @@ void serve_weights(net::Socket& worker, int node, const TensorStore& store, Load
 std::vector<TensorInfo> read_tensors(net::Reader& r) {
     std::vector<TensorInfo> tensors(r.count("tensor count", 4 + 4 + 3 * 8, kMaxTensors));
     for (TensorInfo& t : tensors) {
-        t.name = r.string("tensor name", 256);
+        t.name = r.name("tensor name", 256);
         t.type = (FloatType)r.i32("tensor type");
         t.rows = (int64_t)std::min<uint64_t>(r.u64("rows"), INT64_MAX);
         t.cols = (int64_t)std::min<uint64_t>(r.u64("cols"), INT64_MAX);
@@ -338,7 +338,7 @@ bool Worker::serve_one(int wait_ms) {
         const std::vector<uint8_t> frame = root.recv_frame(kMaxSetupBytes);
         net::Reader r(frame);
         if (r.u8("frame type") != kSetup) throw net::ProtocolError("expected the SETUP frame from " + root.label());
-        const std::string identity = r.string("model identity", 256);
+        const std::string identity = r.name("model identity", 256);
         const uint8_t exchange = r.u8("exchange");
         if (exchange > (uint8_t)net::Exchange::Q80) throw net::ProtocolError("unknown exchange type " + std::to_string(exchange));
         collective = std::make_shared<MeshCollective>(std::move(mesh), (net::Exchange)exchange);

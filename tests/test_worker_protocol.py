@@ -71,6 +71,7 @@ BAD_SETUPS = {
     "a KV cache larger than the machine": (dict(seq_len=1 << 22, n_layers=1024), "MiB of memory and swap"),
     "unknown exchange": (dict(exchange=7), "unknown exchange type 7"),
     "unknown architecture": (dict(arch="gpt9"), "no graph builder named 'gpt9'"),
+    "terminal escapes in a name": (dict(arch="llama\x1b[2J"), "arch contains byte 27"),
 }
 
 

@@ -276,7 +276,7 @@ class WorkerProcess:
         cmd = [sys.executable, "-m", "dllama_py.cli", "worker", "--host", "127.0.0.1", "--port", "0",
                "--threads", "1", *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})})
+                                     errors="backslashreplace", env={**os.environ, **(env or {})})
         first = self.proc.stdout.readline()
         if "listening on" not in first:
             self.proc.kill()

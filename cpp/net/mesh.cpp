@@ -166,7 +166,7 @@ Session parse_join(const Socket& root, const std::vector<uint8_t>& payload) {
         s.heartbeat_ms = (int)heartbeat_ms;
         for (int k = 1; k < s.n_nodes; k++) {
             Address a;
-            a.host = r.string("worker host", kMaxHostBytes);
+            a.host = r.name("worker host", kMaxHostBytes);
             a.port = (int)r.u32("worker port");
             if (a.port < 1 || a.port > 65535) throw ProtocolError("bad JOIN: port " + std::to_string(a.port));
             s.workers.push_back(a);
