@@ -119,7 +119,7 @@ PYBIND11_MODULE(_core, m) {
     py::class_<Model>(m, "Model")
         .def(py::init([](const std::string& path, const ModelConfig& cfg, const std::vector<TensorInfo>& tensors,
                          int n_threads, const std::vector<std::string>& workers, const std::string& secret,
-                         const std::string& exchange, int timeout_ms, int heartbeat_ms) {
+                         const std::string& exchange, int timeout_ms, int heartbeat_ms, const py::object& progress) {
                  py::gil_scoped_release release;
                  if (workers.empty()) return build_model(cfg, std::make_shared<TensorStore>(path, tensors), n_threads);
                  if (exchange != "f32" && exchange != "q80")
@@ -130,11 +130,18 @@ PYBIND11_MODULE(_core, m) {
                  options.exchange = exchange == "f32" ? net::Exchange::F32 : net::Exchange::Q80;
                  options.timeout_ms = timeout_ms;
                  options.heartbeat_ms = heartbeat_ms;
+                 if (!progress.is_none()) {
+                     options.progress = [&progress](const std::vector<std::pair<uint64_t, uint64_t>>& status) {
+                         py::gil_scoped_acquire gil;
+                         progress(status);
+                     };
+                 }
                  return build_root_model(cfg, path, tensors, n_threads, options);
              }),
              py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_threads"),
              py::arg("workers") = std::vector<std::string>{}, py::arg("secret") = "", py::arg("exchange") = "q80",
-             py::arg("timeout_ms") = net::kDefaultTimeoutMs, py::arg("heartbeat_ms") = net::kDefaultHeartbeatMs)
+             py::arg("timeout_ms") = net::kDefaultTimeoutMs, py::arg("heartbeat_ms") = net::kDefaultHeartbeatMs,
+             py::arg("progress") = py::none(), "progress(status): called while workers load, status = [(loaded, expected) bytes per worker]")
         .def("stop_workers", &Model::stop_workers, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("n_nodes", [](const Model& m) { return m.partition().n_nodes; })
         .def("net_stats",

@@ -177,14 +177,19 @@ class ProgressReports {
 public:
     ProgressReports(net::Socket& root, std::mutex& send_mutex, uint64_t expected)
         : thread_([this, &root, &send_mutex, expected] {
+              const auto start = std::chrono::steady_clock::now();
               std::unique_lock<std::mutex> lock(mutex_);
               while (!wake_.wait_for(lock, std::chrono::milliseconds(kProgressMs), [this] { return done_; })) {
+                  const uint64_t now = loaded;
                   net::Writer w;
                   w.u8(kProgress);
-                  w.u64(loaded);
+                  w.u64(now);
                   w.u64(expected);
-                  std::fprintf(stderr, "\rworker: loaded %llu of ~%llu MB", (unsigned long long)(loaded >> 20),
-                               (unsigned long long)(expected >> 20));
+                  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+                  const double rate = now / seconds;
+                  std::fprintf(stderr, "\rworker: loaded %.0f of ~%.0f MB, %.1f MB/s, about %.0f s left   ",
+                               now / 1e6, expected / 1e6, rate / 1e6,
+                               rate > 0 && expected > now ? (expected - now) / rate : 0.0);
                   shown_ = true;
                   try {
                       std::lock_guard<std::mutex> send_lock(send_mutex);
@@ -212,9 +217,16 @@ private:
     std::thread thread_;
 };
 
-// How far one worker got with its share: the root's view.
+// How far one worker got with its share: the root's view (bytes it sent, or that the worker reported).
 struct LoadProgress {
     std::atomic<uint64_t> loaded{0}, expected{0};
+    void add_sent(uint64_t n) { loaded += n; }
+    void reported(uint64_t done, uint64_t total) {
+        uint64_t now = loaded;
+        while (done > now && !loaded.compare_exchange_weak(now, done)) {
+        }
+        expected = total;
+    }
 };
 
 // On the root: answers one worker's requests until it is READY (or FAILED, which throws).
@@ -225,8 +237,8 @@ void serve_weights(net::Socket& worker, int node, const TensorStore& store, Load
         const uint8_t type = r.u8("frame type");
         if (type == kReady) return;
         if (type == kProgress) {
-            progress.loaded = r.u64("bytes loaded");
-            progress.expected = r.u64("bytes expected");
+            const uint64_t done = r.u64("bytes loaded");
+            progress.reported(done, r.u64("bytes expected"));
             continue;
         }
         if (type == kFailed) throw std::runtime_error("worker node " + std::to_string(node) + " (" + worker.label() +
@@ -239,6 +251,7 @@ void serve_weights(net::Socket& worker, int node, const TensorStore& store, Load
         const uint64_t n = bytes.size();
         worker.send_all(&n, sizeof(n));
         worker.send_all(bytes.data(), bytes.size());
+        progress.add_sent(n);
     }
 }
 
@@ -303,17 +316,20 @@ std::unique_ptr<Model> build_root_model(const ModelConfig& config, const std::st
             done++;
         });
     }
+    std::exception_ptr callback_error;  // rethrown once the threads are joined
     while (done < n_nodes - 1) {
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
-        if (!options.show_progress) continue;
-        std::string line = "\rworkers loading:";
-        for (int node = 1; node < n_nodes; node++)
-            line += "  node " + std::to_string(node) + " " + std::to_string(progress[node].loaded >> 20) + "/~" +
-                    std::to_string(progress[node].expected >> 20) + " MB";
-        std::fprintf(stderr, "%s", line.c_str());
+        if (!options.progress || callback_error) continue;
+        std::vector<std::pair<uint64_t, uint64_t>> status;
+        for (int node = 1; node < n_nodes; node++) status.emplace_back(progress[node].loaded, progress[node].expected);
+        try {
+            options.progress(status);
+        } catch (...) {
+            callback_error = std::current_exception();
+        }
     }
     for (auto& t : threads) t.join();
-    if (options.show_progress) std::fprintf(stderr, "\n");
+    if (callback_error) std::rethrow_exception(callback_error);
     for (const std::string& e : errors)
         if (!e.empty()) throw std::runtime_error(e);
     mesh->start_heartbeats();  // the workers now wait for steps, however long the root takes
@@ -348,8 +364,9 @@ bool Worker::serve_one(int wait_ms) {
         if (r.remaining() != 0)
             throw net::ProtocolError(std::to_string(r.remaining()) + " bytes after the end of the SETUP frame");
         uint64_t total = 0;
-        for (const TensorInfo& t : tensors) total += tensor_bytes(t);
-        const uint64_t share = total / n_nodes;  // about: some tensors are replicated, the embedding stays on the root
+        for (const TensorInfo& t : tensors)
+            if (t.name != "embedding") total += tensor_bytes(t);  // the embedding stays on the root
+        const uint64_t share = total / n_nodes;  // about: some tensors are replicated
         check_memory(cfg, n_threads_, share);
 
         std::mutex send_mutex;  // the loading thread's requests and the progress reports

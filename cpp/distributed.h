@@ -7,6 +7,7 @@
 // builds its own share, and each forward step runs on all nodes with partial sums exchanged after
 // attention and after the feed-forward (Collective). See docs/distributed.md for the frames.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,7 +24,9 @@ struct ClusterOptions {
     net::Exchange exchange = net::Exchange::Q80;
     int timeout_ms = net::kDefaultTimeoutMs;      // I/O timeout while a step (or the setup) is in flight
     int heartbeat_ms = net::kDefaultHeartbeatMs;  // pings to idle workers
-    bool show_progress = true;  // weight transfer progress on stderr
+    // While the workers load their shares: called every 200 ms with (bytes loaded, bytes expected) per
+    // worker, in node order from node 1 (expected is an estimate until the worker is done).
+    std::function<void(const std::vector<std::pair<uint64_t, uint64_t>>&)> progress;
 };
 
 // The identity a worker's local model copy must share with the root's: a hash of the header and the size.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import struct
 import signal
 import socket
 import subprocess
@@ -328,3 +329,64 @@ def test_serve_with_workers_after_silence(quick_worker, chat_model):
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
     assert quick_worker.wait_for("worker: session") == "worker: session ended"
+
+
+# --- progress while the workers load ------------------------------------------------------------------
+
+def test_root_shows_each_workers_progress(llama):
+    """The root's progress callback sees what a worker reports (PROGRESS frames) until it is READY."""
+    from worker_protocol import FakeWorker, PROGRESS, LOADED, u64
+
+    from dllama_py import _core
+
+    fake = FakeWorker()
+    seen = []
+
+    def act():
+        fake.accept_session()
+        for done in (30, 60, 100):
+            fake.sock.sendall(frame(u8(PROGRESS) + u64(done << 20) + u64(100 << 20)))
+            time.sleep(0.5)
+        fake.sock.sendall(frame(u8(LOADED)))
+
+    worker = threading.Thread(target=act)
+    worker.start()
+    try:
+        with Engine(llama, threads=1) as single:  # for the root's share: the same config and tensors
+            config = single.config
+            tensors = [_core.TensorInfo(t.spec.name, _core.FloatType(int(t.dtype)), t.spec.rows, t.spec.cols,
+                                        t.offset) for t in single.layout.tensors]
+        model = _core.Model(str(llama), config, tensors, 1, workers=[fake.address], exchange="f32",
+                            progress=lambda status: seen.append(status))
+        worker.join()
+        assert [(30 << 20, 100 << 20)] in seen and [(60 << 20, 100 << 20)] in seen
+        assert model.n_nodes == 2
+        del model
+    finally:
+        fake.close()
+        worker.join()
+
+
+def test_worker_reports_progress_while_it_loads(worker, setup):
+    """A worker whose weights come slowly tells the root how far it got every second."""
+    from worker_protocol import PROGRESS, REQUEST, recv_frame, slice_bytes, u64
+
+    data = setup.path.read_bytes()
+    reports = []
+    with FakeRoot(worker.port) as root:
+        root.start_session()
+        root.raw(frame(setup.payload()))
+        while len(reports) < 2:
+            msg = recv_frame(root.sock)
+            if msg[0] == PROGRESS:
+                reports.append(struct.unpack("<2Q", msg[1:17]))
+                continue
+            assert msg[0] == REQUEST
+            n = struct.unpack("<I", msg[1:5])[0]
+            r0, r1, c0, c1 = struct.unpack("<4Q", msg[5 + n:5 + n + 32])
+            body = slice_bytes(data, setup, msg[5:5 + n].decode(), r0, r1, c0, c1)
+            time.sleep(0.2)
+            root.raw(u64(len(body)) + body)
+    assert reports[0][0] <= reports[1][0] and reports[1][0] > 0
+    assert reports[0][1] == reports[1][1] > 0  # the estimate of the whole share
+    assert "worker: loaded" in worker.saw("MB/s")

@@ -466,8 +466,7 @@ def run_case(worker: WorkerProcess, setup: ModelSetup, case: FuzzCase, timeout: 
                     if case.setup is not None:
                         try:
                             root.serve_weights(case.setup)
-                        except (ConnectionError, OSError, AssertionError, StopIteration, ValueError, IndexError,
-                                struct.error):
+                        except Exception:  # noqa: BLE001 - this root cannot answer what it made up; it hangs up
                             pass
                 elif case.stage == "weights":
                     root.raw(frame(setup.payload()))
@@ -477,8 +476,8 @@ def run_case(worker: WorkerProcess, setup: ModelSetup, case: FuzzCase, timeout: 
                     assert root.setup(setup) == "ready"
                     root.raw(case.data)
             root.closed_by_worker(0.2)
-    except (ConnectionError, OSError):
-        pass  # the worker dropped us early: fine, what matters is what it logged and whether it lives
+    except Exception:  # noqa: BLE001 - the worker dropped us early, or this root gave up: what matters is
+        pass  # what the worker logged and whether it lives
     if not worker.alive():
         return "crash"
     try:
@@ -513,3 +512,41 @@ def fuzz_worker(model_path, n_cases: int, seed: int = 0, progress=None, check=No
     finally:
         worker.close()
     return counts, failures
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker's side, for tests of the root
+
+
+class FakeWorker:
+    """Listens like a worker; serve_session() takes one root through the handshake and the mesh as node
+    1 of 2, then hands the connection to the test (`sock`)."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+        self.sock: socket.socket | None = None
+
+    def accept_session(self, timeout: float = 10.0):
+        self.listener.settimeout(timeout)
+        self.sock, _ = self.listener.accept()
+        self.sock.settimeout(timeout)
+        hello = recv_exact(self.sock, 16)
+        assert hello[:8] == MAGIC
+        self.sock.sendall(MAGIC + u32(VERSION) + u8(0) + os.urandom(32))
+        proof = recv_exact(self.sock, 65)
+        assert proof[0] == 0, "this fake worker has no secret"
+        self.sock.sendall(u8(0) + bytes(32))
+        assert recv_frame(self.sock)[0] == JOIN
+        assert recv_frame(self.sock)[0] == BUILD
+        self.sock.sendall(frame(u8(READY)))
+        assert recv_frame(self.sock)[0] == START
+        setup = recv_frame(self.sock)
+        assert setup[0] == SETUP
+        return setup
+
+    def close(self):
+        for s in (self.sock, self.listener):
+            if s is not None:
+                s.close()

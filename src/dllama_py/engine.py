@@ -72,6 +72,30 @@ def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | N
     return c
 
 
+class _WorkerLoadBar:
+    """A tqdm bar of the weight bytes the workers load (total, rate, ETA; MB per worker), from the
+    status the C++ core reports every 200 ms: [(bytes loaded, bytes expected) per worker]."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, status: list[tuple[int, int]]):
+        from tqdm import tqdm
+
+        loaded = sum(done for done, _ in status)
+        expected = max(sum(total for _, total in status), loaded)
+        if self.bar is None:
+            self.bar = tqdm(total=expected, unit="B", unit_scale=True, desc="workers loading", delay=1.0)
+        self.bar.total = expected
+        self.bar.set_postfix_str("  ".join(f"node {i + 1}: {done / 1e6:,.0f}/~{total / 1e6:,.0f} MB"
+                                           for i, (done, total) in enumerate(status)), refresh=False)
+        self.bar.update(loaded - self.bar.n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _milliseconds(seconds: float | None, env: str, default: float) -> int:
     value = seconds if seconds is not None else float(os.environ.get(env) or default)
     if not value > 0:
@@ -131,10 +155,15 @@ class Engine:
         ]
         if exchange is None:
             exchange = "f32" if self.layout.weight_type == FloatType.F32 else "q80"
-        self._model = _core.Model(str(self.path), self.config, tensors, threads or default_threads(),
-                                  workers=list(workers or []), secret=secret or os.environ.get(SECRET_ENV, ""),
-                                  exchange=exchange, timeout_ms=_milliseconds(net_timeout, NET_TIMEOUT_ENV, 5.0),
-                                  heartbeat_ms=_milliseconds(heartbeat, HEARTBEAT_ENV, 10.0))
+        load_bar = _WorkerLoadBar() if workers else None
+        try:
+            self._model = _core.Model(str(self.path), self.config, tensors, threads or default_threads(),
+                                      workers=list(workers or []), secret=secret or os.environ.get(SECRET_ENV, ""),
+                                      exchange=exchange, timeout_ms=_milliseconds(net_timeout, NET_TIMEOUT_ENV, 5.0),
+                                      heartbeat_ms=_milliseconds(heartbeat, HEARTBEAT_ENV, 10.0), progress=load_bar)
+        finally:
+            if load_bar is not None:
+                load_bar.close()
         self._model.reset_net_stats()  # count inference traffic, not the weights sent to the workers
         tok_path = Path(tokenizer) if tokenizer else bundle_path(self.path)
         self.tokenizer: Tokenizer | None = Tokenizer.load(tok_path) if tok_path.exists() else None
