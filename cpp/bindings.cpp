@@ -188,6 +188,28 @@ PYBIND11_MODULE(_core, m) {
              "Serves one root's session if one arrives within wait_ms; False if none came")
         .def_property_readonly("port", &Worker::port);
 
+    m.def(
+        "probe_worker",
+        [](const std::string& address, const std::string& secret, int timeout_ms, size_t echo_bytes) {
+            net::ProbeResult r;
+            {
+                py::gil_scoped_release release;
+                r = net::probe_worker(address, secret, timeout_ms, echo_bytes);
+            }
+            py::dict d;
+            d["cores"] = r.info.cores;
+            d["ram_bytes"] = r.info.ram_bytes;
+            d["available_ram_bytes"] = r.info.available_ram_bytes;
+            d["read_bandwidth"] = r.info.read_bandwidth;
+            d["model_identity"] = r.info.model_identity;
+            d["round_trip_ms"] = r.round_trip_ms;
+            d["bytes_per_second"] = r.bytes_per_second;
+            return d;
+        },
+        py::arg("address"), py::arg("secret") = "", py::arg("timeout_ms") = net::kDefaultTimeoutMs,
+        py::arg("echo_bytes") = size_t(4) << 20,
+        "Asks a waiting worker about itself without starting a session; RuntimeError if it cannot");
+    m.def("protocol_version", [] { return net::kProtocolVersion; });
     m.def("quantize_q40", &quantize_to_bytes<BlockQ40, quantize_q40>, "Quantize float32 values to Q40 blocks (bytes)");
     m.def("quantize_q80", &quantize_to_bytes<BlockQ80, quantize_q80>, "Quantize float32 values to Q80 blocks (bytes)");
     m.def("builder_names", &builder_names);

@@ -9,6 +9,9 @@
 #include <mutex>
 #include <thread>
 
+#include <sys/sysinfo.h>
+
+#include "kernels/bandwidth.h"
 #include "net/auth.h"
 #include "net/errors.h"
 #include "net/wire.h"
@@ -340,8 +343,31 @@ std::unique_ptr<Model> build_root_model(const ModelConfig& config, const std::st
 
 Worker::Worker(const std::string& host, int port, int n_threads, std::string secret, std::string local_model,
                int timeout_ms)
-    : listener_(host, port), lobby_(listener_, std::move(secret)), n_threads_(n_threads),
-      local_model_(std::move(local_model)), timeout_ms_(timeout_ms) {}
+    : listener_(host, port), n_threads_(n_threads), local_model_(std::move(local_model)), timeout_ms_(timeout_ms),
+      lobby_(listener_, std::move(secret), [this] { return describe(); }) {}
+
+net::WorkerInfo Worker::describe() {
+    net::WorkerInfo info;
+    info.cores = std::thread::hardware_concurrency();
+    struct sysinfo si {};
+    if (sysinfo(&si) == 0) {
+        info.ram_bytes = (uint64_t)si.totalram * si.mem_unit;
+        info.available_ram_bytes = ((uint64_t)si.freeram + si.bufferram) * si.mem_unit;
+    }
+    std::ifstream meminfo("/proc/meminfo");  // MemAvailable counts the page cache that can be dropped
+    for (std::string key; meminfo >> key;) {
+        uint64_t kb = 0;
+        if (key == "MemAvailable:" && meminfo >> kb) info.available_ram_bytes = kb * 1024;
+        meminfo.ignore(1 << 10, '\n');
+    }
+    std::call_once(bandwidth_measured_, [this] {
+        ThreadPool pool(n_threads_);
+        read_bandwidth_ = (uint64_t)measure_read_bandwidth(size_t(256) << 20, 2, pool);
+    });
+    info.read_bandwidth = read_bandwidth_;
+    if (!local_model_.empty()) info.model_identity = model_identity(local_model_);
+    return info;
+}
 
 bool Worker::serve_one(int wait_ms) {
     std::unique_ptr<net::Mesh> mesh = net::Mesh::accept_worker(lobby_, timeout_ms_, wait_ms);

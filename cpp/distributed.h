@@ -9,6 +9,7 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -48,11 +49,15 @@ public:
     int port() const { return listener_.port(); }
 
 private:
+    net::WorkerInfo describe();  // for probes
+
     net::Listener listener_;
-    net::Lobby lobby_;
     int n_threads_;
     std::string local_model_;
     int timeout_ms_;
+    std::once_flag bandwidth_measured_;
+    uint64_t read_bandwidth_ = 0;
+    net::Lobby lobby_;  // last: its probe threads use the members above
 };
 
 }  // namespace dllama

@@ -390,3 +390,27 @@ def test_worker_reports_progress_while_it_loads(worker, setup):
     assert reports[0][0] <= reports[1][0] and reports[1][0] > 0
     assert reports[0][1] == reports[1][1] > 0  # the estimate of the whole share
     assert "worker: loaded" in worker.saw("MB/s")
+
+
+# --- dllama-py cluster check --------------------------------------------------------------------------
+
+def test_cluster_check(llama, capsys):
+    from dllama_py.cli import main
+
+    with WorkerProcess("--secret", "s3cret") as good, WorkerProcess("--secret", "other") as wrong, \
+            WorkerProcess() as stopped:
+        stopped.close()
+        assert main(["cluster", "check", good.address, wrong.address, stopped.address, "--secret", "s3cret"]) == 1
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith(f"{good.address}: ok, protocol 2, secret accepted, ")
+        assert "cores" in lines[0] and "RAM free" in lines[0] and "round trip" in lines[0]
+        assert lines[1] == f"{wrong.address}: NOT READY: {wrong.address}: authentication failed: wrong secret"
+        assert lines[2] == f"{stopped.address}: NOT READY: {stopped.address}: connection refused"
+
+        assert main(["cluster", "check", good.address, "--secret", "s3cret", "-m", str(llama), "-t", "1"]) == 0
+        out = capsys.readouterr().out
+        assert "on 2 nodes:" in out and "root fits" in out and f"{good.address} fits" in out
+        assert "expected decode: about" in out
+        # A probe starts no session: the worker still serves a root.
+        with Engine(llama, threads=1, workers=[good.address], secret="s3cret") as eng:
+            assert eng.forward([1, 2]).shape == (2, 384)

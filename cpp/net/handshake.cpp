@@ -16,7 +16,12 @@ enum Verdict : uint8_t { kAccepted = 0, kWrongSecret = 1, kClientLacksSecret = 2
 constexpr size_t kHelloBytes = 16, kWelcomeBytes = 45, kProofBytes = 65, kVerdictBytes = 33;
 
 const char* role_name(uint32_t role) {
-    return role == (uint32_t)Role::Root ? "root" : role == (uint32_t)Role::Peer ? "peer" : "root or peer";
+    switch (role) {
+        case (uint32_t)Role::Root: return "root";
+        case (uint32_t)Role::Peer: return "peer";
+        case (uint32_t)Role::Probe: return "probe";
+    }
+    return "root, peer or probe";
 }
 
 // "not a dllama_py peer (got bytes 47 45 54 20 ...)"
@@ -127,7 +132,7 @@ Role server_handshake(Socket& s, Role expected, const std::string& secret) {
     const uint32_t version = hello.u32("version");
     const uint32_t role = hello.u32("role");
 
-    const bool role_ok = expected == Role::Any ? role == (uint32_t)Role::Root || role == (uint32_t)Role::Peer
+    const bool role_ok = expected == Role::Any ? role >= (uint32_t)Role::Root && role <= (uint32_t)Role::Probe
                                                : role == (uint32_t)expected;
     const Status status = version != kProtocolVersion ? kBadVersion : role_ok ? kGoOn : kRoleRefused;
     uint8_t challenge[32];

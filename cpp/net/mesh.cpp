@@ -31,6 +31,9 @@ constexpr int kMinHeartbeatMs = 10, kMaxHeartbeatMs = 3600 * 1000;
 constexpr int kIdleHeartbeats = 3;  // a worker gives up on a root silent for this many intervals
 enum Message : uint8_t { kJoin = 1, kBuild = 2, kPeerHello = 3, kPeerWelcome = 4, kReady = 5, kFailed = 6, kStart = 7 };
 enum Between : uint8_t { kStep = 1, kPing = 2, kPong = 3 };  // between steps
+enum Probe : uint8_t { kInfo = 1, kEcho = 2 };
+constexpr int kProbeDeadlineMs = 30000;
+constexpr uint32_t kMaxEchoBytes = 16u << 20;
 const uint8_t kStepByte = kStep, kPingByte = kPing, kPongByte = kPong;
 
 using SessionId = std::array<uint8_t, 16>;
@@ -352,7 +355,77 @@ struct Lobby::Guest {
     std::vector<uint8_t> payload;
 };
 
-Lobby::Lobby(Listener& listener, std::string secret) : listener_(listener), secret_(std::move(secret)) {}
+Lobby::Lobby(Listener& listener, std::string secret, std::function<WorkerInfo()> describe)
+    : listener_(listener), secret_(std::move(secret)), describe_(std::move(describe)) {}
+
+namespace {
+
+// A worker's side of a probe: answers INFO? and ECHO until the prober hangs up.
+void answer_probe(Socket& s, const std::function<WorkerInfo()>& describe) {
+    s.set_deadline(kProbeDeadlineMs);
+    for (;;) {
+        std::vector<uint8_t> msg;
+        try {
+            msg = s.recv_frame(kMaxEchoBytes + 1);
+        } catch (const NetError& e) {
+            if (std::string(e.what()).find("peer closed") != std::string::npos) return;  // done
+            throw;
+        }
+        if (msg.empty()) throw ProtocolError(s.label() + ": empty probe");
+        if (msg[0] == kEcho) {
+            s.send_frame(msg);
+        } else if (msg[0] == kInfo) {
+            const WorkerInfo info = describe ? describe() : WorkerInfo{};
+            Writer w;
+            w.u8(kInfo);
+            w.u32(info.cores);
+            w.u64(info.ram_bytes);
+            w.u64(info.available_ram_bytes);
+            w.u64(info.read_bandwidth);
+            w.string(info.model_identity);
+            s.send_frame(w.data());
+        } else {
+            throw ProtocolError(s.label() + ": unknown probe " + std::to_string(msg[0]));
+        }
+    }
+}
+
+}  // namespace
+
+ProbeResult probe_worker(const std::string& address, const std::string& secret, int timeout_ms, size_t echo_bytes) {
+    const auto [host, port] = parse_host_port(address);
+    Socket s = Socket::connect(host, port, timeout_ms, address);
+    client_handshake(s, Role::Probe, secret);
+    ProbeResult result;
+    Writer ask;
+    ask.u8(kInfo);
+    s.send_frame(ask.data());
+    const std::vector<uint8_t> info = s.recv_frame(kMaxFrameBytes);
+    parse_from(s, info, [&](Reader& r) {
+        if (r.u8("probe answer") != kInfo) throw ProtocolError("expected INFO");
+        result.info.cores = r.u32("cores");
+        result.info.ram_bytes = r.u64("RAM");
+        result.info.available_ram_bytes = r.u64("available RAM");
+        result.info.read_bandwidth = r.u64("read bandwidth");
+        result.info.model_identity = r.name("model identity", 256);
+        return 0;
+    });
+    const auto echo = [&](size_t n) {
+        std::vector<uint8_t> msg(1 + n, 0);
+        msg[0] = kEcho;
+        const double start = now_seconds();
+        s.send_frame(msg);
+        if (s.recv_frame(kMaxEchoBytes + 1) != msg) throw ProtocolError(s.label() + ": echo came back changed");
+        return now_seconds() - start;
+    };
+    std::vector<double> trips;
+    for (int i = 0; i < 5; i++) trips.push_back(echo(0));
+    std::sort(trips.begin(), trips.end());
+    result.round_trip_ms = trips[2] * 1000;
+    const size_t n = std::min<size_t>(echo_bytes, kMaxEchoBytes);
+    if (n > 0) result.bytes_per_second = 2.0 * n / std::max(echo(n), 1e-9);
+    return result;
+}
 
 Lobby::~Lobby() { clear(); }
 
@@ -419,8 +492,13 @@ void Lobby::admit(Socket socket, int deadline_ms) {
         try {
             guest->socket.set_deadline(deadline_ms);
             role = server_handshake(guest->socket, Role::Any, secret_);
-            payload = expect(guest->socket, role == Role::Root ? kJoin : kPeerHello);
-            guest->socket.set_deadline(-1);
+            if (role == Role::Probe) {
+                answer_probe(guest->socket, describe_);
+                role = Role::Any;  // done with: never an arrival
+            } else {
+                payload = expect(guest->socket, role == Role::Root ? kJoin : kPeerHello);
+                guest->socket.set_deadline(-1);
+            }
         } catch (const std::exception& e) {
             error = e.what();
         }
@@ -428,7 +506,7 @@ void Lobby::admit(Socket socket, int deadline_ms) {
         if (!error.empty() && !guest->dropped) log("refused a connection: " + error);
         guest->role = role;
         guest->payload = std::move(payload);
-        guest->arrived = error.empty();
+        guest->arrived = error.empty() && role != Role::Any;
         guest->done = true;
     });
     guests_.push_back(std::move(g));

@@ -52,6 +52,14 @@
 // connection, so every worker goes back to waiting for a root. Timeouts apply only while a step is
 // in flight.
 //
+// Probes
+// ------
+// A connection that handshakes as a probe (role 3) asks about a waiting worker without starting a
+// session (`dllama-py cluster check`), in frames, within 30 s:
+//      INFO?  u8 1                -> INFO  u8 1, u32 cores, u64 RAM bytes, u64 available RAM bytes,
+//                                          u64 read bandwidth bytes/s, string identity of its --model ("")
+//      ECHO   u8 2, any bytes     -> the same frame back (at most 16 MiB: round trip time, throughput)
+//
 // Within a step there is no framing: every node calls the same collectives in the same order, and
 // each one moves a known number of raw bytes. Floats are IEEE-754 binary32 little-endian; a Q80
 // block is 34 bytes: f16 scale d (little-endian) then 32 int8 values, element = value * d. Both
@@ -59,6 +67,7 @@
 // The root also uses peer(i) directly, before the first step, to stream configuration and weights.
 #pragma once
 #include <condition_variable>
+#include <functional>
 #include <cstddef>
 #include <cstdint>
 #include <list>
@@ -76,6 +85,24 @@ namespace dllama::net {
 
 constexpr int kDefaultHeartbeatMs = 10000;
 
+// What a worker tells a probe about itself.
+struct WorkerInfo {
+    uint32_t cores = 0;
+    uint64_t ram_bytes = 0, available_ram_bytes = 0;
+    uint64_t read_bandwidth = 0;  // bytes/s
+    std::string model_identity;   // of its local model copy, "" without one
+};
+
+struct ProbeResult {
+    WorkerInfo info;
+    double round_trip_ms = 0;      // median of small echoes
+    double bytes_per_second = 0;   // both ways, over one echo of echo_bytes
+};
+
+// Probes the worker at "host:port". Throws NetError/ProtocolError/AuthError like connect_root does
+// (unreachable, other protocol version, wrong secret), naming the address.
+ProbeResult probe_worker(const std::string& address, const std::string& secret, int timeout_ms, size_t echo_bytes);
+
 // Where the connections a worker accepts wait for their handshake (see JOIN above): each in its own
 // thread, with one deadline for the handshake and its first frame (JOIN from a root, PEER_HELLO from
 // a peer), at most kMaxPending at once. Roots and peers are both accepted at any time, so that a
@@ -83,7 +110,8 @@ constexpr int kDefaultHeartbeatMs = 10000;
 class Lobby {
 public:
     static constexpr int kMaxPending = 16;
-    Lobby(Listener& listener, std::string secret);
+    // `describe` answers probes (called in the probe's thread; without it they get zeros).
+    Lobby(Listener& listener, std::string secret, std::function<WorkerInfo()> describe = {});
     ~Lobby();  // drops the connections still waiting
     Lobby(const Lobby&) = delete;
     Lobby& operator=(const Lobby&) = delete;
@@ -109,6 +137,7 @@ private:
 
     Listener& listener_;
     std::string secret_;
+    std::function<WorkerInfo()> describe_;
     std::mutex mutex_;
     std::list<std::unique_ptr<Guest>> guests_;  // oldest first
 };

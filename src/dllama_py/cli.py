@@ -183,6 +183,14 @@ def cmd_worker(args) -> int:
         return 0
 
 
+def cmd_cluster_check(args) -> int:
+    import os
+
+    from .cluster import check
+
+    return check(args.workers, args.secret or os.environ.get(SECRET_ENV, ""), args.model, args.threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dllama-py", description="Run GLM, Llama and Qwen3 models on CPUs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -233,6 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret", default=None, help=f"shared secret the root must prove (default: ${SECRET_ENV})")
     p.add_argument("--model", default=None, help="a local copy of the root's .m file, to load from disk")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("cluster", help="check workers before using them")
+    cluster = p.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
+    p = cluster.add_parser("check", help="probe workers; with -m, plan a model's split",
+                           description="Ask each worker (without starting a session) whether it is reachable, "
+                                       "speaks this protocol and accepts the secret, and about its cores, RAM, "
+                                       "memory bandwidth and link; with -m, whether the model fits this split and "
+                                       "about how many tokens/s it would decode.")
+    p.add_argument("workers", nargs="+", metavar="HOST:PORT")
+    p.add_argument("-m", "--model", default=None, help="a .m file to plan the split of")
+    p.add_argument("--secret", default=None, help=f"the workers' shared secret (default: ${SECRET_ENV})")
+    p.add_argument("-t", "--threads", type=int, default=None, help="this machine's threads (for its bandwidth)")
+    p.set_defaults(func=cmd_cluster_check)
 
     p = sub.add_parser("inspect", help="show a .m file's header and tensors")
     p.add_argument("model", help="the .m model file")
