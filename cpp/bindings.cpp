@@ -181,9 +181,14 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("config", &Model::config);
 
     py::class_<Worker>(m, "Worker")
-        .def(py::init<const std::string&, int, int, std::string, std::string, int>(), py::arg("host"), py::arg("port"),
-             py::arg("n_threads"), py::arg("secret") = "", py::arg("local_model") = "",
-             py::arg("timeout_ms") = net::kDefaultTimeoutMs)
+        .def(py::init([](const std::string& host, int port, int n_threads, std::string secret, std::string local_model,
+                         int timeout_ms, std::string cache_dir, uint64_t cache_max_bytes) {
+                 return std::make_unique<Worker>(host, port, n_threads, std::move(secret), std::move(local_model),
+                                                 timeout_ms, CacheOptions{std::move(cache_dir), cache_max_bytes});
+             }),
+             py::arg("host"), py::arg("port"), py::arg("n_threads"), py::arg("secret") = "", py::arg("local_model") = "",
+             py::arg("timeout_ms") = net::kDefaultTimeoutMs, py::arg("cache_dir") = "",
+             py::arg("cache_max_bytes") = uint64_t(0))
         .def("serve_one", &Worker::serve_one, py::arg("wait_ms"), py::call_guard<py::gil_scoped_release>(),
              "Serves one root's session if one arrives within wait_ms; False if none came")
         .def_property_readonly("port", &Worker::port);

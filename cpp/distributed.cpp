@@ -15,6 +15,7 @@
 #include "net/auth.h"
 #include "net/errors.h"
 #include "net/wire.h"
+#include "slice_cache.h"
 
 namespace dllama {
 
@@ -155,6 +156,30 @@ private:
     std::map<std::string, TensorInfo> tensors_;
 };
 
+// Slices from the cache when it has them, else from the root (and into the cache).
+class CachedWeights : public WeightSource {
+public:
+    CachedWeights(std::shared_ptr<const WeightSource> root, std::unique_ptr<SliceCache> cache)
+        : root_(std::move(root)), cache_(std::move(cache)) {}
+    const TensorInfo& info(const std::string& name) const override { return root_->info(name); }
+    bool has(const std::string& name) const override { return root_->has(name); }
+    std::vector<uint8_t> read(const std::string& name, Range rows, Range cols) const override {
+        const TensorInfo& t = info(name);
+        check_slice(t, rows, cols, describe());
+        const uint64_t length = bytes_of(t.type, (size_t)cols.size()) * (uint64_t)rows.size();
+        if (auto bytes = cache_->get(name, rows, cols, length)) return std::move(*bytes);
+        std::vector<uint8_t> bytes = root_->read(name, rows, cols);
+        cache_->put(name, rows, cols, bytes);
+        return bytes;
+    }
+    std::string describe() const override { return root_->describe(); }
+    uint64_t hit_bytes() const { return cache_->hit_bytes(); }
+
+private:
+    std::shared_ptr<const WeightSource> root_;
+    std::unique_ptr<SliceCache> cache_;
+};
+
 // Counts the bytes a worker's graph takes from its weight source.
 class CountingWeights : public WeightSource {
 public:
@@ -288,11 +313,27 @@ std::string model_identity(const std::string& path) {
     f.seekg(0);
     int32_t head[2] = {0, 0};
     f.read(reinterpret_cast<char*>(head), sizeof(head));
-    if (!f || head[1] < 8 || head[1] > (1 << 20)) throw std::runtime_error(path + ": not a .m model file");
-    std::vector<char> header(head[1]);
+    if (!f || head[1] < 8 || (uint64_t)head[1] > std::min<uint64_t>(size, 1 << 20))
+        throw std::runtime_error(path + ": not a .m model file");
+    // The header, then 64 blocks of 4 KiB spread over the weights: a model converted again, or another
+    // fine-tune with the same shapes, differs there (reading all of a 60 GB file would take minutes).
+    net::Sha256 h;
+    std::vector<char> buf(head[1]);
     f.seekg(0);
-    f.read(header.data(), header.size());
-    return hex(net::sha256(header.data(), header.size())) + "-" + std::to_string(size);
+    f.read(buf.data(), buf.size());
+    h.update(buf.data(), buf.size());
+    constexpr int kSamples = 64;
+    constexpr uint64_t kBlock = 4096;
+    buf.resize(kBlock);
+    const uint64_t data = (uint64_t)head[1], span = size - data;
+    for (int i = 0; i < kSamples && span > 0; i++) {
+        const uint64_t at = data + span / kSamples * i;
+        f.seekg((std::streamoff)at);
+        f.read(buf.data(), (std::streamsize)std::min(kBlock, size - at));
+        h.update(buf.data(), (size_t)f.gcount());
+        f.clear();
+    }
+    return hex(h.finish()) + "-" + std::to_string(size);
 }
 
 std::unique_ptr<Model> build_root_model(const ModelConfig& config, const std::string& path,
@@ -342,9 +383,9 @@ std::unique_ptr<Model> build_root_model(const ModelConfig& config, const std::st
 }
 
 Worker::Worker(const std::string& host, int port, int n_threads, std::string secret, std::string local_model,
-               int timeout_ms)
+               int timeout_ms, CacheOptions cache)
     : listener_(host, port), n_threads_(n_threads), local_model_(std::move(local_model)), timeout_ms_(timeout_ms),
-      lobby_(listener_, std::move(secret), [this] { return describe(); }) {}
+      cache_(std::move(cache)), lobby_(listener_, std::move(secret), [this] { return describe(); }) {}
 
 net::WorkerInfo Worker::describe() {
     net::WorkerInfo info;
@@ -397,21 +438,42 @@ bool Worker::serve_one(int wait_ms) {
 
         std::mutex send_mutex;  // the loading thread's requests and the progress reports
         std::shared_ptr<const WeightSource> weights;
+        std::shared_ptr<const CachedWeights> cached;
+        std::string from = "weights from the root";
         if (!local_model_.empty()) {
             if (model_identity(local_model_) != identity)
-                throw std::runtime_error(local_model_ + " is not the root's model file (different header or size)");
+                throw std::runtime_error(local_model_ + " is not the root's model file (different header, size or content)");
             weights = std::make_shared<TensorStore>(local_model_, tensors);
+            from = local_model_;
         } else {
             weights = std::make_shared<RemoteWeights>(root, send_mutex, tensors);
+            if (!cache_.dir.empty()) {
+                // A slice is what it is for this file and this tensor table: a root that sends another
+                // table (offsets, types) for the same file gets its own folder.
+                net::Writer table;
+                for (const TensorInfo& t : tensors) {
+                    table.string(t.name);
+                    table.i32((int32_t)t.type);
+                    for (uint64_t v : {(uint64_t)t.rows, (uint64_t)t.cols, t.offset}) table.u64(v);
+                }
+                const std::string key = identity + " " + hex(net::sha256(table.data().data(), table.data().size()));
+                auto cache = std::make_unique<SliceCache>(cache_.dir, cache_.max_bytes, key, node, n_nodes, share);
+                from += ", cached in " + cache->folder();
+                weights = cached = std::make_shared<CachedWeights>(weights, std::move(cache));
+            }
         }
-        std::fprintf(stderr, "worker: node %d of %d, loading %s (%s)\n", node, n_nodes, cfg.arch.c_str(),
-                     local_model_.empty() ? "weights from the root" : local_model_.c_str());
+        std::fprintf(stderr, "worker: node %d of %d, loading %s (%s)\n", node, n_nodes, cfg.arch.c_str(), from.c_str());
         std::unique_ptr<Model> model;
+        uint64_t loaded = 0;
         {
             ProgressReports progress(root, send_mutex, share);
             model = build_model(cfg, std::make_shared<CountingWeights>(weights, progress.loaded), n_threads_,
                                 Partition{node, n_nodes}, collective);
+            loaded = progress.loaded;
         }
+        std::fprintf(stderr, "worker: this node's share takes %.1f MB of weights (%.1f MB of them from the cache) "
+                     "and %.1f MB of KV cache\n", loaded / 1e6, cached ? cached->hit_bytes() / 1e6 : 0.0,
+                     model->kv_cache_bytes() / 1e6);
         net::Writer ok;
         ok.u8(kReady);
         root.send_frame(ok.data());

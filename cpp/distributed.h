@@ -38,11 +38,17 @@ std::unique_ptr<Model> build_root_model(const ModelConfig& config, const std::st
                                         const std::vector<TensorInfo>& tensors, int n_threads,
                                         const ClusterOptions& options);
 
+// Where a worker keeps the slices it received (slice_cache.h); an empty dir: nowhere.
+struct CacheOptions {
+    std::string dir;
+    uint64_t max_bytes = 0;
+};
+
 // A worker: listens for roots and serves one session at a time.
 class Worker {
 public:
     Worker(const std::string& host, int port, int n_threads, std::string secret, std::string local_model = "",
-           int timeout_ms = net::kDefaultTimeoutMs);
+           int timeout_ms = net::kDefaultTimeoutMs, CacheOptions cache = {});
     // Waits up to wait_ms (< 0: forever) for a root and serves its whole session; false if none came.
     // Errors of a session are logged to stderr; the worker stays usable.
     bool serve_one(int wait_ms);
@@ -55,6 +61,7 @@ private:
     int n_threads_;
     std::string local_model_;
     int timeout_ms_;
+    CacheOptions cache_;
     std::once_flag bandwidth_measured_;
     uint64_t read_bandwidth_ = 0;
     net::Lobby lobby_;  // last: its probe threads use the members above

@@ -414,3 +414,57 @@ def test_cluster_check(llama, capsys):
         # A probe starts no session: the worker still serves a root.
         with Engine(llama, threads=1, workers=[good.address], secret="s3cret") as eng:
             assert eng.forward([1, 2]).shape == (2, 384)
+
+
+# --- the worker's slice cache -------------------------------------------------------------------------
+
+def test_second_session_comes_from_the_workers_cache(tiny_models, llama, reference, tmp_path):
+    """A second session with the same model and split sends < 1% of the first's weight bytes and gets the
+    same logits; another split, another model, or another fine-tune of the same shapes re-streams."""
+    from hf_models import random_model
+
+    from dllama_py.convert import convert
+
+    ids, single = reference
+    cache = tmp_path / "cache"
+
+    def session(workers, path=llama):
+        with Engine(path, threads=1, workers=[w.address for w in workers], exchange="f32") as eng:
+            logits = np.concatenate([eng.forward(ids[:N_PREFILL])] + [eng.forward([t]) for t in ids[N_PREFILL:]])
+            return logits, eng.load_net_stats["bytes_sent"]
+
+    with WorkerProcess("--cache-dir", str(cache)) as w1, WorkerProcess("--cache-dir", str(cache)) as w2:
+        first, sent_first = session([w1])
+        assert "(0.0 MB of them from the cache)" in w1.saw("this node's share takes")
+        second, sent_second = session([w1])
+        assert sent_second < 0.01 * sent_first
+        assert "MB of them from the cache" in w1.wait_for("this node's share takes")
+        assert np.array_equal(first, second) and np.abs(first - single).max() <= 1e-4 * single.std()
+
+        three, sent_split = session([w1, w2])  # another split: each worker's share is new to it
+        assert sent_split > 0.5 * sent_first and np.abs(three - single).max() <= 1e-4 * single.std()
+
+        hf_dir = tmp_path / "tuned"  # the same shapes and header, other weights: like a fine-tune
+        random_model("llama", seed=123).save_pretrained(hf_dir)
+        tuned = tmp_path / "tuned.m"
+        convert(hf_dir, tuned, dtype="f32", progress=False, log=lambda *a: None)
+        assert tuned.stat().st_size == llama.stat().st_size
+        with Engine(tuned, threads=1) as eng:
+            tuned_single = eng.forward(ids[:N_PREFILL])
+        with Engine(tuned, threads=1, workers=[w1.address], exchange="f32") as eng:
+            assert eng.load_net_stats["bytes_sent"] > 0.5 * sent_first
+            assert np.abs(eng.forward(ids[:N_PREFILL]) - tuned_single).max() <= 1e-4 * tuned_single.std()
+
+
+def test_cache_stays_under_its_limit(llama, tiny_models, tmp_path):
+    """With room for one model's slices, a second model pushes out the first (least recently used)."""
+    cache = tmp_path / "cache"
+    other = tiny_models.converted("glm4", "f32")
+    limit_gb = 1.5 * max(llama.stat().st_size, other.stat().st_size) / 2 / 1e9
+    with WorkerProcess("--cache-dir", str(cache), "--cache-max-gb", str(limit_gb)) as w:
+        for path in (llama, other):
+            with Engine(path, threads=1, workers=[w.address], exchange="f32") as eng:
+                eng.forward([1, 2, 3])
+        folders = [f for f in cache.iterdir() if f.is_dir()]
+        assert len(folders) == 1
+        assert sum(f.stat().st_size for f in folders[0].iterdir()) <= limit_gb * 1e9

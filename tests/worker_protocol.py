@@ -149,10 +149,16 @@ class ModelSetup:
 
 
 def model_identity(path) -> str:
-    """SHA-256 of the .m header plus the file size (what a worker with --model checks)."""
+    """SHA-256 of the .m header and of 64 blocks of 4 KiB spread over the rest, plus the file size (what
+    a worker with --model checks, and what keys its cache)."""
     data = Path(path).read_bytes()
     (header_size,) = struct.unpack("<i", data[4:8])
-    return hashlib.sha256(data[:header_size]).hexdigest() + f"-{len(data)}"
+    h = hashlib.sha256(data[:header_size])
+    span = len(data) - header_size
+    for i in range(64 if span else 0):
+        at = header_size + span // 64 * i
+        h.update(data[at:at + 4096])
+    return h.hexdigest() + f"-{len(data)}"
 
 
 BYTES_PER_BLOCK = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 34)}  # type -> (values, bytes)
@@ -270,11 +276,13 @@ class FakeRoot:
 
 
 class WorkerProcess:
-    """`python -m dllama_py.cli worker` on a free loopback port; `lines` collects its stderr."""
+    """`python -m dllama_py.cli worker` on a free loopback port (with no slice cache unless args give
+    one); `lines` collects its stderr."""
 
     def __init__(self, *args: str, env: dict | None = None):
+        cache = [] if "--cache-dir" in args else ["--no-cache"]
         cmd = [sys.executable, "-m", "dllama_py.cli", "worker", "--host", "127.0.0.1", "--port", "0",
-               "--threads", "1", *args]
+               "--threads", "1", *cache, *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      errors="backslashreplace", env={**os.environ, **(env or {})})
         first = self.proc.stdout.readline()

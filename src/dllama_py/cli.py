@@ -163,6 +163,13 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _default_cache_dir():
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dllama-py" / "slices"
+
+
 def cmd_worker(args) -> int:
     import os
 
@@ -170,8 +177,9 @@ def cmd_worker(args) -> int:
     from .engine import NET_TIMEOUT_ENV, _milliseconds, default_threads
 
     secret = args.secret or os.environ.get(SECRET_ENV, "")
+    cache_dir = "" if args.no_cache or args.model else str(args.cache_dir or _default_cache_dir())
     worker = _core.Worker(args.host, args.port, args.threads or default_threads(), secret, args.model or "",
-                          _milliseconds(None, NET_TIMEOUT_ENV, 5.0))
+                          _milliseconds(None, NET_TIMEOUT_ENV, 5.0), cache_dir, int(args.cache_max_gb * 1e9))
     print(f"dllama-py worker listening on {args.host}:{worker.port}", flush=True)
     if not secret:
         print(f"warning: no --secret (or ${SECRET_ENV}): anyone who can reach this port can use this worker",
@@ -240,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--secret", default=None, help=f"shared secret the root must prove (default: ${SECRET_ENV})")
     p.add_argument("--model", default=None, help="a local copy of the root's .m file, to load from disk")
+    p.add_argument("--cache-dir", default=None,
+                   help="keep the weight slices roots send here, so that the next session with the same model "
+                        "and split needs none of them again (default: $XDG_CACHE_HOME/dllama-py/slices)")
+    p.add_argument("--cache-max-gb", type=float, default=100.0,
+                   help="size limit of the cache; the least recently used models go first (default 100)")
+    p.add_argument("--no-cache", action="store_true", help="keep no slices on disk")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("cluster", help="check workers before using them")

@@ -164,7 +164,9 @@ class Engine:
         finally:
             if load_bar is not None:
                 load_bar.close()
-        self._model.reset_net_stats()  # count inference traffic, not the weights sent to the workers
+        # Count inference traffic, not the weights sent to the workers (those stay in load_net_stats).
+        self.load_net_stats = self._model.net_stats()
+        self._model.reset_net_stats()
         tok_path = Path(tokenizer) if tokenizer else bundle_path(self.path)
         self.tokenizer: Tokenizer | None = Tokenizer.load(tok_path) if tok_path.exists() else None
         self._cached: list[int] = []  # tokens whose keys/values are in the cache, in order
