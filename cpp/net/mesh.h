@@ -116,7 +116,6 @@ public:
     Lobby(const Lobby&) = delete;
     Lobby& operator=(const Lobby&) = delete;
 
-    Listener& listener() { return listener_; }
     const std::string& secret() const { return secret_; }
 
     struct Arrival {
