@@ -180,35 +180,16 @@ private:
     std::unique_ptr<SliceCache> cache_;
 };
 
-// Counts the bytes a worker's graph takes from its weight source.
-class CountingWeights : public WeightSource {
-public:
-    CountingWeights(std::shared_ptr<const WeightSource> inner, std::atomic<uint64_t>& loaded)
-        : inner_(std::move(inner)), loaded_(loaded) {}
-    const TensorInfo& info(const std::string& name) const override { return inner_->info(name); }
-    bool has(const std::string& name) const override { return inner_->has(name); }
-    std::vector<uint8_t> read(const std::string& name, Range rows, Range cols) const override {
-        std::vector<uint8_t> bytes = inner_->read(name, rows, cols);
-        loaded_ += bytes.size();
-        return bytes;
-    }
-    std::string describe() const override { return inner_->describe(); }
-
-private:
-    std::shared_ptr<const WeightSource> inner_;
-    std::atomic<uint64_t>& loaded_;
-};
-
 // While a worker loads its share, tells the root every kProgressMs how far it got (so that the root
 // sees it alive however long one tensor takes) and shows the same on stderr.
 class ProgressReports {
 public:
-    ProgressReports(net::Socket& root, std::mutex& send_mutex, uint64_t expected)
-        : thread_([this, &root, &send_mutex, expected] {
+    ProgressReports(net::Socket& root, std::mutex& send_mutex, const CountingSource& loaded, uint64_t expected)
+        : thread_([this, &root, &send_mutex, &loaded, expected] {
               const auto start = std::chrono::steady_clock::now();
               std::unique_lock<std::mutex> lock(mutex_);
               while (!wake_.wait_for(lock, std::chrono::milliseconds(kProgressMs), [this] { return done_; })) {
-                  const uint64_t now = loaded;
+                  const uint64_t now = loaded.bytes_read();
                   net::Writer w;
                   w.u8(kProgress);
                   w.u64(now);
@@ -236,7 +217,6 @@ public:
         thread_.join();
         if (shown_) std::fprintf(stderr, "\n");
     }
-    std::atomic<uint64_t> loaded{0};
 
 private:
     std::mutex mutex_;
@@ -463,14 +443,13 @@ bool Worker::serve_one(int wait_ms) {
             }
         }
         std::fprintf(stderr, "worker: node %d of %d, loading %s (%s)\n", node, n_nodes, cfg.arch.c_str(), from.c_str());
+        auto counted = std::make_shared<CountingSource>(weights);
         std::unique_ptr<Model> model;
-        uint64_t loaded = 0;
         {
-            ProgressReports progress(root, send_mutex, share);
-            model = build_model(cfg, std::make_shared<CountingWeights>(weights, progress.loaded), n_threads_,
-                                Partition{node, n_nodes}, collective);
-            loaded = progress.loaded;
+            ProgressReports progress(root, send_mutex, *counted, share);
+            model = build_model(cfg, counted, n_threads_, Partition{node, n_nodes}, collective);
         }
+        const uint64_t loaded = counted->bytes_read();
         std::fprintf(stderr, "worker: this node's share takes %.1f MB of weights (%.1f MB of them from the cache) "
                      "and %.1f MB of KV cache\n", loaded / 1e6, cached ? cached->hit_bytes() / 1e6 : 0.0,
                      model->kv_cache_bytes() / 1e6);

@@ -6,6 +6,7 @@ hours of silence while dead or hung peers are still found."""
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import struct
 import signal
@@ -274,13 +275,13 @@ def test_root_reports_a_worker_that_hangs_while_idle(llama, reference, capfd):
 @pytest.fixture(scope="module")
 def chat_model(tiny_models, tmp_path_factory):
     """The tiny Llama with a tokenizer and chat template, for the CLI."""
-    from test_generation import write_glm_tokenizer
+    from scripted_glm import write_glm_tokenizer
 
     from dllama_py.convert import convert
 
     directory = tmp_path_factory.mktemp("chat_llama")
     shutil.copytree(tiny_models.hf("llama")[0], directory, dirs_exist_ok=True)
-    write_glm_tokenizer(directory)
+    write_glm_tokenizer(directory, [])
     out = directory / "chat.m"
     convert(directory, out, dtype="f32", progress=False, log=lambda *a: None)
     return out
@@ -312,7 +313,7 @@ def test_serve_with_workers_after_silence(quick_worker, chat_model):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **SHORT_TIMEOUTS})
     try:
-        url = proc.stdout.readline().split(" on ")[1].strip()
+        url = re.search(r" on (http://\S+?)/? ", proc.stdout.readline()).group(1) + "/v1"
         body = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3,
                            "temperature": 0}).encode()
 
@@ -357,7 +358,7 @@ def test_root_shows_each_workers_progress(llama):
             tensors = [_core.TensorInfo(t.spec.name, _core.FloatType(int(t.dtype)), t.spec.rows, t.spec.cols,
                                         t.offset) for t in single.layout.tensors]
         model = _core.Model(str(llama), config, tensors, 1, workers=[fake.address], exchange="f32",
-                            progress=lambda status: seen.append(status))
+                            workers_progress=lambda status: seen.append(status))
         worker.join()
         assert [(30 << 20, 100 << 20)] in seen and [(60 << 20, 100 << 20)] in seen
         assert model.n_nodes == 2

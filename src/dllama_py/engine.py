@@ -6,16 +6,18 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from . import _core
 from .architectures import ModelLayout, read_layout
 from .model_file import NORM_EPSILON_CODES, FloatType
+from .node_memory import node_memory
 from .reasoning import ThinkingSplitter, prompt_starts_in_thinking
 from .rope import rope_frequencies
 from .sampling import Sampler
+from .text_stream import TextStream
 from .tokenizer import Tokenizer, bundle_path
 from .tool_calls import split_tool_calls
 
@@ -139,36 +141,54 @@ class Engine:
     def __init__(self, path: str | os.PathLike, threads: int | None = None, max_seq_len: int | None = None,
                  tokenizer: str | os.PathLike | None = None, workers: list[str] | None = None,
                  secret: str | None = None, exchange: str | None = None, net_timeout: float | None = None,
-                 kv_cache: str | None = None, heartbeat: float | None = None):
+                 kv_cache: str | None = None, load_progress: Callable[[int, int], None] | None = None,
+                 heartbeat: float | None = None):
         """kv_cache: "f16" or "f32" (default: f32 for F32 models, else f16).
         workers: "host:port" of `dllama-py worker`s to split the model with (tensor parallelism);
         secret: their shared secret (default: $DLLAMA_SECRET); exchange: "q80" or "f32" for the partial
         sums sent between nodes (default: f32 for F32 models, else q80); net_timeout: seconds a step
         waits on a silent peer (default 5, or $DLLAMA_NET_TIMEOUT); heartbeat: seconds between pings to
-        idle workers (default 10, or $DLLAMA_HEARTBEAT). Sessions may idle for hours."""
+        idle workers (default 10, or $DLLAMA_HEARTBEAT). Sessions may idle for hours. While workers
+        load their shares, a progress bar shows their bytes (rate, ETA) on stderr.
+        tokenizer: a tokenizer bundle, or a Hugging Face checkpoint directory or its tokenizer.json
+        (default: the bundle beside the model, `<model>.tokenizer.json`).
+        load_progress: called with (bytes of weights loaded, bytes in all) every 0.1 s while the weights load
+        on this machine, and once at the end; an exception it raises (KeyboardInterrupt) stops the load."""
         self.path = Path(path)
         self.layout = read_layout(self.path)
         self.config = model_config(self.layout, max_seq_len, kv_cache)
+        if tokenizer:  # given: it must load
+            self.tokenizer: Tokenizer | None = Tokenizer.load(tokenizer)
+        else:
+            self.tokenizer = Tokenizer.load(bundle_path(self.path)) if bundle_path(self.path).exists() else None
+        if self.tokenizer and self.tokenizer.vocab_size > self.config.vocab_size:
+            raise ValueError(f"the tokenizer ({tokenizer or bundle_path(self.path)}) has {self.tokenizer.vocab_size} "
+                             f"tokens but {self.path} has a vocabulary of {self.config.vocab_size}: not this model's")
         tensors = [
             _core.TensorInfo(t.spec.name, _core.FloatType(int(t.dtype)), t.spec.rows, t.spec.cols, t.offset)
             for t in self.layout.tensors
         ]
         if exchange is None:
             exchange = "f32" if self.layout.weight_type == FloatType.F32 else "q80"
-        load_bar = _WorkerLoadBar() if workers else None
+        report = None
+        if load_progress is not None and not workers:
+            total = node_memory(self.layout, 0, 1, self.config.seq_len, self.config.kv_f16).weights
+            report = lambda done: load_progress(min(done, total), total)  # noqa: E731
+        workers_bar = _WorkerLoadBar() if workers else None
         try:
             self._model = _core.Model(str(self.path), self.config, tensors, threads or default_threads(),
                                       workers=list(workers or []), secret=secret or os.environ.get(SECRET_ENV, ""),
                                       exchange=exchange, timeout_ms=_milliseconds(net_timeout, NET_TIMEOUT_ENV, 5.0),
-                                      heartbeat_ms=_milliseconds(heartbeat, HEARTBEAT_ENV, 10.0), progress=load_bar)
+                                      heartbeat_ms=_milliseconds(heartbeat, HEARTBEAT_ENV, 10.0), progress=report,
+                                      workers_progress=workers_bar)
         finally:
-            if load_bar is not None:
-                load_bar.close()
+            if workers_bar is not None:
+                workers_bar.close()
+        if report is not None:
+            report(total)
         # Count inference traffic, not the weights sent to the workers (those stay in load_net_stats).
         self.load_net_stats = self._model.net_stats()
         self._model.reset_net_stats()
-        tok_path = Path(tokenizer) if tokenizer else bundle_path(self.path)
-        self.tokenizer: Tokenizer | None = Tokenizer.load(tok_path) if tok_path.exists() else None
         self._cached: list[int] = []  # tokens whose keys/values are in the cache, in order
         self.last_stats = GenerationStats()
 
@@ -246,7 +266,7 @@ class Engine:
     def _require_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
             raise RuntimeError(f"{self.path} has no tokenizer bundle ({bundle_path(self.path)}); convert it again "
-                               "from a checkpoint with tokenizer.json, or pass tokenizer=")
+                               "from a checkpoint with tokenizer.json, or pass tokenizer= (--tokenizer)")
         return self.tokenizer
 
     def apply_chat_template(self, messages: list[dict], tools: list | None = None, add_generation_prompt: bool = True,
@@ -314,43 +334,30 @@ class Engine:
 
     def _generate_ids(self, ids: list[int], max_tokens: int, sampler: Sampler, stop) -> Iterator[str]:
         tok = self._require_tokenizer()
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
         eos = set(tok.eos_token_ids)
         stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
         t0 = time.perf_counter()
         logits = self._prefill(ids)
         stats.prefill_seconds = time.perf_counter() - t0
-        decoder = tok.stream_decoder()
-        text = ""  # decoded and not yet yielded (held back while it may start a stop string)
-        hold = max((len(s) for s in stops), default=1) - 1
+        stream = TextStream(tok, stop)
         t0 = time.perf_counter()
         stats.finish_reason = "length"
-        stopped_by_string = False
         for _ in range(max_tokens):
             token = sampler.sample(logits)
             if token in eos:
                 stats.finish_reason = "stop"
                 break
             stats.generated_tokens += 1
-            text += decoder.push(token)
-            hit = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-            if hit >= 0:
-                if hit:
-                    yield text[:hit]
-                text = ""
+            if text := stream.push(token):
+                yield text
+            if stream.stopped:
                 stats.finish_reason = "stop"
-                stopped_by_string = True
                 break
-            if len(text) > hold:
-                cut = len(text) - hold
-                yield text[:cut]
-                text = text[cut:]
             if self.position >= self.context_length:
                 stats.finish_reason = "context"
                 break
             logits = self.forward([token], all_logits=False)[-1]
-        if not stopped_by_string:
-            text += decoder.flush()
+        text = stream.flush()
         stats.decode_seconds = time.perf_counter() - t0
         if text:
             yield text
