@@ -410,7 +410,7 @@ def test_cluster_check(llama, capsys):
 
         assert main(["cluster", "check", good.address, "--secret", "s3cret", "-m", str(llama), "-t", "1"]) == 0
         out = capsys.readouterr().out
-        assert "on 2 nodes:" in out and "root fits" in out and f"{good.address} fits" in out
+        assert "on 2 nodes (weights and KV cache): root " in out and " fits" in out and f"{good.address} " in out
         assert "expected decode: about" in out
         # A probe starts no session: the worker still serves a root.
         with Engine(llama, threads=1, workers=[good.address], secret="s3cret") as eng:

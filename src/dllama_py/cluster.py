@@ -34,7 +34,7 @@ def probe_all(addresses: list[str], secret: str, timeout: float = 5.0) -> list[P
 
 
 def _gb(n: float) -> str:
-    return f"{n / 1e9:.1f} GB"
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def describe(p: Probe) -> str:
@@ -51,8 +51,8 @@ def describe(p: Probe) -> str:
 class Plan:
     """A model on root + workers: memory per node and the expected decode speed."""
 
-    bytes_per_node: float  # weights and KV cache
-    fits: list[bool]  # root first
+    node_bytes: list[int]  # weights, mapped file bytes and KV cache (node_memory.py), root first
+    fits: list[bool]
     seconds_compute: float
     seconds_network: float
 
@@ -63,16 +63,17 @@ class Plan:
 
 def plan(model: str | os.PathLike, probes: list[Probe], root_bandwidth: float, root_available: int,
          max_seq_len: int | None = None) -> Plan:
-    """Each node holds 1/N of the weights and KV cache and reads 1/N of the bytes a token needs, at
-    its own bandwidth; each token also waits 2·layers + 2 network hops (half a round trip each) and
-    moves its all-reduce partials (dim values per hop to every peer, f32 or Q80)."""
-    from .architectures import kv_cache_values_per_token, read_layout
+    """Each node holds its share (node_memory.py) and reads about 1/N of the bytes a token needs, at its
+    own bandwidth; each token also waits 2·layers + 2 network hops (half a round trip each) and moves
+    its all-reduce partials (dim values per hop to every peer, Q80)."""
+    from .architectures import read_layout
     from .engine import model_config
+    from .node_memory import node_memory
 
     layout = read_layout(Path(model))
     cfg = model_config(layout, max_seq_len)
     n = len(probes) + 1
-    total = sum(t.nbytes for t in layout.tensors)
+    node_bytes = [node_memory(layout, i, n, cfg.seq_len, cfg.kv_f16).total for i in range(n)]
     per_token = 0.0
     for t in layout.tensors:
         if t.spec.name == "embedding":
@@ -81,15 +82,14 @@ def plan(model: str | os.PathLike, probes: list[Probe], root_bandwidth: float, r
             per_token += t.nbytes * cfg.n_active_experts / cfg.n_experts
         else:
             per_token += t.nbytes
-    kv = kv_cache_values_per_token(layout.params) * (2 if cfg.kv_f16 else 4) * cfg.seq_len
-    per_node = (total + kv) / n
-    fits = [per_node < root_available] + [per_node < p.info["available_ram_bytes"] for p in probes]
+    available = [root_available] + [p.info["available_ram_bytes"] for p in probes]
+    fits = [need < free for need, free in zip(node_bytes, available)]
     compute = max(per_token / n / bw for bw in [root_bandwidth] + [p.info["read_bandwidth"] for p in probes])
     worst_trip = max(p.info["round_trip_ms"] for p in probes) / 1000
     slowest = min(p.info["bytes_per_second"] for p in probes)
     exchanged = HOPS_PER_LAYER * cfg.n_layers * (n - 1) * cfg.dim / 32 * 34  # Q80 partials per token
     network = (HOPS_PER_LAYER * cfg.n_layers + 2) * worst_trip / 2 + exchanged / slowest
-    return Plan(per_node, fits, compute, network)
+    return Plan(node_bytes, fits, compute, network)
 
 
 def check(addresses: list[str], secret: str, model: str | None = None, threads: int | None = None,
@@ -109,10 +109,15 @@ def check(addresses: list[str], secret: str, model: str | None = None, threads: 
 
     bandwidth = _core.read_bandwidth(256 << 20, threads or default_threads(), 2)
     available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    p = plan(model, probes, bandwidth, available)
+    try:
+        p = plan(model, probes, bandwidth, available)
+    except ValueError as e:  # a split the model cannot take (node_memory names the constraint)
+        out(f"{model}: {e}")
+        return 1
     nodes = ["root"] + [pr.address for pr in probes]
-    out(f"{model} on {len(nodes)} nodes: {_gb(p.bytes_per_node)} of weights and KV cache per node; "
-        + ", ".join(f"{name} {'fits' if ok else 'DOES NOT FIT'}" for name, ok in zip(nodes, p.fits)))
+    out(f"{model} on {len(nodes)} nodes (weights and KV cache): "
+        + ", ".join(f"{name} {_gb(need)} {'fits' if ok else 'DOES NOT FIT'}"
+                    for name, need, ok in zip(nodes, p.node_bytes, p.fits)))
     out(f"expected decode: about {p.tokens_per_second:.1f} tokens/s ({p.seconds_compute * 1000:.1f} ms reading "
         f"weights on the slowest node + {p.seconds_network * 1000:.1f} ms on the network per token)")
     return 0 if all(p.fits) else 1
