@@ -329,13 +329,30 @@ std::unique_ptr<Model> build_root_model(const ModelConfig& config, const std::st
     std::vector<std::string> errors(n_nodes);
     std::vector<std::thread> threads;
     std::atomic<int> done{0};
+    std::mutex loaded_mutex;
+    std::condition_variable all_loaded;
+    int loaded = 0;  // workers READY or failed, under loaded_mutex
     for (int node = 1; node < n_nodes; node++) {
         threads.emplace_back([&, node] {
             try {
                 mesh->peer(node).send_frame(setup);
                 serve_weights(mesh->peer(node), node, *store, progress[node]);
+                // A worker that is READY waits for its first step, giving up on a root silent for 3
+                // heartbeats: keep it company while the others load (a large share takes minutes).
+                std::unique_lock<std::mutex> lock(loaded_mutex);
+                loaded++;
+                all_loaded.notify_all();
+                while (!all_loaded.wait_for(lock, std::chrono::milliseconds(options.heartbeat_ms),
+                                            [&] { return loaded >= n_nodes - 1; })) {
+                    lock.unlock();
+                    mesh->heartbeat(node);
+                    lock.lock();
+                }
             } catch (const std::exception& e) {
                 errors[node] = e.what();
+                std::lock_guard<std::mutex> lock(loaded_mutex);
+                loaded = n_nodes - 1;  // the session fails: nobody waits any more
+                all_loaded.notify_all();
             }
             done++;
         });

@@ -233,22 +233,22 @@ def test_idle_session_outlives_the_step_timeout(quick_worker, llama, reference):
 
 def test_worker_ends_a_session_whose_root_fell_silent(worker, setup, llama, reference):
     with FakeRoot(worker.port) as root:
-        root.start_session(heartbeat_ms=200)
+        root.start_session(idle_limit_ms=600)
         assert root.setup(setup) == "ready"
         start = time.monotonic()
         line = worker.wait_for("worker: session failed")
         took = time.monotonic() - start
     assert "node 0 (127.0.0.1:" in line and "waiting for the next step or heartbeat" in line
-    assert 0.5 <= took < 3  # three 200 ms intervals, give or take
+    assert 0.5 <= took < 3  # the idle limit of 600 ms, give or take
     serves_a_real_root(worker, llama, reference)
 
 
 def test_worker_answers_heartbeats(worker, setup):
     with FakeRoot(worker.port) as root:
-        root.start_session(heartbeat_ms=200)
+        root.start_session(idle_limit_ms=500)
         assert root.setup(setup) == "ready"
         for _ in range(5):
-            time.sleep(0.3)  # longer than an interval: the worker only stays because of the pings
+            time.sleep(0.3)  # 1.5 s in all: the worker only stays because of the pings
             root.raw(u8(2))
             assert root.sock.recv(1) == u8(3)
     worker.wait_for("worker: session failed")
@@ -469,3 +469,34 @@ def test_cache_stays_under_its_limit(llama, tiny_models, tmp_path):
         folders = [f for f in cache.iterdir() if f.is_dir()]
         assert len(folders) == 1
         assert sum(f.stat().st_size for f in folders[0].iterdir()) <= limit_gb * 1e9
+
+
+def test_a_ready_worker_outlasts_a_slow_one(quick_worker, llama):
+    """Worker 1 is READY at once, worker 2 loads for 2 s (twice worker 1's idle limit): the root keeps
+    worker 1's session alive meanwhile."""
+    from worker_protocol import FakeWorker, PROGRESS, LOADED, u64
+
+    slow = FakeWorker()
+
+    def load_slowly():
+        slow.accept_session()
+        for done in range(10):  # more often than the root's 0.5 s timeout
+            slow.sock.sendall(frame(u8(PROGRESS) + u64(done) + u64(10)))
+            time.sleep(0.2)
+        slow.sock.sendall(frame(u8(LOADED)))
+        with contextlib.suppress(OSError):  # then answer heartbeats until the root hangs up
+            while ping := slow.sock.recv(1):
+                if ping == u8(2):
+                    slow.sock.sendall(u8(3))
+
+    thread = threading.Thread(target=load_slowly)
+    thread.start()
+    try:
+        eng = Engine(llama, threads=1, workers=[quick_worker.address, slow.address], exchange="f32",
+                     net_timeout=0.5, heartbeat=0.25)  # worker 1 gives up after 2 x 0.25 + 0.5 s
+        assert not [line for line in quick_worker.drain() if "session failed" in line]
+        eng.close()  # the stop step: worker 1 ends the session as asked, not because it gave up
+        assert quick_worker.wait_for("worker: session") == "worker: session ended"
+    finally:
+        slow.close()
+        thread.join()

@@ -214,22 +214,22 @@ class FakeRoot:
         if verdict[0] != 0:
             raise ConnectionError(f"handshake verdict {verdict[0]}")
 
-    def join_payload(self, node: int = 1, n_nodes: int = 2, heartbeat_ms: int = 10000,
+    def join_payload(self, node: int = 1, n_nodes: int = 2, idle_limit_ms: int = 25000,
                      workers: list | None = None) -> bytes:
         workers = workers if workers is not None else [("127.0.0.1", self.port)]
-        out = u8(JOIN) + u32(node) + u32(n_nodes) + u32(heartbeat_ms) + os.urandom(16)
+        out = u8(JOIN) + u32(node) + u32(n_nodes) + u32(idle_limit_ms) + os.urandom(16)
         return out + b"".join(string(h) + u32(p) for h, p in workers)
 
-    def join(self, heartbeat_ms: int = 10000):
+    def join(self, idle_limit_ms: int = 25000):
         """JOIN as node 1 of 2, BUILD, READY back, START: the mesh is up."""
-        self.raw(frame(self.join_payload(heartbeat_ms=heartbeat_ms)) + frame(u8(BUILD)))
+        self.raw(frame(self.join_payload(idle_limit_ms=idle_limit_ms)) + frame(u8(BUILD)))
         reply = recv_frame(self.sock)
         assert reply[:1] == u8(READY), reply
         self.raw(frame(u8(START)))
 
-    def start_session(self, secret: str = "", heartbeat_ms: int = 10000):
+    def start_session(self, secret: str = "", idle_limit_ms: int = 25000):
         self.handshake(secret)
-        self.join(heartbeat_ms)
+        self.join(idle_limit_ms)
 
     def setup(self, setup: ModelSetup, serve: bool = True) -> str:
         """Sends SETUP and answers the worker's weight requests; returns "ready" or the FAILED reason."""
@@ -527,8 +527,9 @@ def fuzz_worker(model_path, n_cases: int, seed: int = 0, progress=None, check=No
 
 
 class FakeWorker:
-    """Listens like a worker; serve_session() takes one root through the handshake and the mesh as node
-    1 of 2, then hands the connection to the test (`sock`)."""
+    """Listens like a worker; accept_session() takes one root through the handshake and the mesh (as the
+    last node: it accepts the other workers' connections) up to SETUP, then hands the connection to the
+    test (`sock`)."""
 
     def __init__(self):
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -536,18 +537,30 @@ class FakeWorker:
         self.address = f"127.0.0.1:{self.port}"
         self.sock: socket.socket | None = None
 
-    def accept_session(self, timeout: float = 10.0):
+    def _accept(self, timeout: float) -> socket.socket:
         self.listener.settimeout(timeout)
-        self.sock, _ = self.listener.accept()
-        self.sock.settimeout(timeout)
-        hello = recv_exact(self.sock, 16)
+        s, _ = self.listener.accept()
+        s.settimeout(timeout)
+        hello = recv_exact(s, 16)
         assert hello[:8] == MAGIC
-        self.sock.sendall(MAGIC + u32(VERSION) + u8(0) + os.urandom(32))
-        proof = recv_exact(self.sock, 65)
+        s.sendall(MAGIC + u32(VERSION) + u8(0) + os.urandom(32))
+        proof = recv_exact(s, 65)
         assert proof[0] == 0, "this fake worker has no secret"
-        self.sock.sendall(u8(0) + bytes(32))
-        assert recv_frame(self.sock)[0] == JOIN
+        s.sendall(u8(0) + bytes(32))
+        return s
+
+    def accept_session(self, timeout: float = 10.0):
+        self.sock = self._accept(timeout)
+        join = recv_frame(self.sock)
+        assert join[0] == JOIN
+        node = struct.unpack("<I", join[1:5])[0]
         assert recv_frame(self.sock)[0] == BUILD
+        self.peers = []
+        for _ in range(node - 1):  # PEER_HELLO from every worker below, answered with PEER_WELCOME
+            peer = self._accept(timeout)
+            assert recv_frame(peer)[0] == 3
+            peer.sendall(frame(u8(4)))
+            self.peers.append(peer)
         self.sock.sendall(frame(u8(READY)))
         assert recv_frame(self.sock)[0] == START
         setup = recv_frame(self.sock)
@@ -555,6 +568,6 @@ class FakeWorker:
         return setup
 
     def close(self):
-        for s in (self.sock, self.listener):
+        for s in [self.sock, self.listener, *getattr(self, "peers", [])]:
             if s is not None:
                 s.close()

@@ -28,7 +28,9 @@ constexpr uint32_t kMaxFrameBytes = 1u << 20;
 constexpr uint32_t kMaxHostBytes = 255;
 constexpr int kMaxNodes = 64;
 constexpr int kMinHeartbeatMs = 10, kMaxHeartbeatMs = 3600 * 1000;
-constexpr int kIdleHeartbeats = 3;  // a worker gives up on a root silent for this many intervals
+// A worker gives up on a root silent for two heartbeat intervals plus the root's I/O timeout (a
+// heartbeat round may wait that long on a slow worker before it reaches the next one).
+int idle_limit_ms(int heartbeat_ms, int timeout_ms) { return 2 * heartbeat_ms + timeout_ms; }
 enum Message : uint8_t { kJoin = 1, kBuild = 2, kPeerHello = 3, kPeerWelcome = 4, kReady = 5, kFailed = 6, kStart = 7 };
 enum Between : uint8_t { kStep = 1, kPing = 2, kPong = 3 };  // between steps
 enum Probe : uint8_t { kInfo = 1, kEcho = 2 };
@@ -46,7 +48,7 @@ struct Address {
 // What JOIN tells a worker.
 struct Session {
     int node = 0, n_nodes = 0;
-    int heartbeat_ms = 0;
+    int idle_limit_ms = 0;
     SessionId id{};
     std::vector<Address> workers;  // node k at index k-1
     const Address& address(int node) const { return workers[node - 1]; }
@@ -137,12 +139,12 @@ void quantize_q80_fast(const float* x, size_t n, BlockQ80* out) {
 
 // ---- root side ----
 
-void send_join(Socket& s, int node, const std::vector<Address>& workers, const SessionId& id, int heartbeat_ms) {
+void send_join(Socket& s, int node, const std::vector<Address>& workers, const SessionId& id, int idle_limit_ms) {
     Writer w;
     w.u8(kJoin);
     w.u32((uint32_t)node);
     w.u32((uint32_t)workers.size() + 1);
-    w.u32((uint32_t)heartbeat_ms);
+    w.u32((uint32_t)idle_limit_ms);
     w.bytes(id.data(), id.size());
     for (const Address& a : workers) {
         w.string(a.host);
@@ -158,15 +160,15 @@ Session parse_join(const Socket& root, const std::vector<uint8_t>& payload) {
         Session s;
         s.node = (int)r.u32("node index");
         s.n_nodes = (int)r.u32("node count");
-        const uint32_t heartbeat_ms = r.u32("heartbeat interval");
+        const uint32_t idle_limit = r.u32("idle limit");
         r.bytes(s.id.data(), s.id.size(), "session id");
         if (s.n_nodes < 2 || s.n_nodes > kMaxNodes || s.node < 1 || s.node >= s.n_nodes) {
             throw ProtocolError("bad JOIN: node " + std::to_string(s.node) + " of " + std::to_string(s.n_nodes));
         }
-        if (heartbeat_ms < (uint32_t)kMinHeartbeatMs || heartbeat_ms > (uint32_t)kMaxHeartbeatMs) {
-            throw ProtocolError("bad JOIN: heartbeat interval of " + std::to_string(heartbeat_ms) + " ms");
+        if (idle_limit < (uint32_t)kMinHeartbeatMs || idle_limit > (uint32_t)(3 * kMaxHeartbeatMs)) {
+            throw ProtocolError("bad JOIN: idle limit of " + std::to_string(idle_limit) + " ms");
         }
-        s.heartbeat_ms = (int)heartbeat_ms;
+        s.idle_limit_ms = (int)idle_limit;
         for (int k = 1; k < s.n_nodes; k++) {
             Address a;
             a.host = r.name("worker host", kMaxHostBytes);
@@ -279,8 +281,9 @@ struct Mesh::Transfer {
 
 // ---- setup ----
 
-Mesh::Mesh(int node, std::vector<Socket> peers, int timeout_ms, int heartbeat_ms)
-    : node_(node), peers_(std::move(peers)), heartbeat_ms_(heartbeat_ms), idle_since_ms_(now_ms()) {
+Mesh::Mesh(int node, std::vector<Socket> peers, int timeout_ms, int heartbeat_ms, int idle_limit_ms)
+    : node_(node), peers_(std::move(peers)), heartbeat_ms_(heartbeat_ms), idle_limit_ms_(idle_limit_ms),
+      idle_since_ms_(now_ms()) {
     set_timeout(timeout_ms);
     reset_stats();
 }
@@ -314,7 +317,7 @@ std::unique_ptr<Mesh> Mesh::connect_root(const std::vector<std::string>& workers
         const Address& a = addresses[k - 1];
         peers[k] = Socket::connect(a.host, a.port, timeout_ms, node_label(k, workers[k - 1]));
         client_handshake(peers[k], Role::Root, secret);
-        send_join(peers[k], k, addresses, id, heartbeat_ms);
+        send_join(peers[k], k, addresses, id, idle_limit_ms(heartbeat_ms, timeout_ms));
     }
     for (int k = 1; k < n; k++) send_simple(peers[k], kBuild);
     for (int k = 1; k < n; k++) {
@@ -322,7 +325,7 @@ std::unique_ptr<Mesh> Mesh::connect_root(const std::vector<std::string>& workers
         expect(peers[k], kReady);
     }
     for (int k = 1; k < n; k++) send_simple(peers[k], kStart);
-    return std::unique_ptr<Mesh>(new Mesh(0, std::move(peers), timeout_ms, heartbeat_ms));
+    return std::unique_ptr<Mesh>(new Mesh(0, std::move(peers), timeout_ms, heartbeat_ms, 0));
 }
 
 std::unique_ptr<Mesh> Mesh::accept_worker(Lobby& lobby, int timeout_ms, int wait_ms) {
@@ -337,7 +340,7 @@ std::unique_ptr<Mesh> Mesh::accept_worker(Lobby& lobby, int timeout_ms, int wait
             std::vector<Socket> peers =
                 join_session(lobby, std::move(root->socket), root->payload, lobby.secret(), timeout_ms, session);
             lobby.clear();
-            return std::unique_ptr<Mesh>(new Mesh(session.node, std::move(peers), timeout_ms, session.heartbeat_ms));
+            return std::unique_ptr<Mesh>(new Mesh(session.node, std::move(peers), timeout_ms, 0, session.idle_limit_ms));
         } catch (const NetError& e) {
             log(std::string("session refused or failed before it started: ") + e.what());
         }
@@ -581,10 +584,9 @@ void Mesh::end_step() {
 
 void Mesh::wait_for_step() {
     Socket& root = peers_[0];
-    const int idle_limit_ms = kIdleHeartbeats * heartbeat_ms_;
     const std::string waiting = "waiting for the next step or heartbeat (the root is gone or hung)";
     for (;;) {
-        root.wait(POLLIN, idle_limit_ms, waiting.c_str());
+        root.wait(POLLIN, idle_limit_ms_, waiting.c_str());
         uint8_t b = 0;
         root.recv_all(&b, 1);
         if (b == kStep) return;
@@ -606,6 +608,14 @@ void Mesh::ping_workers() {
     run(transfers);
     for (int p = 1; p < n_nodes(); p++)
         if (pongs[p] != kPong) peers_[p].fail("answered a heartbeat with byte " + std::to_string(pongs[p]));
+}
+
+void Mesh::heartbeat(int node) {
+    Socket& s = peer(node);
+    s.send_all(&kPingByte, 1);
+    uint8_t pong = 0;
+    s.recv_all(&pong, 1);
+    if (pong != kPong) s.fail("answered a heartbeat with byte " + std::to_string(pong));
 }
 
 void Mesh::start_heartbeats() {

@@ -11,8 +11,8 @@
 //
 // 1. The root connects to every worker in --workers order (worker k is node k+1), handshakes, and
 //    sends it
-//      JOIN   u8 1, u32 node index i, u32 n_nodes N (2..64), u32 heartbeat interval in ms
-//             (10..3,600,000), 16 bytes session id (random, the same for all), then for each worker
+//      JOIN   u8 1, u32 node index i, u32 n_nodes N (2..64), u32 idle limit in ms (10..10,800,000:
+//             see "During the session"), 16 bytes session id (random, the same for all), then for each worker
 //             node 1..N-1 in order: string host (<= 255 bytes), u32 port
 //    (the hosts exactly as the root was given them: they must be reachable from the workers).
 //    A worker handshakes every connection in its own thread, with one deadline (its I/O timeout)
@@ -47,8 +47,9 @@
 //      STEP  u8 1
 // and, when no step has run for a heartbeat interval, sends each worker
 //      PING  u8 2        answered by   PONG  u8 3
-// A worker that hears neither STEP nor PING for 3 heartbeat intervals, or a root that gets no PONG
-// within the I/O timeout, ends the session naming the silent node; the root then closes every
+// A worker that hears neither STEP nor PING for the idle limit JOIN gave it (two heartbeat intervals
+// plus the root's I/O timeout: 25 s by default), or a root that gets no PONG within its I/O timeout,
+// ends the session naming the silent node; the root then closes every
 // connection, so every worker goes back to waiting for a root. Timeouts apply only while a step is
 // in flight.
 //
@@ -176,13 +177,16 @@ public:
 
     // Steps. The root brackets each step's collectives with begin_step/end_step; on a worker,
     // begin_step waits for the root's next step however long the session stays idle, answering
-    // heartbeats, and throws NetError when the root falls silent (3 heartbeat intervals) or leaves.
+    // heartbeats, and throws NetError when the root falls silent (the idle limit) or leaves.
     // On the root begin_step throws the reason when the session was lost (a failed collective, a
     // worker that missed a heartbeat).
     void begin_step();
     void end_step();
     // The root: from now on, pings the workers whenever no step ran for a heartbeat interval.
     void start_heartbeats();
+    // The root, before start_heartbeats: one PING to `node` and its PONG (throws NetError). Only one
+    // thread per node may call it.
+    void heartbeat(int node);
 
     // Collectives. Every node calls them in the same order with the same sizes. A dead or silent
     // peer raises NetError within the timeout, naming the node.
@@ -209,7 +213,7 @@ public:
 private:
     struct Transfer;  // what to send to and receive from one peer in a collective
 
-    Mesh(int node, std::vector<Socket> peers, int timeout_ms, int heartbeat_ms);
+    Mesh(int node, std::vector<Socket> peers, int timeout_ms, int heartbeat_ms, int idle_limit_ms);
     void run(std::vector<Transfer>& transfers);  // moves all transfers at once; on the root a failure ends the session
     void move_all(std::vector<Transfer>& transfers);
     void wait_for_step();                               // a worker's begin_step
@@ -222,7 +226,8 @@ private:
     int node_;
     std::vector<Socket> peers_;  // indexed by node; peers_[node_] stays closed
     int timeout_ms_;
-    int heartbeat_ms_;
+    int heartbeat_ms_;   // the root's: how often idle workers are pinged
+    int idle_limit_ms_;  // a worker's: how long a silent root is waited for
     // The root's heartbeats: a thread that pings idle workers; `step_mutex_` is held from begin_step
     // to end_step and by each heartbeat round, so that the two never interleave on a socket.
     mutable std::mutex step_mutex_;  // also guards the byte counts that stats() reads

@@ -24,7 +24,7 @@ from .tool_calls import split_tool_calls
 DEFAULT_CONTEXT = 4096  # positions allocated unless asked for more: 128k-context models stay small
 SECRET_ENV = "DLLAMA_SECRET"  # the shared secret of root and workers, when not given
 # Seconds a step may wait on a silent peer, and between heartbeats to idle workers (a worker gives up
-# on a root silent for 3 intervals). Environment variables, so that tests can shorten them for the CLI.
+# on a root silent for 2 intervals plus the timeout). Environment variables, so that tests can shorten them for the CLI.
 NET_TIMEOUT_ENV, HEARTBEAT_ENV = "DLLAMA_NET_TIMEOUT", "DLLAMA_HEARTBEAT"
 
 
