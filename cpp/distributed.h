@@ -3,9 +3,11 @@
 // The root (node 0) holds the .m file. It connects to the workers (net::Mesh), sends each a SETUP
 // frame (the model config, the worker's node index and the tensor table), then answers the weight
 // requests each worker makes while it builds its share of the graph, so workers need no model file
-// (or read a local copy, checked against the root's by identity). When every worker is READY the root
-// builds its own share, and each forward step runs on all nodes with partial sums exchanged after
-// attention and after the feed-forward (Collective). See docs/distributed.md for the frames.
+// (or read a local copy, checked against the root's by identity, or slices they cached from an earlier
+// session). A worker checks everything SETUP says before it sizes anything from it, and reports its
+// progress every second. When every worker is READY the root builds its own share, and each forward
+// step runs on all nodes with partial sums exchanged after attention and after the feed-forward
+// (Collective); between steps the mesh's heartbeats keep an idle session. See docs/distributed.md.
 #pragma once
 #include <functional>
 #include <memory>
