@@ -277,11 +277,16 @@ std::vector<TensorInfo> read_tensors(net::Reader& r) {
     return tensors;
 }
 
-std::string hex(const net::Digest& d) {
-    static const char* digits = "0123456789abcdef";
-    std::string s;
-    for (uint8_t b : d) s += {digits[b >> 4], digits[b & 15]};
-    return s;
+// What a worker's cached slices are keyed by besides the split: the model file's identity and the
+// tensor table (a root that sends another table for the same file gets its own folder).
+std::string cache_key(const std::string& identity, const std::vector<TensorInfo>& tensors) {
+    net::Writer table;
+    for (const TensorInfo& t : tensors) {
+        table.string(t.name);
+        table.i32((int32_t)t.type);
+        for (uint64_t v : {(uint64_t)t.rows, (uint64_t)t.cols, t.offset}) table.u64(v);
+    }
+    return identity + " " + net::hex(net::sha256(table.data().data(), table.data().size()));
 }
 
 }  // namespace
@@ -313,7 +318,7 @@ std::string model_identity(const std::string& path) {
         h.update(buf.data(), (size_t)f.gcount());
         f.clear();
     }
-    return hex(h.finish()) + "-" + std::to_string(size);
+    return net::hex(h.finish()) + "-" + std::to_string(size);
 }
 
 std::unique_ptr<Model> build_root_model(const ModelConfig& config, const std::string& path,
@@ -445,16 +450,8 @@ bool Worker::serve_one(int wait_ms) {
         } else {
             weights = std::make_shared<RemoteWeights>(root, send_mutex, tensors);
             if (!cache_.dir.empty()) {
-                // A slice is what it is for this file and this tensor table: a root that sends another
-                // table (offsets, types) for the same file gets its own folder.
-                net::Writer table;
-                for (const TensorInfo& t : tensors) {
-                    table.string(t.name);
-                    table.i32((int32_t)t.type);
-                    for (uint64_t v : {(uint64_t)t.rows, (uint64_t)t.cols, t.offset}) table.u64(v);
-                }
-                const std::string key = identity + " " + hex(net::sha256(table.data().data(), table.data().size()));
-                auto cache = std::make_unique<SliceCache>(cache_.dir, cache_.max_bytes, key, node, n_nodes, share);
+                auto cache = std::make_unique<SliceCache>(cache_.dir, cache_.max_bytes, cache_key(identity, tensors),
+                                                          node, n_nodes, share);
                 from += ", cached in " + cache->folder();
                 weights = cached = std::make_shared<CachedWeights>(weights, std::move(cache));
             }

@@ -19,13 +19,6 @@ namespace dllama {
 
 namespace {
 
-std::string hex(const net::Digest& d) {
-    static const char* digits = "0123456789abcdef";
-    std::string s;
-    for (uint8_t b : d) s += {digits[b >> 4], digits[b & 15]};
-    return s;
-}
-
 uint64_t folder_bytes(const fs::path& folder) {
     uint64_t total = 0;
     std::error_code ec;
@@ -59,7 +52,7 @@ SliceCache::SliceCache(const std::string& dir, uint64_t max_bytes, const std::st
     : max_bytes_(max_bytes) {
     // The key is hashed: it comes from the root and must not choose a path.
     const std::string key = model_key + "\n" + std::to_string(node) + "/" + std::to_string(n_nodes);
-    const fs::path folder = fs::path(dir) / hex(net::sha256(key.data(), key.size())).substr(0, 32);
+    const fs::path folder = fs::path(dir) / net::hex(net::sha256(key.data(), key.size())).substr(0, 32);
     folder_ = folder.string();
     std::error_code ec;
     fs::create_directories(folder, ec);

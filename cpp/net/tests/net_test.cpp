@@ -52,13 +52,6 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
-std::string hex(const Digest& d) {
-    std::string s;
-    char b[3];
-    for (uint8_t x : d) std::snprintf(b, sizeof(b), "%02x", x), s += b;
-    return s;
-}
-
 std::vector<float> random_floats(size_t n, uint32_t seed) {
     std::mt19937 rng(seed);
     std::normal_distribution<float> dist(0.0f, 1.0f);
