@@ -230,6 +230,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("echo_bytes") = size_t(4) << 20,
         "Asks a waiting worker about itself without starting a session; RuntimeError if it cannot");
     m.def("protocol_version", [] { return net::kProtocolVersion; });
+    m.def("validate_config", &validate_config, py::arg("config"),
+          "ValueError naming the field when a config is inconsistent or beyond any model (what every build checks)");
     m.def("quantize_q40", &quantize_to_bytes<BlockQ40, quantize_q40>, "Quantize float32 values to Q40 blocks (bytes)");
     m.def("quantize_q80", &quantize_to_bytes<BlockQ80, quantize_q80>, "Quantize float32 values to Q80 blocks (bytes)");
     m.def("builder_names", &builder_names);

@@ -500,3 +500,16 @@ def test_a_ready_worker_outlasts_a_slow_one(quick_worker, llama):
     finally:
         slow.close()
         thread.join()
+
+
+def test_validate_config_is_exposed(setup):
+    """The checks SETUP gets are the ones every build runs, and Python can call them on a header's config."""
+    from dllama_py import _core
+    from dllama_py.architectures import read_layout
+    from dllama_py.engine import model_config
+
+    config = model_config(read_layout(setup.path), 64)
+    _core.validate_config(config)
+    config.n_kv_heads = 3
+    with pytest.raises(ValueError, match="n_heads 4 is not a multiple of n_kv_heads 3"):
+        _core.validate_config(config)
