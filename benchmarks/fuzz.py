@@ -13,6 +13,7 @@ import argparse
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -66,7 +67,15 @@ def worker(n: int, seed: int):
         print("  " + f)
 
 
-TARGETS = {"server": server, "worker": worker}
+def files(target: str, n: int, seed: int):
+    """A target of fuzz_files.py: corrupted .m files (loader) or checkpoints (converter), one process each."""
+    import fuzz_files
+
+    fuzz_files.print_counts(target, fuzz_files.run(target, n, seed, progress=True))
+
+
+TARGETS = {"server": server, "loader": partial(files, "loader"), "converter": partial(files, "converter"),
+           "worker": worker}
 
 
 def main():

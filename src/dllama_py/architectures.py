@@ -21,7 +21,8 @@ from .hf_config import (
     glm_config,
     qwen3_moe_header,
 )
-from .model_file import NORM_EPSILON_CODES, ArchType, FloatType, Header, ModelFileError, read_header
+from .header_rules import check_header
+from .model_file import TENSOR_TYPE_KEYS, ArchType, FloatType, Header, ModelFileError, read_header
 from .tensor_lists import (
     Source,
     TensorSpec,
@@ -49,6 +50,16 @@ class Architecture:
     header_from_config: Callable[[dict], dict]
     tensors: Callable[[dict, Callable], list[TensorSpec]]  # (header params, HF naming) -> .m tensors
     hf_names: Callable[[dict, int | None, str], Source]  # (params, layer or None, role) -> HF source
+    # Header keys beyond the common ones (header_rules.py): those a file must carry, and the optional
+    # ones this architecture reads; any other architecture's keys are refused.
+    required_keys: tuple[str, ...] = ()
+    optional_keys: tuple[str, ...] = ()
+
+
+MOE_KEYS = ("n_experts", "n_active_experts", "moe_hidden_dim")
+GLM_MOE_KEYS = ("attention_bias", "n_shared_experts", "n_dense_layers", "n_expert_groups", "topk_groups",
+                "routed_scaling_factor_f32", "norm_topk_prob")
+LATENT_KEYS = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
@@ -79,6 +90,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         lambda p, names: decoder_tensors(p, names, bias=bool(p.get("attention_bias")),
                                          embedding_dtype=compact_embedding_dtype(p)),
         glm_names,
+        optional_keys=("attention_bias",),
     ),
     Architecture(
         ArchType.GLM4,
@@ -89,6 +101,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         lambda p, names: decoder_tensors(p, names, bias=bool(p.get("attention_bias")), sandwich=True,
                                          embedding_dtype=compact_embedding_dtype(p)),
         glm_names,
+        optional_keys=("attention_bias",),
     ),
     Architecture(
         ArchType.QWEN3_MOE,
@@ -98,6 +111,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         qwen3_moe_header,
         lambda p, names: decoder_tensors(p, names, qk_norm=True),
         llama_names,
+        required_keys=MOE_KEYS,
+        optional_keys=("norm_topk_prob",),
     ),
     Architecture(
         ArchType.GLM4_MOE,
@@ -108,6 +123,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         lambda p, names: decoder_tensors(p, names, qk_norm=bool(p.get("qk_norm")), bias=bool(p.get("attention_bias")),
                                          router_bias=True, embedding_dtype=compact_embedding_dtype(p)),
         llama_names,
+        required_keys=MOE_KEYS,
+        optional_keys=GLM_MOE_KEYS + ("qk_norm",),
     ),
     Architecture(
         ArchType.GLM4_MOE_LITE,
@@ -118,6 +135,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         lambda p, names: decoder_tensors(p, names, bias=bool(p.get("attention_bias")), router_bias=True,
                                          embedding_dtype=compact_embedding_dtype(p)),
         llama_names,
+        required_keys=MOE_KEYS + LATENT_KEYS,
+        optional_keys=GLM_MOE_KEYS + ("q_lora_rank", "attention_scale_f32", "latent_norm_epsilon_f32"),
     ),
 )
 
@@ -147,6 +166,8 @@ def plan_conversion(config: dict) -> ConversionPlan:
     model_type = config.get("model_type")
     if model_type is None:
         raise UnsupportedModelError("config.json has no model_type")
+    if not isinstance(model_type, str):
+        raise UnsupportedModelError(f"config.json: model_type = {model_type!r} is not a string")
     if model_type in LEGACY_LAYOUTS:
         target, translate, names = LEGACY_LAYOUTS[model_type]
         arch = for_model_type(target)
@@ -196,10 +217,16 @@ class ModelLayout:
         return self.header.params
 
 
-def place_tensors(specs: list[TensorSpec], weight_type: FloatType, start: int) -> list[PlacedTensor]:
+def default_tensor_type(spec: TensorSpec, weight_type: FloatType) -> FloatType:
+    """The architecture's rule for a tensor's storage type: the type its tensor list gives (norms and
+    routers F32, embeddings by compact_embedding_dtype), else the file's weight type. A file stores
+    another type for a tensor only with a per-tensor header key (model_file.TENSOR_TYPE_KEYS)."""
+    return spec.dtype if spec.dtype is not None else weight_type
+
+
+def place_tensors(specs: list[TensorSpec], types: list[FloatType], start: int) -> list[PlacedTensor]:
     placed, offset = [], start
-    for spec in specs:
-        dtype = spec.dtype if spec.dtype is not None else weight_type
+    for spec, dtype in zip(specs, types):
         n = dtype.nbytes(spec.rows * spec.cols)
         placed.append(PlacedTensor(spec, dtype, offset, n))
         offset += n
@@ -211,21 +238,23 @@ def read_layout(path: str | os.PathLike) -> ModelLayout:
     path = Path(path)
     header = read_header(path)
     p = header.params
-    for key in ("arch_type", "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "weights_float_type"):
-        if key not in p:
-            raise ModelFileError(f"{path}: header has no {key!r}")
+    if "arch_type" not in p:
+        raise ModelFileError(f"{path}: header has no 'arch_type'")
     arch = for_arch_type(p["arch_type"], path)
-    try:
-        weight_type = FloatType(p["weights_float_type"])
-    except ValueError:
-        raise ModelFileError(f"{path}: unknown weights_float_type {p['weights_float_type']}") from None
-    if "norm_epsilon" in p and p["norm_epsilon"] not in NORM_EPSILON_CODES:
-        raise ModelFileError(f"{path}: unsupported norm_epsilon code {p['norm_epsilon']} (5 or 6)")
-    try:
-        tensors = place_tensors(arch.tensors(p, arch.hf_names), weight_type, header.size)
-    except ValueError as e:
-        raise ModelFileError(f"{path}: {e}") from None
     size = path.stat().st_size
+    check_header(p, arch, str(path), size - header.size)
+    weight_type = FloatType(p["weights_float_type"])
+    specs = arch.tensors(p, arch.hf_names)
+    for index in header.tensor_types:
+        if index >= len(specs):
+            raise ModelFileError(f"{path}: header key {TENSOR_TYPE_KEYS + index} gives a type for tensor {index}, "
+                                 f"but the {arch.builder} model has {len(specs)} tensors")
+    types = [header.tensor_types.get(i, default_tensor_type(spec, weight_type)) for i, spec in enumerate(specs)]
+    for spec, dtype in zip(specs, types):
+        if spec.cols % dtype.block_size:
+            raise ModelFileError(f"{path}: tensor {spec.name!r} is stored as {dtype.name}, but its rows of {spec.cols} "
+                                 f"values are not whole {dtype.block_size}-value blocks (convert the model again)")
+    tensors = place_tensors(specs, types, header.size)
     end = tensors[-1].offset + tensors[-1].nbytes
     if size < end:
         first_missing = next(t for t in tensors if t.offset + t.nbytes > size)
