@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "sanitize"
 
 # The tests that read files and wire messages through the core, with a smaller fuzz run.
-SANITIZED_TESTS = ["tests/test_model_file.py", "tests/test_worker_protocol.py", "tests/test_worker_fuzz.py",
+SANITIZED_TESTS = ["tests/test_model_file.py", "tests/test_hostile_files.py", "tests/test_worker_protocol.py",
+                   "tests/test_worker_fuzz.py",
                    "tests/test_distributed.py::test_f32_exchange_equals_single_node",
                    "tests/test_distributed.py::test_worker_survives_garbage_and_a_wrong_secret",
                    "tests/test_distributed.py::test_dead_worker_is_reported_within_seconds",
