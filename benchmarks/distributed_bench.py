@@ -1,8 +1,11 @@
 """Tensor parallelism on one machine: traffic and sync time per token for 1, 2, 4... nodes.
 
-    PYTHONPATH=src python benchmarks/distributed_bench.py /tmp/llama-1b-q40.m
-    PYTHONPATH=src python benchmarks/distributed_bench.py /tmp/llama-1b-q40.m --nodes 2 4 --exchange f32
-    PYTHONPATH=src python benchmarks/distributed_bench.py /tmp/llama-1b-q40.m --nodes 2 4 --netns-delay-ms 1
+    python benchmarks/distributed_bench.py /tmp/llama-1b-q40.m
+    python benchmarks/distributed_bench.py /tmp/llama-1b-q40.m --nodes 2 4 --exchange f32
+    python benchmarks/distributed_bench.py /tmp/llama-1b-q40.m --nodes 2 4 --netns-delay-ms 1
+
+It runs the installed package (`pip install .`); in a development checkout built with cmake, prefix
+the commands with PYTHONPATH=src. The workers import the same dllama_py as this script.
 
 For each node count N it starts N-1 `dllama-py worker`s (1 thread each) as subprocesses, runs
 `dllama_py.bench.run_bench` on the root with them, stops them, and prints one row: decode and prefill
@@ -41,17 +44,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
 SUBNET = "10.77.0"
 BRIDGE = "br-dlbench"
 NS_PREFIX = "dlbench-w"
 VETH_HOST, VETH_NS = "dlb-h", "dlb-n"  # + worker index; names stay under 15 characters
 MAX_WORKERS = 60
 
-try:
-    import dllama_py  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(REPO / "src"))
 
 
 # --- the traffic formula ----------------------------------------------------------------------
@@ -249,8 +247,7 @@ def start_worker(host: str, netns: str | None, log_path: Path, model: str | None
         cmd += ["--model", model]
     if netns:
         cmd = ["ip", "netns", "exec", netns] + cmd
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env = dict(os.environ)  # the workers import the dllama_py this process imports (the installed one)
     env.pop("DLLAMA_SECRET", None)
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
@@ -352,6 +349,11 @@ def main(argv=None) -> int:
     ap.add_argument("--worker-model", default=None,
                     help="workers load their share from this local copy instead of from the root")
     args = ap.parse_args(argv)
+    try:
+        from dllama_py import _core  # noqa: F401
+    except ImportError as e:
+        ap.error(f"dllama_py with its compiled core is not importable ({e}): `pip install .` the repository, "
+                 "or build it (README) and run with PYTHONPATH=src")
     if not 1 <= args.repeats <= 9:
         ap.error("--repeats: 1..9")
     if args.gen_tokens < 1 or args.gen_tokens > 256 or args.prompt_tokens < 1 or args.prompt_tokens > 512:

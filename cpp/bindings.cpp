@@ -97,9 +97,21 @@ PYBIND11_MODULE(_core, m) {
     py::class_<Model>(m, "Model")
         .def(py::init([](const std::string& path, const ModelConfig& cfg, const std::vector<TensorInfo>& tensors,
                          int n_threads, const std::vector<std::string>& workers, const std::string& secret,
-                         const std::string& exchange, int timeout_ms) {
+                         const std::string& exchange, int timeout_ms, py::object progress) {
                  py::gil_scoped_release release;
-                 if (workers.empty()) return build_model(cfg, std::make_shared<TensorStore>(path, tensors), n_threads);
+                 if (workers.empty() && progress.is_none())
+                     return build_model(cfg, std::make_shared<TensorStore>(path, tensors), n_threads);
+                 if (workers.empty()) {
+                     // progress(bytes read so far) while the weights load; an exception it raises (Ctrl-C) stops it.
+                     auto counted = std::make_shared<CountingSource>(
+                         std::make_shared<TensorStore>(path, tensors), [&progress](uint64_t bytes) {
+                             py::gil_scoped_acquire gil;
+                             progress(bytes);
+                         });
+                     auto model = build_model(cfg, counted, n_threads);
+                     counted->stop_reporting();
+                     return model;
+                 }
                  if (exchange != "f32" && exchange != "q80")
                      throw std::invalid_argument("exchange must be f32 or q80, got " + exchange);
                  ClusterOptions options;
@@ -111,7 +123,7 @@ PYBIND11_MODULE(_core, m) {
              }),
              py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_threads"),
              py::arg("workers") = std::vector<std::string>{}, py::arg("secret") = "", py::arg("exchange") = "q80",
-             py::arg("timeout_ms") = 10000)
+             py::arg("timeout_ms") = 10000, py::arg("progress") = py::none())
         .def("stop_workers", &Model::stop_workers, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("n_nodes", [](const Model& m) { return m.partition().n_nodes; })
         .def("net_stats",
@@ -205,4 +217,17 @@ PYBIND11_MODULE(_core, m) {
         py::arg("n_bytes") = size_t(1) << 30, py::arg("n_threads") = 1, py::arg("repeats") = 3,
         "Best read bandwidth (bytes/s) over a buffer of n_bytes streamed by n_threads threads");
     m.def("cpu_features", &cpu_features);
+    // What node `node` of `n_nodes` really takes: the bytes of weights it reads from the file as it builds its
+    // share of the graph, and its KV cache. It builds the share (the memory is taken for a moment): for checking
+    // the estimates of node_memory.py on small models.
+    m.def(
+        "measure_node_share",
+        [](const std::string& path, const ModelConfig& cfg, const std::vector<TensorInfo>& tensors, int node,
+           int n_nodes) {
+            py::gil_scoped_release release;
+            auto counted = std::make_shared<CountingSource>(std::make_shared<TensorStore>(path, tensors));
+            auto model = build_model(cfg, counted, 1, Partition{node, n_nodes});
+            return std::make_pair(counted->bytes_read(), (uint64_t)model->kv_cache_bytes());
+        },
+        py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("node"), py::arg("n_nodes"));
 }

@@ -113,4 +113,17 @@ std::vector<uint8_t> TensorStore::read(const std::string& name, Range rows, Rang
     return copy_slice(base_ + t.offset, t.type, t.cols, rows, cols, path_ + ": tensor " + name);
 }
 
+std::vector<uint8_t> CountingSource::read(const std::string& name, Range rows, Range cols) const {
+    std::vector<uint8_t> bytes = source_->read(name, rows, cols);
+    bytes_read_ += bytes.size();
+    if (report_) {
+        const auto now = std::chrono::steady_clock::now();
+        if (now - last_report_ >= std::chrono::milliseconds(interval_ms_)) {
+            last_report_ = now;
+            report_(bytes_read_);
+        }
+    }
+    return bytes;
+}
+
 }  // namespace dllama

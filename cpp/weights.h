@@ -1,8 +1,12 @@
 // Where a model's weights come from: the .m file (mapped), or — on a worker — the root over the
 // network. The graph asks for tensors by name and for the slice its partition needs.
 #pragma once
+#include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -64,6 +68,30 @@ private:
     const uint8_t* base_ = nullptr;
     size_t size_ = 0;
     std::map<std::string, TensorInfo> tensors_;
+};
+
+// Another source's reads, counted: bytes of weight slices read so far, and a report of them at most every
+// `interval_ms` while a callback is set (model loading progress).
+class CountingSource : public WeightSource {
+public:
+    using Report = std::function<void(uint64_t bytes_read)>;
+    explicit CountingSource(std::shared_ptr<const WeightSource> source, Report report = nullptr, int interval_ms = 100)
+        : source_(std::move(source)), report_(std::move(report)), interval_ms_(interval_ms) {}
+
+    const TensorInfo& info(const std::string& name) const override { return source_->info(name); }
+    bool has(const std::string& name) const override { return source_->has(name); }
+    std::vector<uint8_t> read(const std::string& name, Range rows, Range cols) const override;
+    std::string describe() const override { return source_->describe(); }
+
+    uint64_t bytes_read() const { return bytes_read_; }
+    void stop_reporting() { report_ = nullptr; }
+
+private:
+    std::shared_ptr<const WeightSource> source_;
+    Report report_;
+    int interval_ms_;
+    mutable std::atomic<uint64_t> bytes_read_{0};
+    mutable std::chrono::steady_clock::time_point last_report_{};
 };
 
 }  // namespace dllama

@@ -62,13 +62,13 @@ class BenchResult:
 
 
 def run_bench(model_path, threads=None, prompt_tokens=128, gen_tokens=32, bandwidth_gbps=None, max_seq_len=None,
-              print_table=True, workers=None, secret=None, exchange=None) -> BenchResult:
+              print_table=True, workers=None, secret=None, exchange=None, tokenizer=None) -> BenchResult:
     from . import _core
     from .engine import Engine
 
     t0 = time.perf_counter()
     eng = Engine(model_path, threads=threads, max_seq_len=max_seq_len or max(4096, prompt_tokens + gen_tokens + 1),
-                 workers=workers, secret=secret, exchange=exchange)
+                 tokenizer=tokenizer, workers=workers, secret=secret, exchange=exchange)
     load_seconds = time.perf_counter() - t0
     with eng:
         vocab = eng.config.vocab_size

@@ -5,16 +5,27 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import __version__
 from .engine import SECRET_ENV
 from .model_file import ModelFileError
 
-DIM, RESET = "\x1b[2m", "\x1b[0m"  # reasoning is shown dimmed on a terminal
+LOAD_PROGRESS_DELAY_S = 1.0  # a loading bar for loads that take longer than this
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("-m", "--model", required=True, help="the .m model file")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="tokenizer bundle, or a Hugging Face checkpoint directory or tokenizer.json "
+                        "(default: the model's own, MODEL.tokenizer.json)")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--max-seq-len", type=int, default=None,
+    p.add_argument("--max-seq-len", type=_positive_int, default=None,
                    help="context length to allocate (default: the model's, capped at 4096)")
     p.add_argument("--workers", nargs="+", default=None, metavar="HOST:PORT",
                    help="split the model with these `dllama-py worker`s")
@@ -24,10 +35,19 @@ def _add_run_options(p: argparse.ArgumentParser):
 
 
 def _engine(args):
+    from tqdm import tqdm
+
     from .engine import Engine
 
-    return Engine(args.model, threads=args.threads, max_seq_len=args.max_seq_len, workers=args.workers,
-                  secret=args.secret, exchange=args.exchange)
+    # On a terminal only (disable=None); its last state (100%, the time it took) stays.
+    with tqdm(unit="B", unit_scale=True, unit_divisor=1000, desc=f"loading {args.model}", delay=LOAD_PROGRESS_DELAY_S,
+              disable=None, dynamic_ncols=True, file=sys.stderr) as bar:
+        def progress(done: int, total: int):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        return Engine(args.model, threads=args.threads, max_seq_len=args.max_seq_len, tokenizer=args.tokenizer,
+                      workers=args.workers, secret=args.secret, exchange=args.exchange, load_progress=progress)
 
 
 def _add_sampling_options(p: argparse.ArgumentParser, max_tokens: int):
@@ -46,71 +66,28 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def _print_stats(eng, out=sys.stderr):
-    s = eng.last_stats
-    prefill_tps = (s.prompt_tokens - s.cached_tokens) / s.prefill_seconds if s.prefill_seconds else 0.0
-    print(f"\n[{s.prompt_tokens} prompt tokens ({s.cached_tokens} cached) at {prefill_tps:.1f} tok/s, "
-          f"{s.generated_tokens} generated at {s.decode_tokens_per_second:.1f} tok/s, finish: {s.finish_reason}]",
-          file=out)
-    if eng.n_nodes > 1:
-        net = eng.net_stats()
-        steps = max(s.prompt_tokens - s.cached_tokens + s.generated_tokens, 1)
-        print(f"[{eng.n_nodes} nodes: sent {net['bytes_sent'] / 1e3:,.0f} kB, received {net['bytes_received'] / 1e3:,.0f} kB, "
-              f"{net['seconds_in_sync']:.2f} s in sync; {net['bytes_sent'] / steps / 1e3:,.1f} kB sent per token]", file=out)
-
-
 def cmd_generate(args) -> int:
+    from .chat_repl import print_stats, terminal_safe
+
+    show = terminal_safe if sys.stdout.isatty() else str
     with _engine(args) as eng:
         for piece in eng.generate(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
                                   top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop):
-            print(piece, end="", flush=True)
+            print(show(piece), end="", flush=True)
         print()
         if not args.quiet:
-            _print_stats(eng)
+            print_stats(eng)
     return 0
 
 
 def cmd_chat(args) -> int:
-    dim = sys.stdout.isatty()
+    from .chat_repl import Settings, run_chat
+
+    settings = Settings(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_tokens=args.max_tokens,
+                        seed=args.seed, stop=args.stop, think=args.think, system=args.system, verbose=args.verbose,
+                        hide_reasoning=args.hide_reasoning)
     with _engine(args) as eng:
-        messages = [{"role": "system", "content": args.system}] if args.system else []
-        print(f"Chatting with {args.model} ({eng.context_length} tokens of context). "
-              "Type /reset to start over, /exit or Ctrl-D to leave.", file=sys.stderr)
-        while True:
-            try:
-                line = input("> ")
-            except (EOFError, KeyboardInterrupt):
-                print(file=sys.stderr)
-                return 0
-            if line.strip() in ("/exit", "/quit"):
-                return 0
-            if line.strip() == "/reset":
-                messages = messages[:1] if args.system else []
-                eng.reset()
-                continue
-            if not line.strip():
-                continue
-            messages.append({"role": "user", "content": line})
-            reply, last_kind = "", None
-            template_kwargs = {} if args.think is None else {"enable_thinking": args.think}
-            try:
-                for piece in eng.chat(messages, max_tokens=args.max_tokens, temperature=args.temperature,
-                                      top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop,
-                                      **template_kwargs):
-                    if piece.kind == "reasoning" and args.hide_reasoning:
-                        continue
-                    if last_kind == "reasoning" and piece.kind == "answer":
-                        print("\n")
-                    last_kind = piece.kind
-                    if piece.kind == "answer":
-                        reply += piece
-                    print(f"{DIM}{piece}{RESET}" if dim and piece.kind == "reasoning" else piece, end="", flush=True)
-            except KeyboardInterrupt:
-                pass
-            print()
-            messages.append({"role": "assistant", "content": reply})
-            if args.verbose:
-                _print_stats(eng)
+        return run_chat(eng, settings, keep_history=not args.no_history)
 
 
 def _fmt_bytes(n: float) -> str:
@@ -119,6 +96,24 @@ def _fmt_bytes(n: float) -> str:
             return f"{n:,.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1000
     return f"{n:.1f} GB"
+
+
+def _print_memory_per_node(layout, cfg, context: str):
+    from .node_memory import node_memory
+
+    print(f"memory per node at {context} (weights + KV cache; node 0 also reads the embedding table from the file):")
+    for n_nodes in range(1, 5):
+        try:
+            nodes = [node_memory(layout, node, n_nodes, cfg.seq_len, cfg.kv_f16) for node in range(n_nodes)]
+        except ValueError as e:
+            print(f"  {n_nodes} node{'s' if n_nodes > 1 else ' '}: {e}")
+            continue
+        low, high = min(m.total for m in nodes[1:] or nodes), max(m.total for m in nodes[1:] or nodes)
+        workers = "" if n_nodes == 1 else f", each worker {_fmt_bytes(high)}" if low == high else \
+            f", workers {_fmt_bytes(low)} to {_fmt_bytes(high)}"
+        print(f"  {n_nodes} node{'s' if n_nodes > 1 else ' '}: root {_fmt_bytes(nodes[0].total)} "
+              f"({_fmt_bytes(nodes[0].weights)} weights, {_fmt_bytes(nodes[0].kv_cache)} KV cache, "
+              f"{_fmt_bytes(nodes[0].mapped)} embedding){workers}")
 
 
 def cmd_inspect(args) -> int:
@@ -131,11 +126,13 @@ def cmd_inspect(args) -> int:
     print("header:")
     for k, v in layout.params.items():
         print(f"  {k:34s} {v}")
-    cfg = model_config(layout, None)
+    cfg = model_config(layout, args.max_seq_len)
+    context = f"a context of {cfg.seq_len}" if args.max_seq_len else f"the default context of {cfg.seq_len}"
     kv_values = kv_cache_values_per_token(layout.params)
     kv_per_token = (2 if cfg.kv_f16 else 4) * kv_values
     print(f"KV cache: {_fmt_bytes(kv_per_token)} per token ({kv_values // cfg.n_layers} {'f16' if cfg.kv_f16 else 'f32'} "
-          f"values per layer), {_fmt_bytes(kv_per_token * cfg.seq_len)} at the default context of {cfg.seq_len}")
+          f"values per layer), {_fmt_bytes(kv_per_token * cfg.seq_len)} at {context}")
+    _print_memory_per_node(layout, cfg, context)
     if args.tensors:
         print("tensors:")
         for t in layout.tensors:
@@ -157,7 +154,7 @@ def cmd_bench(args) -> int:
         return 0
     run_bench(args.model, threads=args.threads, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
               bandwidth_gbps=args.bandwidth, max_seq_len=args.max_seq_len, workers=args.workers, secret=args.secret,
-              exchange=args.exchange)
+              exchange=args.exchange, tokenizer=args.tokenizer)
     return 0
 
 
@@ -188,8 +185,18 @@ def cmd_worker(args) -> int:
         return 0
 
 
+def _version() -> str:
+    import platform
+
+    from . import _core
+
+    return f"dllama-py {__version__} (core built for {_core.cpu_features()}; Python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dllama-py", description="Run GLM, Llama and Qwen3 models on CPUs.")
+    parser = argparse.ArgumentParser(prog="dllama-py", description="Run GLM, Llama and Qwen3 models on CPUs.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # --version on one line
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("convert", help="convert a Hugging Face checkpoint to a .m model file",
@@ -208,12 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no statistics line")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("chat", help="chat interactively", description="Chat with the model using its chat template.")
+    p = sub.add_parser("chat", help="chat interactively",
+                       description="Chat with the model using its chat template. Type /help in the chat for its "
+                                   "commands (/set temperature 0.2, /show, /clear, /bye, ...).")
     _add_run_options(p)
     p.add_argument("--system", default=None, help="system prompt")
     _add_sampling_options(p, 1024)
     p.add_argument("-v", "--verbose", action="store_true", help="print speed after each reply")
     p.add_argument("--hide-reasoning", action="store_true", help="do not show the model's <think> reasoning")
+    p.add_argument("--no-history", action="store_true", help="neither read nor save the history of typed lines")
     think = p.add_mutually_exclusive_group()
     think.add_argument("--think", dest="think", action="store_true", default=None,
                        help="ask for reasoning (enable_thinking=True in the chat template)")
@@ -239,9 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="a local copy of the root's .m file, to load from disk")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("inspect", help="show a .m file's header and tensors")
+    p = sub.add_parser("inspect", help="show a .m file's header, tensors and memory per node")
     p.add_argument("model", help="the .m model file")
     p.add_argument("--tensors", action="store_true", help="list every tensor")
+    p.add_argument("--max-seq-len", type=_positive_int, default=None,
+                   help="context length for the KV cache figures (default: the model's, capped at 4096)")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("bench", help="measure prefill and decode speed",
@@ -265,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelFileError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"dllama-py: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # e.g. while the model loads
+        print("dllama-py: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

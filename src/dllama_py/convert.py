@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from . import tokenizer as tokenizer_bundle
 from .architectures import TensorSpec, place_tensors, plan_conversion
@@ -73,33 +74,6 @@ def _check_shape(spec: TensorSpec, name: str, ckpt: Checkpoint):
                               f"(for {spec.name})")
 
 
-class _Progress:
-    """A one-line progress bar on a terminal (redrawn at most 10 times a second); nothing otherwise."""
-
-    def __init__(self, total_bytes: int, n_tensors: int, enabled: bool):
-        self.total, self.n, self.enabled = total_bytes, n_tensors, enabled and sys.stderr.isatty()
-        self.done, self.start, self.drawn = 0, time.monotonic(), 0.0
-
-    def update(self, index: int, name: str, nbytes: int):
-        self.done += nbytes
-        now = time.monotonic()
-        if not self.enabled or (now - self.drawn < 0.1 and index < self.n):
-            return
-        self.drawn = now
-        elapsed = max(now - self.start, 1e-9)
-        width = 30
-        filled = int(width * self.done / max(self.total, 1))
-        sys.stderr.write(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {index}/{self.n} tensors "
-            f"{self.done / 1e6:,.0f}/{self.total / 1e6:,.0f} MB {self.done / 1e6 / elapsed:,.0f} MB/s  {name[:32]:<32}"
-        )
-        sys.stderr.flush()
-
-    def finish(self):
-        if self.enabled:
-            sys.stderr.write("\n")
-
-
 def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str = "q40", progress: bool = True,
             log=print) -> ConversionReport:
     hf_dir, out_path = Path(hf_dir), Path(out_path)
@@ -134,7 +108,10 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
             log(f"Skipping {len(skipped)} checkpoint tensors the model does not use, e.g. {skipped[0]}")
 
         tmp_path = out_path.with_name(out_path.name + ".partial")
-        bar = _Progress(total, len(specs), progress)
+        # Bytes written out of the file's size, so the bar ends at exactly 100% and its ETA follows the
+        # large tensors; on a terminal only (disable=None), unless progress is off.
+        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=out_path.name, leave=True,
+                   disable=None if progress else True, dynamic_ncols=True, file=sys.stderr)
         start = time.monotonic()
         try:
             with open(tmp_path, "wb") as f:
@@ -143,13 +120,14 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
                     _write_tensor(f, ckpt, spec, name, pt.dtype)
                     if f.tell() != pt.offset + pt.nbytes:
                         raise RuntimeError(f"internal error: {spec.name} ended at {f.tell()}, expected {pt.offset + pt.nbytes}")
-                    bar.update(i, spec.name, pt.nbytes)
+                    bar.set_postfix_str(f"{i}/{len(specs)} tensors", refresh=False)
+                    bar.update(f.tell() - bar.n)
             os.replace(tmp_path, out_path)
         except BaseException:
             tmp_path.unlink(missing_ok=True)
             raise
         finally:
-            bar.finish()
+            bar.close()
         seconds = time.monotonic() - start
 
     tok_path = None

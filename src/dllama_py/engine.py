@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from . import _core
 from .architectures import ModelLayout, read_layout
 from .model_file import NORM_EPSILON_CODES, FloatType
+from .node_memory import node_memory
 from .reasoning import ThinkingSplitter, prompt_starts_in_thinking
 from .rope import rope_frequencies
 from .sampling import Sampler
@@ -84,29 +85,45 @@ class Engine:
     def __init__(self, path: str | os.PathLike, threads: int | None = None, max_seq_len: int | None = None,
                  tokenizer: str | os.PathLike | None = None, workers: list[str] | None = None,
                  secret: str | None = None, exchange: str | None = None, net_timeout: float = 10.0,
-                 kv_cache: str | None = None, max_sequences: int = 1):
+                 kv_cache: str | None = None, max_sequences: int = 1,
+                 load_progress: Callable[[int, int], None] | None = None):
         """kv_cache: "f16" or "f32" (default: f32 for F32 models, else f16).
         max_sequences: sequences the KV cache holds at once (each up to the context length); generations
         running at the same time (generate/chat from several threads, or scheduler.submit) share forward
         steps, so they cost little more than one.
         workers: "host:port" of `dllama-py worker`s to split the model with (tensor parallelism);
         secret: their shared secret (default: $DLLAMA_SECRET); exchange: "q80" or "f32" for the partial
-        sums sent between nodes (default: f32 for F32 models, else q80)."""
+        sums sent between nodes (default: f32 for F32 models, else q80).
+        tokenizer: a tokenizer bundle, or a Hugging Face checkpoint directory or its tokenizer.json
+        (default: the bundle beside the model, `<model>.tokenizer.json`).
+        load_progress: called with (bytes of weights loaded, bytes in all) every 0.1 s while the weights load
+        on this machine, and once at the end; an exception it raises (KeyboardInterrupt) stops the load."""
         self.path = Path(path)
         self.layout = read_layout(self.path)
         self.config = model_config(self.layout, max_seq_len, kv_cache, max_sequences)
+        if tokenizer:  # given: it must load
+            self.tokenizer: Tokenizer | None = Tokenizer.load(tokenizer)
+        else:
+            self.tokenizer = Tokenizer.load(bundle_path(self.path)) if bundle_path(self.path).exists() else None
+        if self.tokenizer and self.tokenizer.vocab_size > self.config.vocab_size:
+            raise ValueError(f"the tokenizer ({tokenizer or bundle_path(self.path)}) has {self.tokenizer.vocab_size} "
+                             f"tokens but {self.path} has a vocabulary of {self.config.vocab_size}: not this model's")
         tensors = [
             _core.TensorInfo(t.spec.name, _core.FloatType(int(t.dtype)), t.spec.rows, t.spec.cols, t.offset)
             for t in self.layout.tensors
         ]
         if exchange is None:
             exchange = "f32" if self.layout.weight_type == FloatType.F32 else "q80"
+        report = None
+        if load_progress is not None and not workers:
+            total = node_memory(self.layout, 0, 1, self.config.seq_len, self.config.kv_f16).weights
+            report = lambda done: load_progress(min(done, total), total)  # noqa: E731
         self._model = _core.Model(str(self.path), self.config, tensors, threads or default_threads(),
                                   workers=list(workers or []), secret=secret or os.environ.get(SECRET_ENV, ""),
-                                  exchange=exchange, timeout_ms=int(net_timeout * 1000))
+                                  exchange=exchange, timeout_ms=int(net_timeout * 1000), progress=report)
+        if report is not None:
+            report(total)
         self._model.reset_net_stats()  # count inference traffic, not the weights sent to the workers
-        tok_path = Path(tokenizer) if tokenizer else bundle_path(self.path)
-        self.tokenizer: Tokenizer | None = Tokenizer.load(tok_path) if tok_path.exists() else None
         self.scheduler = Scheduler(self._model)
         self.last_stats = GenerationStats()
 
@@ -187,7 +204,7 @@ class Engine:
     def _require_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
             raise RuntimeError(f"{self.path} has no tokenizer bundle ({bundle_path(self.path)}); convert it again "
-                               "from a checkpoint with tokenizer.json, or pass tokenizer=")
+                               "from a checkpoint with tokenizer.json, or pass tokenizer= (--tokenizer)")
         return self.tokenizer
 
     def apply_chat_template(self, messages: list[dict], tools: list | None = None, add_generation_prompt: bool = True,

@@ -176,14 +176,19 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
+        """From a bundle file, or from a Hugging Face checkpoint directory or the tokenizer.json in one."""
         path = Path(path)
+        if path.is_dir():
+            return cls(build_bundle(path))
         if not path.is_file():
-            raise FileNotFoundError(f"tokenizer bundle not found: {path}")
+            raise FileNotFoundError(f"tokenizer not found: {path}")
         try:
-            bundle = json.loads(path.read_text(encoding="utf-8"))
-            return cls(bundle)
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if path.name == "tokenizer.json" and isinstance(data, dict) and "model" in data and "format" not in data:
+                return cls(build_bundle(path.parent))
+            return cls(data)
         except (json.JSONDecodeError, ValueError) as error:
-            raise ValueError(f"{path} is not a valid tokenizer bundle: {error}") from error
+            raise ValueError(f"{path} is not a valid tokenizer bundle or Hugging Face tokenizer.json: {error}") from error
 
     @property
     def vocab_size(self) -> int:

@@ -1,0 +1,115 @@
+"""What each node of a split model holds in memory, without loading it: its slices of the weights, the
+file bytes it keeps mapped, and its share of the KV cache.
+
+The split rules are the C++ blocks' (cpp/blocks/*.cpp: attention by query heads with the KV heads they
+use, latent attention by heads, feed-forwards by rows of their hidden layer in 32-row blocks when
+quantized, the output head by vocabulary rows) and the arithmetic is cpp/partition.h's.
+tests/test_node_memory.py holds these figures to what the C++ graph really reads and allocates when it
+builds each node's share (_core.measure_node_share), for every architecture and 1-4 nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .architectures import ModelLayout
+from .model_file import FloatType
+
+QUANT_BLOCK = 32  # values per Q40/Q80 block: quantized feed-forwards split between blocks
+
+
+def share(n: int, node: int, n_nodes: int) -> tuple[int, int]:
+    """Node `node`'s contiguous share [begin, end) of n units (Partition::share)."""
+    return n * node // n_nodes, n * (node + 1) // n_nodes
+
+
+def share_of(n: int, grain: int, node: int, n_nodes: int) -> tuple[int, int]:
+    """The same in units of `grain` elements; the last node takes the remainder (Partition::share_of)."""
+    begin, end = share(n // grain, node, n_nodes)
+    return begin * grain, n if node == n_nodes - 1 else end * grain
+
+
+@dataclass
+class NodeMemory:
+    weights: int  # bytes of weight slices copied into memory
+    mapped: int  # bytes of the model file read in place (node 0's embedding table), on demand
+    kv_cache: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.mapped + self.kv_cache
+
+
+def node_memory(layout: ModelLayout, node: int, n_nodes: int, seq_len: int, kv_f16: bool) -> NodeMemory:
+    """The memory node `node` of `n_nodes` takes for this model at a context of seq_len positions; raises
+    ValueError when the model cannot be split that many ways."""
+    p = layout.params
+    n_heads, n_kv_heads = p["n_heads"], p["n_kv_heads"]
+    head_dim = p.get("head_dim") or p["dim"] // n_heads
+    latent = p.get("kv_lora_rank", 0) > 0
+    h0, h1 = share(n_heads, node, n_nodes)
+    if h0 == h1:
+        raise ValueError(f"{n_heads} attention heads cannot be split {n_nodes} ways")
+    group = n_heads // n_kv_heads
+    kv_first, kv_end = h0 // group, (h1 - 1) // group + 1
+    q_rows, kv_rows = (h1 - h0) * head_dim, (kv_end - kv_first) * head_dim
+    if latent:
+        q_rows = (h1 - h0) * (p["qk_nope_head_dim"] + p["qk_rope_head_dim"])
+    dtype_of = {t.spec.name: t.dtype for t in layout.tensors}
+
+    def hidden_rows(prefix: str, width: int) -> int:
+        grain = QUANT_BLOCK if dtype_of[prefix + "down"] in (FloatType.Q40, FloatType.Q80) else 1
+        begin, end = share_of(width, grain, node, n_nodes)
+        if begin == end:
+            raise ValueError(f"the {width} rows of {prefix}down's input cannot be split {n_nodes} ways")
+        return end - begin
+
+    def column_slice(name: str, begin: int, end: int) -> int:
+        if dtype_of[name] in (FloatType.Q40, FloatType.Q80) and (begin % QUANT_BLOCK or end % QUANT_BLOCK):
+            raise ValueError(f"{name}'s columns {begin}..{end} would cut {dtype_of[name].name} blocks of "
+                             f"{QUANT_BLOCK} values: cannot be split {n_nodes} ways")
+        return end - begin
+
+    def sliced(name: str, rows: int, cols: int) -> tuple[int, int]:
+        """(rows, cols) of the tensor that this node holds."""
+        role = name.split(".", 2)[2] if name.startswith("layers.") else name
+        if role == "embedding":
+            return 0, 0
+        if role == "lm_head":
+            begin, end = share(rows, node, n_nodes)
+            return end - begin, cols
+        if role.startswith(("ffn.", "moe.experts.", "moe.shared.")):
+            prefix = name[: name.rindex(".") + 1]
+            width = cols if role.endswith("down") else rows
+            part = hidden_rows(prefix, width)
+            return (rows, part) if role.endswith("down") else (part, cols)
+        if latent:
+            heads = h1 - h0
+            per_head_rows = {"attn.q": q_rows, "attn.q_b": q_rows, "attn.k_b": heads * p["kv_lora_rank"],
+                             "attn.v_b": heads * p["v_head_dim"]}
+            if role in per_head_rows:
+                return per_head_rows[role], cols
+            if role == "attn.o":
+                return rows, column_slice(name, h0 * p["v_head_dim"], h1 * p["v_head_dim"])
+            if role == "attn.o_bias":
+                return (rows, cols) if node == 0 else (0, 0)  # added once, by node 0
+            return rows, cols
+        if role in ("attn.q", "attn.k", "attn.v"):
+            return q_rows if role == "attn.q" else kv_rows, cols
+        if role in ("attn.q_bias", "attn.k_bias", "attn.v_bias"):
+            return rows, q_rows if role == "attn.q_bias" else kv_rows
+        if role == "attn.o":
+            return rows, column_slice(name, h0 * head_dim, h1 * head_dim)
+        return rows, cols  # norms, routers: whole on every node
+
+    weights = 0
+    for t in layout.tensors:
+        rows, cols = sliced(t.spec.name, t.spec.rows, t.spec.cols)
+        weights += t.dtype.nbytes(rows * cols)
+    mapped = next(t.nbytes for t in layout.tensors if t.spec.name == "embedding") if node == 0 else 0
+    if latent:
+        kv_values = p["kv_lora_rank"] + p["qk_rope_head_dim"]  # not split: every node keeps the whole latent
+    else:
+        kv_values = 2 * (kv_end - kv_first) * head_dim
+    kv_cache = p["n_layers"] * kv_values * seq_len * (2 if kv_f16 else 4)
+    return NodeMemory(weights, mapped, kv_cache)
