@@ -16,6 +16,7 @@ from .reasoning import ThinkingSplitter, prompt_starts_in_thinking
 from .rope import rope_frequencies
 from .sampling import Sampler
 from .scheduler import GenerationStats, Scheduler
+from .speculative import check_draft
 from .tokenizer import Tokenizer, bundle_path
 from .tool_calls import split_tool_calls
 
@@ -86,7 +87,8 @@ class Engine:
                  tokenizer: str | os.PathLike | None = None, workers: list[str] | None = None,
                  secret: str | None = None, exchange: str | None = None, net_timeout: float = 10.0,
                  kv_cache: str | None = None, max_sequences: int = 1,
-                 load_progress: Callable[[int, int], None] | None = None):
+                 load_progress: Callable[[int, int], None] | None = None, draft: str | None = None,
+                 draft_tokens: int = 4):
         """kv_cache: "f16" or "f32" (default: f32 for F32 models, else f16).
         max_sequences: sequences the KV cache holds at once (each up to the context length); generations
         running at the same time (generate/chat from several threads, or scheduler.submit) share forward
@@ -97,7 +99,12 @@ class Engine:
         tokenizer: a tokenizer bundle, or a Hugging Face checkpoint directory or its tokenizer.json
         (default: the bundle beside the model, `<model>.tokenizer.json`).
         load_progress: called with (bytes of weights loaded, bytes in all) every 0.1 s while the weights load
-        on this machine, and once at the end; an exception it raises (KeyboardInterrupt) stops the load."""
+        on this machine, and once at the end; an exception it raises (KeyboardInterrupt) stops the load.
+        draft: speculative decoding for generate/chat unless they say otherwise: "ngram" (prompt lookup:
+        guesses copied from earlier in the prompt or output) or "mtp" (the model's multi-token-prediction
+        layer, GLM-4.5 and later, which is loaded only then); draft_tokens: guesses checked per step."""
+        check_draft(draft, draft_tokens)
+        self.draft, self.draft_tokens = draft, draft_tokens
         self.path = Path(path)
         self.layout = read_layout(self.path)
         self.config = model_config(self.layout, max_seq_len, kv_cache, max_sequences)
@@ -218,15 +225,21 @@ class Engine:
         return tok.render_chat(messages, tools=tools, add_generation_prompt=add_generation_prompt, **template_kwargs)
 
     def generate(self, prompt: str | list[int], max_tokens: int = 256, temperature: float = 0.8, top_p: float = 0.9,
-                 top_k: int = 0, seed: int | None = None, stop: list[str] | str | None = None) -> Iterator[str]:
-        """Streams the continuation of a prompt (text, or token ids) as text pieces."""
+                 top_k: int = 0, seed: int | None = None, stop: list[str] | str | None = None,
+                 draft: str | None = None, draft_tokens: int | None = None) -> Iterator[str]:
+        """Streams the continuation of a prompt (text, or token ids) as text pieces.
+
+        draft, draft_tokens: speculative decoding ("ngram" or "mtp", up to draft_tokens guesses checked per
+        step; default: the engine's `draft` and `draft_tokens`). The text is what plain decoding gives:
+        the same tokens when greedy, the same distribution when sampling; `last_stats` tells how many
+        guesses were kept."""
         tok = self._require_tokenizer()
         ids = tok.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
-        return self._generate_ids(ids, max_tokens, Sampler(temperature, top_p, top_k, seed), stop)
+        return self._generate_ids(ids, max_tokens, Sampler(temperature, top_p, top_k, seed), stop, draft, draft_tokens)
 
     def chat(self, messages: list[dict], max_tokens: int = 1024, temperature: float = 0.8, top_p: float = 0.9,
              top_k: int = 0, seed: int | None = None, stop: list[str] | str | None = None, tools: list | None = None,
-             **template_kwargs) -> Iterator["ChatPiece"]:
+             draft: str | None = None, draft_tokens: int | None = None, **template_kwargs) -> Iterator["ChatPiece"]:
         """Streams the assistant's reply to a conversation, rendered with the model's chat template.
 
         Pieces are strings; `piece.kind` is "reasoning" for the model's <think> text and "answer" for the
@@ -236,7 +249,8 @@ class Engine:
         tok = self._require_tokenizer()
         text = self.apply_chat_template(messages, tools=tools, **template_kwargs)
         splitter = ThinkingSplitter(prompt_starts_in_thinking(text))
-        for piece in self._generate_ids(tok.encode_chat(text), max_tokens, Sampler(temperature, top_p, top_k, seed), stop):
+        for piece in self._generate_ids(tok.encode_chat(text), max_tokens, Sampler(temperature, top_p, top_k, seed), stop,
+                                        draft, draft_tokens):
             for kind, part in splitter.push(piece):
                 yield ChatPiece(part, kind)
         for kind, part in splitter.flush():
@@ -253,14 +267,16 @@ class Engine:
             reply["tool_calls"] = calls
         return reply
 
-    def _generate_ids(self, ids: list[int], max_tokens: int, sampler: Sampler, stop) -> Iterator[str]:
+    def _generate_ids(self, ids: list[int], max_tokens: int, sampler: Sampler, stop, draft=None,
+                      draft_tokens=None) -> Iterator[str]:
         """Text pieces of one generation, run by the scheduler (with whatever else runs at the time)."""
         tok = self._require_tokenizer()
         if len(ids) > self.context_length:
             raise ValueError(f"the prompt has {len(ids)} tokens but the context holds {self.context_length} "
                              f"(raise max_seq_len, up to the model's {self.layout.params.get('max_seq_len')})")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        request = self.scheduler.submit(ids, sampler, max_tokens, stop_tokens=tok.eos_token_ids)
+        request = self.scheduler.submit(ids, sampler, max_tokens, stop_tokens=tok.eos_token_ids,
+                                        draft=draft or self.draft, draft_tokens=draft_tokens or self.draft_tokens)
         self.last_stats = request.stats
         decoder = tok.stream_decoder()
         text = ""  # decoded and not yet yielded (held back while it may start a stop string)

@@ -15,6 +15,10 @@ the others wait for its result, so no background thread is needed and a single c
 speed of a plain loop. Each finished sequence's tokens stay in its KV-cache slot; a new request takes
 the free slot sharing the longest prefix with its prompt, or copies that prefix from another slot, so
 a shared system prompt or the previous turn of a conversation is computed once.
+
+A request may decode speculatively (draft="ngram" or "mtp", see speculative.py): its step rows are the
+fed token and up to draft_tokens guesses of the next ones, all with logits; the guesses the model agrees
+with are kept (the KV cache drops the rest), so one step can give several tokens.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Iterable
 import numpy as np
 
 from .sampling import Sampler
+from .speculative import NgramDrafter, check_draft, is_drafter, verified_tokens
 
 ROWS_PER_STEP = 64  # the C++ core's matrix-matrix chunk: prompt rows beyond the decode rows fill it
 
@@ -40,11 +45,24 @@ class GenerationStats:
     prefill_seconds: float = 0.0  # from the first step the request took part in to its first token
     decode_seconds: float = 0.0  # from its first token to its last
     finish_reason: str = ""  # "stop", "length", "context", "cancelled" or "error"
+    decode_steps: int = 0  # forward steps that gave tokens after the first
+    drafted_tokens: int = 0  # speculative guesses the model checked
+    accepted_tokens: int = 0  # guesses it kept
 
     @property
     def decode_tokens_per_second(self) -> float:
         """Tokens after the first, per second of decoding."""
         return (self.generated_tokens - 1) / self.decode_seconds if self.decode_seconds else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Share of the speculative guesses the model kept."""
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Tokens after the first per decode step: 1 without speculation, up to draft_tokens + 1 with it."""
+        return (self.generated_tokens - 1) / self.decode_steps if self.decode_steps else 0.0
 
 
 @dataclass
@@ -61,11 +79,13 @@ class Request:
     `stats` and `finish_reason` say how it went. Made by Scheduler.submit."""
 
     def __init__(self, scheduler: "Scheduler", prompt: list[int], sampler: Sampler, max_tokens: int,
-                 stop_tokens: frozenset[int]):
+                 stop_tokens: frozenset[int], draft: str | None = None, draft_tokens: int = 4):
         self.prompt = prompt
         self.sampler = sampler
         self.max_tokens = max_tokens
         self.stop_tokens = stop_tokens
+        self.draft = draft
+        self.draft_tokens = draft_tokens
         self.stats = GenerationStats(prompt_tokens=len(prompt))
         self._scheduler = scheduler
         self._out: deque[int] = deque()  # sampled, not yet taken by the consumer
@@ -76,6 +96,9 @@ class Request:
         self._next: int | None = None  # the last sampled token, to be fed by the next step
         self._started = 0.0
         self._first_token = 0.0
+        self._drafter = NgramDrafter() if draft == "ngram" else draft if is_drafter(draft) else None
+        if self._drafter is not None:
+            self._drafter.extend(prompt)
 
     @property
     def finish_reason(self) -> str:
@@ -131,9 +154,11 @@ class Scheduler:
 
     # -- the public API ----------------------------------------------------------------------------
     def submit(self, prompt: Iterable[int], sampler: Sampler | None = None, max_tokens: int = 256,
-               stop_tokens: Iterable[int] = ()) -> Request:
+               stop_tokens: Iterable[int] = (), draft: str | None = None, draft_tokens: int = 4) -> Request:
         """Queues a generation of up to max_tokens tokens after the prompt (token ids); it stops early at
-        any of stop_tokens (not yielded) or when its sequence fills the context. Greedy by default."""
+        any of stop_tokens (not yielded) or when its sequence fills the context. Greedy by default.
+        draft: "ngram" (prompt lookup), "mtp" (the model's multi-token-prediction layer) or a drafter object
+        (speculative.is_drafter) to decode speculatively, checking up to draft_tokens guesses per step."""
         ids = [int(t) for t in prompt]
         if not ids:
             raise ValueError("the prompt is empty")
@@ -145,7 +170,11 @@ class Scheduler:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{self._vocab - 1})")
         if max_tokens < 0:
             raise ValueError("max_tokens must be >= 0")
-        req = Request(self, ids, sampler or Sampler(temperature=0), max_tokens, frozenset(int(t) for t in stop_tokens))
+        check_draft(draft, draft_tokens)
+        sampler = sampler or Sampler(temperature=0)
+        if draft is not None and not hasattr(sampler, "verify"):
+            raise ValueError("speculative decoding needs a sampler with verify() (a dllama_py Sampler)")
+        req = Request(self, ids, sampler, max_tokens, frozenset(int(t) for t in stop_tokens), draft, draft_tokens)
         with self._cv:
             if max_tokens == 0:
                 self._finish(req, "length")
@@ -278,15 +307,19 @@ class Scheduler:
             self._running.append(req)
 
     def _plan(self):
-        """The rows of the next step: every decoding request's last token, then prompt chunks."""
+        """The rows of the next step: every decoding request's last token (and its drafts), then prompt
+        chunks. owners: (request, its drafts, position of its first row) for each request whose rows give
+        logits, in row order."""
         tokens, slots, positions, wants, owners = [], [], [], [], []
         for req in self._running:
             if req._next is not None:
-                tokens.append(req._next)
-                slots.append(req._slot.index)
-                positions.append(len(req._slot.tokens))
-                wants.append(True)
-                owners.append(req)
+                start = len(req._slot.tokens)
+                drafts = self._drafts(req, start)
+                tokens += [req._next] + drafts
+                slots += [req._slot.index] * (1 + len(drafts))
+                positions += range(start, start + 1 + len(drafts))
+                wants += [True] * (1 + len(drafts))
+                owners.append((req, drafts, start))
         n_decode = len(tokens)
         # Prompts fill the rest of the chunk (and always make some progress, however many decode).
         budget = max(self._rows_per_step - len(tokens), self._rows_per_step // 4)
@@ -303,15 +336,24 @@ class Scheduler:
             positions += range(start, start + k)
             wants += [False] * (k - 1) + [k == left]
             if k == left:
-                owners.append(req)
+                owners.append((req, [], start + k - 1))
             budget -= k
         if not tokens:
             return None
         return (np.asarray(tokens, dtype=np.int32), np.asarray(slots, dtype=np.int32),
                 np.asarray(positions, dtype=np.int32), np.asarray(wants, dtype=bool), owners, n_decode)
 
-    def _apply(self, tokens, slots, owners: list[Request], logits: np.ndarray):
-        """Records what the step put into the cache, then samples each request's next token."""
+    def _drafts(self, req: Request, start: int) -> list[int]:
+        """The guesses to check after the request's next token: as many as its draft_tokens, the context
+        and max_tokens leave room for."""
+        room = min(req.draft_tokens, self._seq_len - 1 - start, req.max_tokens - req.stats.generated_tokens - 1)
+        if req._drafter is None or room <= 0:
+            return []
+        return req._drafter.propose(room)
+
+    def _apply(self, tokens, slots, owners, logits: np.ndarray):
+        """Records what the step put into the cache, then samples each request's next token (or checks
+        its drafts, dropping from the cache the ones refused)."""
         for token, slot in zip(tokens.tolist(), slots.tolist()):
             self._slots[slot].tokens.append(token)
         for req in self._running:
@@ -319,32 +361,64 @@ class Scheduler:
             req._next = None  # fed by this step
         now = time.perf_counter()
         self._steps += 1
-        for req, row in zip(owners, logits):
+        row = 0
+        for req, drafts, start in owners:
+            rows = logits[row:row + 1 + len(drafts)]
+            row += len(rows)
             if req._done:  # cancelled while the step ran
                 continue
+            if req.stats.generated_tokens:
+                req.stats.decode_steps += 1
             try:
-                token = req.sampler.sample(row)
+                if drafts:
+                    self._verify(req, rows, drafts, start, now)
+                else:
+                    self._emit(req, req.sampler.sample(rows[0]), now, start + 1)
             except Exception as e:  # e.g. a caller's own sampler: this request fails, the others go on
                 req._error = e
                 self._finish(req, "error")
-                continue
-            if req.stats.generated_tokens == 0:
-                req._first_token = now
-                req.stats.prefill_seconds = now - req._started
-            if token in req.stop_tokens:
-                self._finish(req, "stop")
-                continue
-            req.stats.decode_seconds = now - req._first_token
-            req._out.append(token)
-            req.stats.generated_tokens += 1
-            if len(req._slot.tokens) >= self._seq_len:
-                self._finish(req, "context")  # no room to feed it back
-            elif req.stats.generated_tokens >= req.max_tokens:
-                self._finish(req, "length")
-            else:
-                req._next = token
         self._release_finished()
         self._cv.notify_all()
+
+    def _verify(self, req: Request, rows: np.ndarray, drafts: list[int], start: int, now: float):
+        """Emits the tokens a verification step gives, then cuts the slot back to the fed token and the
+        drafts kept before the last emitted token (which is fed next)."""
+        emitted = accepted = 0
+        for token, kept in verified_tokens(req.sampler, rows, drafts):
+            emitted += 1
+            accepted += kept
+            if not self._emit(req, token, now, start + emitted):
+                break
+        req.stats.drafted_tokens += len(drafts)
+        req.stats.accepted_tokens += accepted
+        slot = req._slot
+        keep = start + emitted
+        if keep < len(slot.tokens):
+            self._model.truncate(slot.index, keep)
+            del slot.tokens[keep:]
+
+    def _emit(self, req: Request, token: int, now: float, cached: int) -> bool:
+        """Hands a sampled token to the request, `cached` positions being in its slot before it; False
+        when that ends the request."""
+        if req.stats.generated_tokens == 0:
+            req._first_token = now
+            req.stats.prefill_seconds = now - req._started
+        if token in req.stop_tokens:
+            self._finish(req, "stop")
+            return False
+        req.stats.decode_seconds = now - req._first_token
+        req._out.append(token)
+        req.stats.generated_tokens += 1
+        if req._drafter is not None:
+            req._drafter.extend([token])
+        if cached >= self._seq_len:
+            self._finish(req, "context")  # no room to feed it back
+        elif req.stats.generated_tokens >= req.max_tokens:
+            self._finish(req, "length")
+        else:
+            req._next = token
+            return True
+        return False
 
     def _finish(self, req: Request, reason: str):
         req.stats.finish_reason = reason
