@@ -61,6 +61,35 @@ static py::bytes quantize_to_bytes(py::array_t<float, py::array::c_style | py::a
     return py::bytes(out);
 }
 
+using IdArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using FlagArray = py::array_t<bool, py::array::c_style | py::array::forcecast>;
+
+// The rows of a step from its per-row arrays.
+static std::vector<StepRow> step_rows(const IdArray& tokens, const IdArray& slots, const IdArray& positions,
+                                      const FlagArray& logits) {
+    const py::ssize_t n = tokens.size();
+    if (slots.size() != n || positions.size() != n || logits.size() != n)
+        throw std::invalid_argument("step: tokens, slots, positions and logits must have one entry per row");
+    std::vector<StepRow> rows(n);
+    for (py::ssize_t r = 0; r < n; r++) rows[r] = StepRow{slots.data()[r], positions.data()[r], logits.data()[r] ? 1 : 0};
+    return rows;
+}
+
+// What a step returns: the logits of the rows that want them, and optionally every row's hidden state.
+struct StepOutput {
+    py::array_t<float> logits, hidden;
+    bool with_hidden;
+    StepOutput(const Model& model, const std::vector<StepRow>& rows, bool with_hidden) : with_hidden(with_hidden) {
+        py::ssize_t n_logits = 0;
+        for (const StepRow& r : rows) n_logits += r.logits;
+        logits = py::array_t<float>(std::vector<py::ssize_t>{n_logits, model.config().vocab_size});
+        if (with_hidden) hidden = py::array_t<float>(std::vector<py::ssize_t>{(py::ssize_t)rows.size(), model.config().dim});
+    }
+    float* logits_data() { return logits.mutable_data(); }
+    float* hidden_data() { return with_hidden ? hidden.mutable_data() : nullptr; }
+    py::object result() const { return with_hidden ? py::object(py::make_tuple(logits, hidden)) : py::object(logits); }
+};
+
 PYBIND11_MODULE(_core, m) {
     m.doc() = "dllama_py C++ core";
 
@@ -158,31 +187,42 @@ PYBIND11_MODULE(_core, m) {
             "Logits for tokens appended to one slot's sequence: every token's, or (1, vocab) for the last")
         .def(
             "step",
-            [](Model& model, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
-               py::array_t<int32_t, py::array::c_style | py::array::forcecast> slots,
-               py::array_t<int32_t, py::array::c_style | py::array::forcecast> positions,
-               py::array_t<bool, py::array::c_style | py::array::forcecast> logits) {
-                const py::ssize_t n = tokens.size();
-                if (slots.size() != n || positions.size() != n || logits.size() != n)
-                    throw std::invalid_argument("step: tokens, slots, positions and logits must have one entry per row");
-                std::vector<int32_t> ids(tokens.data(), tokens.data() + n);
-                std::vector<StepRow> rows(n);
-                int n_logits = 0;
-                for (py::ssize_t r = 0; r < n; r++) {
-                    rows[r] = StepRow{slots.data()[r], positions.data()[r], logits.data()[r] ? 1 : 0};
-                    n_logits += rows[r].logits;
-                }
-                py::array_t<float> out(std::vector<py::ssize_t>{n_logits, model.config().vocab_size});
-                float* dst = out.mutable_data();
+            [](Model& model, IdArray tokens, IdArray slots, IdArray positions, FlagArray logits, bool hidden) {
+                const std::vector<StepRow> rows = step_rows(tokens, slots, positions, logits);
+                StepOutput out(model, rows, hidden);
                 {
                     py::gil_scoped_release release;
-                    model.step(ids.data(), rows.data(), (int)n, dst);
+                    model.step(tokens.data(), rows.data(), (int)rows.size(), out.logits_data(), out.hidden_data());
                 }
-                return out;
+                return out.result();
             },
-            py::arg("tokens"), py::arg("slots"), py::arg("positions"), py::arg("logits"),
+            py::arg("tokens"), py::arg("slots"), py::arg("positions"), py::arg("logits"), py::arg("hidden") = false,
             "One forward step over rows (token, sequence slot, position, wants logits); returns the logits of "
-            "the rows that want them, in row order")
+            "the rows that want them, in row order, or with hidden=True (logits, every row's final hidden state)")
+        .def(
+            "mtp_step",
+            [](Model& model, IdArray tokens, py::array_t<float, py::array::c_style | py::array::forcecast> hidden,
+               IdArray slots, IdArray positions, FlagArray logits) {
+                const std::vector<StepRow> rows = step_rows(tokens, slots, positions, logits);
+                const int dim = model.config().dim;
+                if (hidden.ndim() != 2 || hidden.shape(0) != (py::ssize_t)rows.size() || hidden.shape(1) != dim)
+                    throw std::invalid_argument("mtp_step: hidden must be rows x dim (" + std::to_string(rows.size()) +
+                                                " x " + std::to_string(dim) + ")");
+                StepOutput out(model, rows, true);
+                {
+                    py::gil_scoped_release release;
+                    model.mtp_step(tokens.data(), hidden.data(), rows.data(), (int)rows.size(), out.logits_data(),
+                                   out.hidden_data());
+                }
+                return out.result();
+            },
+            py::arg("tokens"), py::arg("hidden"), py::arg("slots"), py::arg("positions"), py::arg("logits"),
+            "The MTP layer over rows (token, the hidden state it continues, slot, MTP position, wants logits); "
+            "returns (logits of the rows that want them, every row's output hidden state)")
+        .def_property_readonly("has_mtp", &Model::has_mtp)
+        .def("mtp_length", &Model::mtp_length, py::arg("slot"), "Positions of the slot's MTP sequence")
+        .def("truncate_mtp", &Model::truncate_mtp, py::arg("slot"), py::arg("n"),
+             "Keeps only the first n positions of the slot's MTP sequence")
         .def_property_readonly("n_slots", &Model::n_slots)
         .def("length", &Model::length, py::arg("slot"), "Positions of the slot's sequence in the KV cache")
         .def("truncate", &Model::truncate, py::arg("slot"), py::arg("n"),

@@ -142,17 +142,22 @@ class ConversionPlan:
         return self.arch.tensors(dict(self.params, weights_float_type=int(weight_type)), self.names)
 
 
-def plan_conversion(config: dict) -> ConversionPlan:
-    """Which architecture, header and HF tensor names a checkpoint's config.json leads to."""
+def plan_conversion(config: dict, mtp: bool = True) -> ConversionPlan:
+    """Which architecture, header and HF tensor names a checkpoint's config.json leads to; mtp=False
+    leaves out the multi-token-prediction layer."""
     model_type = config.get("model_type")
     if model_type is None:
         raise UnsupportedModelError("config.json has no model_type")
     if model_type in LEGACY_LAYOUTS:
         target, translate, names = LEGACY_LAYOUTS[model_type]
         arch = for_model_type(target)
-        return ConversionPlan(arch, arch.header_from_config(translate(config)), names)
-    arch = for_model_type(model_type)
-    return ConversionPlan(arch, arch.header_from_config(config), arch.hf_names)
+        plan = ConversionPlan(arch, arch.header_from_config(translate(config)), names)
+    else:
+        arch = for_model_type(model_type)
+        plan = ConversionPlan(arch, arch.header_from_config(config), arch.hf_names)
+    if not mtp:
+        plan.params.pop("n_mtp_layers", None)
+    return plan
 
 
 def for_model_type(model_type: str) -> Architecture:
@@ -221,6 +226,8 @@ def read_layout(path: str | os.PathLike) -> ModelLayout:
         raise ModelFileError(f"{path}: unknown weights_float_type {p['weights_float_type']}") from None
     if "norm_epsilon" in p and p["norm_epsilon"] not in NORM_EPSILON_CODES:
         raise ModelFileError(f"{path}: unsupported norm_epsilon code {p['norm_epsilon']} (5 or 6)")
+    if p.get("n_mtp_layers", 0) not in (0, 1):
+        raise ModelFileError(f"{path}: n_mtp_layers is {p['n_mtp_layers']}; a file holds 0 or 1 multi-token-prediction layer")
     try:
         tensors = place_tensors(arch.tensors(p, arch.hf_names), weight_type, header.size)
     except ValueError as e:

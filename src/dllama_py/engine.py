@@ -32,8 +32,9 @@ def default_threads() -> int:
 
 
 def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | None = None,
-                 max_sequences: int = 1) -> "_core.ModelConfig":
-    """The C++ graph's configuration from a .m header and its architecture-table entry.
+                 max_sequences: int = 1, mtp: bool = False) -> "_core.ModelConfig":
+    """The C++ graph's configuration from a .m header and its architecture-table entry; mtp: load the
+    file's multi-token-prediction layer.
 
     The fields and their order are the C++ table's (cpp/config.h): fields named after a header key are
     copied as they are; the rest are derived here."""
@@ -61,6 +62,10 @@ def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | N
     inv_freq, c.rope_attention_factor = rope_frequencies(p, c.rope_dim, c.rope_theta)
     c.rope_inv_freq = inv_freq.tolist()
     c.attention_out_bias = c.attention_bias and c.kv_lora_rank > 0
+    if mtp and not c.n_mtp_layers:
+        raise ValueError(f"{layout.path} has no multi-token-prediction layer (GLM-4.5 and later have one; "
+                         "convert the checkpoint again without --no-mtp), so it cannot draft with draft='mtp'")
+    c.n_mtp_layers = c.n_mtp_layers if mtp else 0
     return c
 
 
@@ -107,7 +112,7 @@ class Engine:
         self.draft, self.draft_tokens = draft, draft_tokens
         self.path = Path(path)
         self.layout = read_layout(self.path)
-        self.config = model_config(self.layout, max_seq_len, kv_cache, max_sequences)
+        self.config = model_config(self.layout, max_seq_len, kv_cache, max_sequences, mtp=draft == "mtp")
         if tokenizer:  # given: it must load
             self.tokenizer: Tokenizer | None = Tokenizer.load(tokenizer)
         else:

@@ -121,6 +121,8 @@ HEADER_KEYS = {
     "yarn_beta_slow_f32": 278,
     "yarn_attention_factor_f32": 279,  # multiplies cos and sin
     "yarn_truncate": 280,
+    # Ours: multi-token-prediction layers stored after the last layer (GLM's nextn layer; 0 or 1).
+    "n_mtp_layers": 281,
 }
 KEY_NAMES = {v: k for k, v in HEADER_KEYS.items()}
 FLOAT_BITS_KEYS = {k for k in HEADER_KEYS if k.endswith("_f32")}
