@@ -190,17 +190,20 @@ def mtp_checkpoint_tensors(mtp, n_layers: int) -> dict:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def build_with_mtp(name: str, directory: Path):
+def build_with_mtp(name: str, directory: Path, bigram: bool = False):
     """The named tiny GLM model (glm4_moe or glm4_moe_lite) with a random MTP layer, saved as a GLM
     checkpoint holds it; returns (main model, transformers' MtpModel loaded back from that checkpoint
-    by its own MTP loading path, token ids)."""
+    by its own MTP loading path, token ids).
+
+    bigram: the layers' outputs are zeroed, so that the next token depends on the current one only
+    (through the output head and the embedding), and the MTP layer hands the embedding of the token it
+    is given to the same head: its guesses are then always right."""
     import torch
     from safetensors.torch import load_file, save_file
     from transformers.modeling_layers import MtpModel
 
     ids = sequence(CONFIGS[name][1]["vocab_size"])
     model = random_model(name, 0, **mtp_config_overrides(name))
-    model.save_pretrained(directory, safe_serialization=True)
     torch.manual_seed(1)
     mtp = MtpModel(model, 1)
     with torch.no_grad():
@@ -214,6 +217,17 @@ def build_with_mtp(name: str, directory: Path):
         for bname, b in mtp.layers.named_buffers():
             if bname.endswith("e_score_correction_bias"):
                 b.copy_(0.05 * torch.randn_like(b))
+        if bigram:
+            dim = model.config.hidden_size
+            for layer in list(model.model.layers) + [mtp.layers[0].mtp_block]:
+                layer.self_attn.o_proj.weight.zero_()
+                for pname, p in layer.mlp.named_parameters():
+                    if "down_proj" in pname:
+                        p.zero_()
+            mtp.layers[0].eh_proj.weight.copy_(torch.cat([torch.eye(dim), torch.zeros(dim, dim)], 1))
+            mtp.layers[0].enorm.weight.fill_(1.0)
+            mtp.layers[0].post_norm.weight.copy_(model.model.norm.weight)
+    model.save_pretrained(directory, safe_serialization=True)
     n_layers = model.config.num_hidden_layers
     tensors = load_file(directory / "model.safetensors")
     tensors.update(mtp_checkpoint_tensors(mtp, n_layers))

@@ -12,6 +12,7 @@ from hf_models import N_PREFILL, build_with_mtp
 from dllama_py import Engine
 from dllama_py.architectures import read_layout
 from dllama_py.convert import convert
+from dllama_py.sampling import Sampler
 
 CHAIN = 3  # drafts chained after the last position
 
@@ -20,16 +21,18 @@ class MtpModels:
     def __init__(self, root):
         self.root, self.built, self.converted = root, {}, {}
 
-    def hf(self, name):
-        if name not in self.built:
-            self.built[name] = (self.root / name, *build_with_mtp(name, self.root / name))
-        return self.built[name]
+    def hf(self, name, bigram=False):
+        key = (name, bigram)
+        if key not in self.built:
+            directory = self.root / f"{name}{'-bigram' if bigram else ''}"
+            self.built[key] = (directory, *build_with_mtp(name, directory, bigram))
+        return self.built[key]
 
-    def m(self, name, dtype, mtp=True):
-        key = (name, dtype, mtp)
+    def m(self, name, dtype, mtp=True, bigram=False):
+        key = (name, dtype, mtp, bigram)
         if key not in self.converted:
-            out = self.root / f"{name}-{dtype}{'' if mtp else '-nomtp'}.m"
-            convert(self.hf(name)[0], out, dtype=dtype, progress=False, log=lambda *a: None, mtp=mtp)
+            out = self.root / f"{name}-{dtype}{'' if mtp else '-nomtp'}{'-bigram' if bigram else ''}.m"
+            convert(self.hf(name, bigram)[0], out, dtype=dtype, progress=False, log=lambda *a: None, mtp=mtp)
             self.converted[key] = out
         return self.converted[key]
 
@@ -119,3 +122,65 @@ def test_converter_keeps_the_mtp_layer_unless_asked_not_to(mtp_models):
         small = eng.kv_cache_bytes
     with Engine(with_mtp.path, threads=1, draft="mtp") as eng:
         assert eng.model.has_mtp and eng.kv_cache_bytes == small * 4 // 3  # one more layer's cache
+
+
+def direct_drafts(model, seq: list[int], k: int, slot: int) -> list[int]:
+    """The MTP layer's k greedy guesses after seq, computed from scratch in `slot`."""
+    model.truncate(slot, 0)
+    n = len(seq) - 1
+    _, h = model.step(seq[:n], [slot] * n, range(n), [False] * n, hidden=True)
+    logits, out = model.mtp_step(seq[1:], h, [slot] * n, range(n), [False] * (n - 1) + [True])
+    drafts = [int(logits[-1].argmax())]
+    for j in range(k - 1):
+        logits, out = model.mtp_step([drafts[-1]], out[-1:], [slot], [n + j], [True])
+        drafts.append(int(logits[-1].argmax()))
+    return drafts
+
+
+@pytest.mark.parametrize("name", ["glm4_moe_air", "glm4_moe_lite"])
+def test_scheduler_drafts_with_the_mtp_layer(mtp_models, name):
+    """Greedy output equals plain greedy output; at every step the scheduler's guesses are the MTP layer's
+    guesses computed from scratch for the sequence so far (a 70-token prompt prefilled in two chunks,
+    then verification steps that keep some guesses and drop others)."""
+    path = mtp_models.m(name, "f32")
+    rng = np.random.default_rng(5)
+    prompt = rng.integers(0, 384, 70).tolist()
+    with Engine(path, threads=2, draft="mtp", max_sequences=3, max_seq_len=128) as eng:
+        sched = eng.scheduler
+        plain = list(sched.submit(prompt, max_tokens=24))
+        req = sched.submit(prompt + [1], max_tokens=24, draft="mtp", draft_tokens=3)  # shares the prompt's cache
+        records = []
+        while sched.step():
+            if req._next is not None and req._mtp_drafts:
+                records.append((req._slot.tokens + [req._next], list(req._mtp_drafts)))
+        again = sched.submit(prompt, max_tokens=24, draft="mtp", draft_tokens=3)
+        assert list(again) == plain
+        assert again.stats.drafted_tokens > 0 and again.stats.cached_tokens > 0
+        full = prompt + [1] + list(req._out)
+        assert len(records) >= 5
+        for seq, drafts in records:
+            assert full[:len(seq)] == seq
+            assert drafts == direct_drafts(eng.model, seq, len(drafts), slot=2)
+        # Several requests at once, sampling too: each is a valid run of its own.
+        reqs = [sched.submit(prompt[:40 + 7 * i], max_tokens=16, draft="mtp", draft_tokens=2 + i) for i in range(3)]
+        outs = [list(r) for r in reqs]
+        assert outs == [list(sched.submit(prompt[:40 + 7 * i], max_tokens=16)) for i in range(3)]
+        sampled = sched.submit(prompt, max_tokens=16, draft="mtp", sampler=Sampler(seed=1))
+        assert len(list(sampled)) == 16 and sampled.stats.drafted_tokens > 0
+
+
+def test_right_mtp_guesses_are_kept(mtp_models):
+    """A model whose MTP layer always guesses right (hf_models.build_with_mtp(bigram=True)): every guess
+    is kept, so each step gives draft_tokens + 1 tokens, the same as plain decoding gives one by one;
+    with sampling, most guesses are kept too."""
+    _, model, mtp, ids = mtp_models.hf("glm4_moe_air", bigram=True)
+    path = mtp_models.m("glm4_moe_air", "f32", bigram=True)
+    with Engine(path, threads=2, draft="mtp", max_seq_len=128) as eng:
+        plain = list(eng.scheduler.submit(ids, max_tokens=30))
+        for k in (1, 3, 4):
+            req = eng.scheduler.submit(ids, max_tokens=30, draft="mtp", draft_tokens=k)
+            assert list(req) == plain
+            assert req.stats.accepted_tokens == req.stats.drafted_tokens > 0
+            assert req.stats.decode_steps == -(-29 // (k + 1))
+        req = eng.scheduler.submit(ids, max_tokens=30, draft="mtp", draft_tokens=3, sampler=Sampler(temperature=0.5, seed=3))
+        assert len(list(req)) == 30 and req.stats.acceptance_rate > 0.5

@@ -26,7 +26,7 @@ class Sampler:
         logits = np.asarray(logits).reshape(-1)
         if self.temperature == 0:
             return int(np.argmax(logits))
-        return self._draw(*self.distribution(logits))
+        return self.draw(*self.distribution(logits))
 
     def distribution(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """What `sample` draws from: (token ids, their probabilities), the probabilities summing to 1;
@@ -69,10 +69,11 @@ class Sampler:
         residual = np.maximum(p - q_on_p, 0)
         total = residual.sum()
         if total <= 0:  # p <= q everywhere yet the draft was refused: only rounding can get here
-            return self._draw(ids, p), False
-        return self._draw(ids, residual / total), False
+            return self.draw(ids, p), False
+        return self.draw(ids, residual / total), False
 
-    def _draw(self, ids: np.ndarray, probs: np.ndarray) -> int:
+    def draw(self, ids: np.ndarray, probs: np.ndarray) -> int:
+        """One of ids, drawn with probabilities probs."""
         cumulative = np.cumsum(probs, dtype=np.float64)
         choice = min(int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], side="right")), ids.size - 1)
         return int(ids[choice])

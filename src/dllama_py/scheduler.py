@@ -99,6 +99,8 @@ class Request:
         self._drafter = NgramDrafter() if draft == "ngram" else draft if is_drafter(draft) else None
         if self._drafter is not None:
             self._drafter.extend(prompt)
+        self._mtp_drafts: list[int] = []  # the MTP layer's guesses after _next
+        self._mtp_distributions: list | None = None  # what each was drawn from (None: greedy)
 
     @property
     def finish_reason(self) -> str:
@@ -125,6 +127,18 @@ class _Slot:
     tokens: list[int] = field(default_factory=list)  # what the KV cache holds for this slot, in order
     request: Request | None = None
     last_used: int = 0
+
+
+@dataclass
+class _Guessing:
+    """A request drafting with the MTP layer: the logits of its next guess, the hidden state and MTP
+    position that a further guess continues from, and how many guesses it wants."""
+
+    request: Request
+    logits: np.ndarray
+    hidden: np.ndarray
+    position: int
+    room: int
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -171,6 +185,9 @@ class Scheduler:
         if max_tokens < 0:
             raise ValueError("max_tokens must be >= 0")
         check_draft(draft, draft_tokens)
+        if draft == "mtp" and not self._model.has_mtp:
+            raise ValueError("draft='mtp' needs the model's multi-token-prediction layer: load the engine with "
+                             "draft='mtp' (CLI: --draft mtp)")
         sampler = sampler or Sampler(temperature=0)
         if draft is not None and not hasattr(sampler, "verify"):
             raise ValueError("speculative decoding needs a sampler with verify() (a dllama_py Sampler)")
@@ -266,9 +283,11 @@ class Scheduler:
             if plan is None:
                 return
             tokens, slots, positions, wants, owners, n_decode = plan
+            mtp = any(r.draft == "mtp" for r in self._running)
             t0 = time.perf_counter()
             try:
-                logits = self._model.step(tokens, slots, positions, wants)
+                logits = self._model.step(tokens, slots, positions, wants, hidden=mtp)
+                logits, hidden = logits if mtp else (logits, None)
             except BaseException as e:
                 with self._cv:
                     self._fail_running(e)
@@ -276,6 +295,14 @@ class Scheduler:
             with self._cv:
                 self.last_step = StepInfo(len(tokens), len(tokens) - n_decode, time.perf_counter() - t0)
                 self._apply(tokens, slots, owners, logits)
+                plan = self._plan_mtp(slots, positions) if mtp else None
+            if plan:
+                try:
+                    self._run_mtp(plan, hidden)
+                except BaseException as e:
+                    with self._cv:
+                        self._fail_running(e)
+                    raise
         finally:
             self._end_step()
 
@@ -297,6 +324,13 @@ class Scheduler:
                 self._model.copy_prefix(source.index, slot.index, n)
                 slot.tokens = source.tokens[:n]
             else:
+                self._model.truncate(slot.index, n)
+                del slot.tokens[n:]
+            # MTP position n-1 took the token after the shared prefix, which this prompt may not share.
+            mtp = min(self._model.mtp_length(slot.index), max(n - 1, 0))
+            self._model.truncate_mtp(slot.index, mtp)
+            if req.draft == "mtp" and mtp < n:  # its MTP layer catches up from the hidden states of the prompt
+                n = mtp
                 self._model.truncate(slot.index, n)
                 del slot.tokens[n:]
             slot.request = req
@@ -343,13 +377,86 @@ class Scheduler:
         return (np.asarray(tokens, dtype=np.int32), np.asarray(slots, dtype=np.int32),
                 np.asarray(positions, dtype=np.int32), np.asarray(wants, dtype=bool), owners, n_decode)
 
+    def _room(self, req: Request, start: int) -> int:
+        """How many guesses may follow the request's next token at position `start`: its draft_tokens, as
+        far as the context and max_tokens leave room."""
+        return min(req.draft_tokens, self._seq_len - 1 - start, req.max_tokens - req.stats.generated_tokens - 1)
+
     def _drafts(self, req: Request, start: int) -> list[int]:
-        """The guesses to check after the request's next token: as many as its draft_tokens, the context
-        and max_tokens leave room for."""
-        room = min(req.draft_tokens, self._seq_len - 1 - start, req.max_tokens - req.stats.generated_tokens - 1)
-        if req._drafter is None or room <= 0:
+        room = self._room(req, start)
+        if room <= 0:
             return []
-        return req._drafter.propose(room)
+        if req.draft == "mtp":
+            return req._mtp_drafts[:room]
+        return req._drafter.propose(room) if req._drafter is not None else []
+
+    # -- drafting with the MTP layer ------------------------------------------------------------------
+    # The MTP layer's position i takes token i+1 with the main layers' hidden state at i, so it follows
+    # its slot's sequence one token behind, catching up after every step over the rows the step kept; the
+    # last of them (the fed token, with the token just sampled) gives the first guess, and each further
+    # guess feeds the previous one back with the layer's own output. Those positions are dropped again
+    # (truncate_mtp) once the guesses are made: the next step's hidden states replace them.
+
+    def _plan_mtp(self, slots, positions):
+        """Per MTP request still running: (request, MTP positions to run, their tokens, the step's rows
+        holding their hidden states, how many guesses to make)."""
+        row_of = {(s, p): r for r, (s, p) in enumerate(zip(slots.tolist(), positions.tolist()))}
+        plan = []
+        for req in self._running:
+            if req.draft != "mtp" or req._done:
+                continue
+            req._mtp_drafts, req._mtp_distributions = [], None
+            slot = req._slot
+            length = len(slot.tokens)
+            first = self._model.mtp_length(slot.index)
+            following = req._next if req._next is not None else req.prompt[length] if length < len(req.prompt) else None
+            if following is None or first == length:
+                continue
+            tokens = slot.tokens[first + 1:] + [following]
+            rows = [row_of[(slot.index, p)] for p in range(first, length)]
+            room = self._room(req, length) if req._next is not None else 0
+            plan.append((req, range(first, length), tokens, rows, room))
+        return plan
+
+    def _run_mtp(self, plan, hidden: np.ndarray):
+        """Runs the MTP layer over the planned positions of every request in one call, then once per
+        further guess over the requests that want more, and leaves each request's guesses in _mtp_drafts."""
+        tokens, slots, positions, wants, rows = [], [], [], [], []
+        for req, ps, toks, rs, room in plan:
+            tokens += toks
+            slots += [req._slot.index] * len(ps)
+            positions += ps
+            wants += [False] * (len(ps) - 1) + [room > 0]
+            rows += rs
+        logits, out = self._model.mtp_step(tokens, hidden[rows], slots, positions, wants)
+        last_rows = np.flatnonzero(wants)
+        guessing = [_Guessing(req, logits[i], out[row], ps[-1] + 1, room)
+                    for i, (row, (req, ps, _, _, room)) in enumerate(zip(last_rows, [p for p in plan if p[4] > 0]))]
+        while guessing:
+            for g in guessing:
+                self._guess(g.request, g.logits)
+            guessing = [g for g in guessing if len(g.request._mtp_drafts) < g.room]
+            if not guessing:
+                break
+            logits, out = self._model.mtp_step([g.request._mtp_drafts[-1] for g in guessing],
+                                               np.stack([g.hidden for g in guessing]),
+                                               [g.request._slot.index for g in guessing], [g.position for g in guessing],
+                                               [True] * len(guessing))
+            for i, g in enumerate(guessing):
+                g.logits, g.hidden, g.position = logits[i], out[i], g.position + 1
+        for req, ps, _, _, _ in plan:
+            self._model.truncate_mtp(req._slot.index, ps[-1] + 1)
+
+    @staticmethod
+    def _guess(req: Request, logits: np.ndarray):
+        """One MTP guess: the argmax when greedy, else drawn as the request samples (the verification
+        then weighs it by the distribution it came from)."""
+        if req.sampler.temperature == 0:
+            req._mtp_drafts.append(int(np.argmax(logits)))
+            return
+        ids, probs = req.sampler.distribution(logits)
+        req._mtp_drafts.append(req.sampler.draw(ids, probs))
+        req._mtp_distributions = (req._mtp_distributions or []) + [(ids, probs)]
 
     def _apply(self, tokens, slots, owners, logits: np.ndarray):
         """Records what the step put into the cache, then samples each request's next token (or checks
@@ -384,7 +491,8 @@ class Scheduler:
         """Emits the tokens a verification step gives, then cuts the slot back to the fed token and the
         drafts kept before the last emitted token (which is fed next)."""
         emitted = accepted = 0
-        for token, kept in verified_tokens(req.sampler, rows, drafts):
+        distributions = req._mtp_distributions[:len(drafts)] if req._mtp_distributions else None
+        for token, kept in verified_tokens(req.sampler, rows, drafts, distributions):
             emitted += 1
             accepted += kept
             if not self._emit(req, token, now, start + emitted):
