@@ -184,3 +184,76 @@ def test_right_mtp_guesses_are_kept(mtp_models):
             assert req.stats.decode_steps == -(-29 // (k + 1))
         req = eng.scheduler.submit(ids, max_tokens=30, draft="mtp", draft_tokens=3, sampler=Sampler(temperature=0.5, seed=3))
         assert len(list(req)) == 30 and req.stats.acceptance_rate > 0.5
+
+
+@pytest.mark.parametrize("n_workers", [1, 2])
+def test_speculation_with_workers(mtp_models, n_workers):
+    """Split over in-process workers (f32 exchange): the same tokens, guesses and acceptance as on one
+    node, and a verification step of k + 1 rows costs the exchanges of a one-row step."""
+    from test_distributed import Workers
+
+    _, _, _, ids = mtp_models.hf("glm4_moe_lite", bigram=True)
+    path = mtp_models.m("glm4_moe_lite", "f32", bigram=True)
+    workers = Workers(n_workers)
+    try:
+        results = []
+        for addresses in ([], workers.addresses):
+            with Engine(path, threads=1, draft="mtp", max_seq_len=96, workers=addresses, exchange="f32") as eng:
+                sched = eng.scheduler
+                runs = [sched.submit(ids, max_tokens=20, draft="mtp", draft_tokens=3),
+                        sched.submit(ids + ids, max_tokens=20, draft="ngram", draft_tokens=4)]
+                outs = [(list(r), r.stats.accepted_tokens, r.stats.decode_steps) for r in runs]
+                # Exchanges of one decode step, without and with 4 guesses to check.
+                syncs = []
+                for drafts in ([], ids[1:5]):
+                    sched.reset(0)
+                    eng.forward(ids[:8])
+                    eng.reset_net_stats()
+                    n = 1 + len(drafts)
+                    eng.model.step([ids[8]] + drafts, [0] * n, range(8, 8 + n), [True] * n)
+                    syncs.append(eng.net_stats()["syncs"])
+                results.append((outs, syncs))
+        (single, _), (split, syncs) = results
+        assert split == single
+        assert single[0][1] > 0 and syncs[0] == syncs[1] > 0
+    finally:
+        workers.close()
+
+
+def test_command_line(mtp_models, tmp_path, capsys):
+    """convert keeps the layer (--no-mtp drops it), inspect shows it, bench --draft mtp measures it."""
+    from dllama_py.cli import main
+
+    hf_dir = mtp_models.hf("glm4_moe_air", bigram=True)[0]
+    for flags, name in (([], "a.m"), (["--no-mtp"], "b.m")):
+        assert main(["convert", str(hf_dir), "-o", str(tmp_path / name), "--dtype", "f32", "-q", *flags]) == 0
+    assert main(["inspect", str(tmp_path / "a.m")]) == 0
+    text = capsys.readouterr().out
+    assert "n_mtp_layers" in text and "multi-token-prediction layer: layers.3, " in text and "with --draft mtp" in text
+    assert main(["inspect", str(tmp_path / "b.m")]) == 0
+    assert "multi-token-prediction" not in capsys.readouterr().out
+    assert main(["bench", "-m", str(tmp_path / "a.m"), "-t", "1", "--prompt-tokens", "8", "--gen-tokens", "9",
+                 "--bandwidth", "20", "--draft", "mtp", "--draft-tokens", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "decode, --draft mtp" in text and "3 per step, 100% kept, 4.00 tokens per step" in text
+    assert "same tokens as plain   yes" in text
+
+
+@pytest.mark.parametrize("name, dtype", [("glm4_moe_air", "f32"), ("glm4_moe_lite", "q40")])
+def test_node_memory_counts_the_mtp_layer(mtp_models, name, dtype):
+    """inspect's memory per node (node_memory.py) with and without the MTP layer, against what the C++
+    graph reads and allocates for each node's share."""
+    from dllama_py import _core
+    from dllama_py.engine import model_config
+    from dllama_py.node_memory import node_memory
+
+    layout = read_layout(mtp_models.m(name, dtype))
+    tensors = [_core.TensorInfo(t.spec.name, _core.FloatType(int(t.dtype)), t.spec.rows, t.spec.cols, t.offset)
+               for t in layout.tensors]
+    for mtp in (False, True):
+        cfg = model_config(layout, 100, mtp=mtp)
+        for n_nodes in (1, 2):
+            for node in range(n_nodes):
+                measured = _core.measure_node_share(str(layout.path), cfg, tensors, node, n_nodes)
+                estimate = node_memory(layout, node, n_nodes, cfg.seq_len, cfg.kv_f16, mtp=mtp)
+                assert (estimate.weights, estimate.kv_cache) == measured, (mtp, node, n_nodes)

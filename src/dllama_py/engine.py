@@ -128,7 +128,8 @@ class Engine:
             exchange = "f32" if self.layout.weight_type == FloatType.F32 else "q80"
         report = None
         if load_progress is not None and not workers:
-            total = node_memory(self.layout, 0, 1, self.config.seq_len, self.config.kv_f16).weights
+            total = node_memory(self.layout, 0, 1, self.config.seq_len, self.config.kv_f16,
+                                mtp=self.config.n_mtp_layers > 0).weights
             report = lambda done: load_progress(min(done, total), total)  # noqa: E731
         self._model = _core.Model(str(self.path), self.config, tensors, threads or default_threads(),
                                   workers=list(workers or []), secret=secret or os.environ.get(SECRET_ENV, ""),

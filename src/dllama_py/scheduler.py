@@ -45,6 +45,7 @@ class GenerationStats:
     prefill_seconds: float = 0.0  # from the first step the request took part in to its first token
     decode_seconds: float = 0.0  # from its first token to its last
     finish_reason: str = ""  # "stop", "length", "context", "cancelled" or "error"
+    draft: str = ""  # how it guessed ahead: "ngram", "mtp", "custom" or "" (it did not)
     decode_steps: int = 0  # forward steps that gave tokens after the first
     drafted_tokens: int = 0  # speculative guesses the model checked
     accepted_tokens: int = 0  # guesses it kept
@@ -63,6 +64,13 @@ class GenerationStats:
     def tokens_per_step(self) -> float:
         """Tokens after the first per decode step: 1 without speculation, up to draft_tokens + 1 with it."""
         return (self.generated_tokens - 1) / self.decode_steps if self.decode_steps else 0.0
+
+    def completion_tokens_details(self) -> dict:
+        """The guesses in OpenAI's usage fields (those of its predicted outputs); {} without speculation."""
+        if not self.drafted_tokens:
+            return {}
+        return {"accepted_prediction_tokens": self.accepted_tokens,
+                "rejected_prediction_tokens": self.drafted_tokens - self.accepted_tokens}
 
 
 @dataclass
@@ -86,7 +94,8 @@ class Request:
         self.stop_tokens = stop_tokens
         self.draft = draft
         self.draft_tokens = draft_tokens
-        self.stats = GenerationStats(prompt_tokens=len(prompt))
+        self.stats = GenerationStats(prompt_tokens=len(prompt),
+                                     draft=draft if isinstance(draft, str) else "custom" if draft is not None else "")
         self._scheduler = scheduler
         self._out: deque[int] = deque()  # sampled, not yet taken by the consumer
         self._done = False

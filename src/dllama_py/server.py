@@ -120,8 +120,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _usage(self) -> dict:
         s = self.server.engine.last_stats
-        return {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.generated_tokens,
-                "total_tokens": s.prompt_tokens + s.generated_tokens}
+        usage = {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.generated_tokens,
+                 "total_tokens": s.prompt_tokens + s.generated_tokens}
+        if s.completion_tokens_details():  # serve --draft: how many guesses were kept
+            usage["completion_tokens_details"] = s.completion_tokens_details()
+        return usage
 
     def _finish_reason(self) -> str:
         return "length" if self.server.engine.last_stats.finish_reason in ("length", "context") else "stop"
