@@ -28,15 +28,18 @@ KvTensor::KvTensor(const KvShape& shape, int n_slots, int seq_len, bool f16)
 
 void KvTensor::put(int slot, int pos, const float* values) {
     const int width = shape_.width;
+    // Value d of the position lies at first + d * stride within each head's history.
+    const size_t first = kv_index(shape_.layout, width, pos, 0);
+    const size_t stride = kv_index(shape_.layout, width, pos, 1) - first;
     for (int h = 0; h < shape_.n_heads; h++) {
-        const size_t base = head_offset(slot, h);
+        const size_t base = head_offset(slot, h) + first;
         const float* v = values + (size_t)h * width;
         if (f16_) {
             uint16_t* dst = static_cast<uint16_t*>(memory_->data) + base;
-            for (int d = 0; d < width; d++) dst[kv_index(shape_.layout, width, pos, d)] = f32_to_f16(v[d]);
+            for (int d = 0; d < width; d++) dst[d * stride] = f32_to_f16(v[d]);
         } else {
             float* dst = static_cast<float*>(memory_->data) + base;
-            for (int d = 0; d < width; d++) dst[kv_index(shape_.layout, width, pos, d)] = v[d];
+            for (int d = 0; d < width; d++) dst[d * stride] = v[d];
         }
     }
 }

@@ -36,7 +36,7 @@ def test_slots_hold_their_own_sequences_across_position_blocks(tiny_models):
     assert max_error(batched, references) <= 1e-4
 
 
-@pytest.mark.parametrize("name", ["llama", "glm4_moe_air", "glm4_moe_lite"])
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_greedy_generations_together_equal_one_at_a_time(tiny_models, name):
     path = tiny_models.converted(name, "q40")
     prompts = make_sequences(384, seed=11, n=6)
@@ -97,6 +97,7 @@ def test_prompt_prefix_is_reused_from_another_slot(tiny_models):
         assert list(b) == alone_tokens
         assert b.stats.cached_tokens == len(system)
         a.cancel()
+        assert eng.scheduler.slot_tokens(b._slot.index)[:len(system) + 2] == system + [7, 8]
         # A finished sequence's slot keeps its tokens: the same prompt again reuses all but the last token.
         c = eng.scheduler.submit(system + [7, 8], max_tokens=5)
         assert list(c) == alone_tokens and c.stats.cached_tokens == len(system) + 1
@@ -134,6 +135,10 @@ def test_bad_rows_are_refused(tiny_models):
             Engine(tiny_models.converted("llama", "f32"), max_sequences=0)
         eng.forward([1, 2, 3])
         assert eng.position == 3 and m.length(1) == 0
+        with pytest.raises(ValueError, match="can only be cut back"):
+            eng.scheduler.truncate(0, 4)
+        eng.scheduler.truncate(0, 2)
+        assert eng.position == 2 and eng.scheduler.slot_tokens(0) == [1, 2]
 
 
 def test_cache_memory_is_committed_as_positions_are_written(tiny_models):

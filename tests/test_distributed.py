@@ -93,6 +93,18 @@ def test_batched_steps_with_workers_equal_each_sequence_alone(tiny_models, worke
     assert max_error(batched, references) <= 1e-4
 
 
+@pytest.mark.parametrize("name", ["qwen3_moe", "glm4_moe_lite"])
+def test_scheduled_generations_with_workers_equal_one_at_a_time(tiny_models, workers, name):
+    """Greedy generations sharing steps on 2 nodes against the same prompts run one at a time there."""
+    path = tiny_models.converted(name, "q40")
+    prompts = make_sequences(384, seed=21, n=5)
+    with Engine(path, threads=1, max_sequences=3, workers=workers.addresses[:1]) as eng:
+        alone_tokens = [list(eng.scheduler.submit(p, max_tokens=8)) for p in prompts]
+        requests = [eng.scheduler.submit(p, max_tokens=8) for p in prompts]
+        together = [list(r) for r in requests]
+    assert together == alone_tokens
+
+
 @pytest.mark.parametrize("n_workers", [1, 2, 3])
 def test_q80_weights_and_exchange(tiny_models, workers, n_workers):
     _, ids, ref = tiny_models.hf("llama")

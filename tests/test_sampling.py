@@ -77,3 +77,35 @@ def test_invalid_settings():
     for kwargs in ({"temperature": -1}, {"top_p": 0}, {"top_p": 1.5}, {"top_k": -1}):
         with pytest.raises(ValueError):
             Sampler(**kwargs)
+
+
+def test_penalties_and_logit_bias_follow_openai():
+    from dllama_py.sampling import LogitAdjustments
+
+    logits = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
+    adjust = LogitAdjustments(4, presence_penalty=0.5, frequency_penalty=0.25, logit_bias={0: 10, 3: -100})
+    np.testing.assert_allclose(adjust.apply(logits), [11, 2, 3, -96])
+    for token in (1, 1, 2):
+        adjust.accept(token)
+    # logit - count * frequency - (count > 0) * presence + bias
+    np.testing.assert_allclose(adjust.apply(logits), [11, 2 - 0.5 - 0.5, 3 - 0.25 - 0.5, -96])
+    assert LogitAdjustments(4).apply(logits) is logits
+    with pytest.raises(ValueError, match="presence_penalty"):
+        LogitAdjustments(4, presence_penalty=2.5)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        LogitAdjustments(4, logit_bias={4: 1})
+
+
+def test_token_logprobs():
+    from dllama_py.sampling import token_logprobs
+
+    logits = np.array([0.0, np.log(3.0), -np.inf, np.log(6.0)])
+    lp, top = token_logprobs(logits, 1, top_n=2)
+    assert lp == pytest.approx(np.log(0.3))
+    assert [t for t, _ in top] == [3, 1] and top[0][1] == pytest.approx(np.log(0.6))
+    assert token_logprobs(logits, 2)[0] == -np.inf
+
+
+def test_a_vanishing_temperature_is_greedy():
+    logits = np.array([0.0, 3.0, 1.0], dtype=np.float32)
+    assert all(Sampler(temperature=t, seed=s).sample(logits) == 1 for t in (5e-324, 1e-9) for s in range(5))

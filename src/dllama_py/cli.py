@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -48,7 +49,7 @@ def _add_run_options(p: argparse.ArgumentParser):
                    help="guesses checked per step with --draft (default 4)")
 
 
-def _engine(args):
+def _engine(args, max_sequences: int = 1):
     from tqdm import tqdm
 
     from .engine import Engine
@@ -62,7 +63,7 @@ def _engine(args):
 
         return Engine(args.model, threads=args.threads, max_seq_len=args.max_seq_len, tokenizer=args.tokenizer,
                       workers=args.workers, secret=args.secret, exchange=args.exchange, load_progress=progress,
-                      draft=args.draft, draft_tokens=args.draft_tokens)
+                      max_sequences=max_sequences, draft=args.draft, draft_tokens=args.draft_tokens)
 
 
 def _add_sampling_options(p: argparse.ArgumentParser, max_tokens: int):
@@ -169,7 +170,8 @@ def cmd_bench(args) -> int:
     if args.parallel:
         streams = [int(s) for s in args.parallel.split(",") if s.strip()]
         run_parallel_bench(args.model, streams, threads=args.threads, prompt_tokens=args.prompt_tokens,
-                           gen_tokens=args.gen_tokens, max_seq_len=args.max_seq_len, workers=args.workers,
+                           gen_tokens=args.gen_tokens, max_seq_len=args.max_seq_len, repeats=args.repeats,
+                           workers=args.workers,
                            secret=args.secret, exchange=args.exchange)
         return 0
     run_bench(args.model, threads=args.threads, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
@@ -180,10 +182,15 @@ def cmd_bench(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .server import serve
-
-    with _engine(args) as eng:
-        serve(eng, args.host, args.port)
+    try:
+        from .server import ServerOptions, serve
+    except ImportError as e:
+        raise RuntimeError(f"serve needs the server extra ({e.name} is missing): pip install 'dllama_py[server]'") from None
+    options = ServerOptions(parallel=args.parallel, max_queue=args.queue_size, api_key=args.api_key or None,
+                            cors_origins=args.cors_origin, max_body_bytes=args.max_body_mb << 20,
+                            body_timeout=args.body_timeout, model_name=args.model_name)
+    with _engine(args, max_sequences=args.parallel) as eng:
+        serve(eng, args.host, args.port, options)
     return 0
 
 
@@ -255,12 +262,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ask for a direct answer (enable_thinking=False)")
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("serve", help="serve an OpenAI-style HTTP API",
-                       description="Serve /v1/chat/completions (streaming, with reasoning_content), "
-                                   "/v1/completions and /v1/models.")
+    p = sub.add_parser("serve", help="serve an OpenAI-style HTTP API and a chat page",
+                       description="Serve /v1/chat/completions and /v1/completions (streaming, tools, "
+                                   "reasoning_content, logprobs, JSON output), /v1/models, /health, /metrics "
+                                   "and a chat page at /.")
     _add_run_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="sequence slots: requests admitted at once (default 1); more wait in the queue")
+    p.add_argument("--queue-size", type=int, default=64, help="requests waiting for a slot before the server "
+                   "answers 503 with Retry-After (default 64)")
+    p.add_argument("--api-key", default=os.environ.get("DLLAMA_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1 and /metrics (default: $DLLAMA_API_KEY)")
+    p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
+                   help="allow browsers on this origin to call the API (repeatable; '*' for any)")
+    p.add_argument("--max-body-mb", type=int, default=8, help="largest request body in MiB (default 8; 413 above)")
+    p.add_argument("--body-timeout", type=float, default=15.0,
+                   help="seconds a request body may take to arrive (default 15; 408 after)")
+    p.add_argument("--model-name", default=None, help="the model id the API reports (default: the file's name)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="serve a share of a model to a root over TCP",
@@ -292,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory bandwidth in GB/s to compare against (default: measured now)")
     p.add_argument("--parallel", default=None, metavar="N,N,...",
                    help="decode that many streams at once (e.g. 1,2,4,8,16): aggregate tok/s and per-stream latency")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="with --parallel: run the stream counts in turn this many times, keep each one's best")
     p.set_defaults(func=cmd_bench)
     return parser
 

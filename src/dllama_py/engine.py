@@ -17,6 +17,7 @@ from .rope import rope_frequencies
 from .sampling import Sampler
 from .scheduler import GenerationStats, Scheduler
 from .speculative import check_draft
+from .text_stream import TextStream
 from .tokenizer import Tokenizer, bundle_path
 from .tool_calls import split_tool_calls
 
@@ -91,9 +92,8 @@ class Engine:
     def __init__(self, path: str | os.PathLike, threads: int | None = None, max_seq_len: int | None = None,
                  tokenizer: str | os.PathLike | None = None, workers: list[str] | None = None,
                  secret: str | None = None, exchange: str | None = None, net_timeout: float = 10.0,
-                 kv_cache: str | None = None, max_sequences: int = 1,
-                 load_progress: Callable[[int, int], None] | None = None, draft: str | None = None,
-                 draft_tokens: int = 4):
+                 kv_cache: str | None = None, load_progress: Callable[[int, int], None] | None = None,
+                 max_sequences: int = 1, draft: str | None = None, draft_tokens: int = 4):
         """kv_cache: "f16" or "f32" (default: f32 for F32 models, else f16).
         max_sequences: sequences the KV cache holds at once (each up to the context length); generations
         running at the same time (generate/chat from several threads, or scheduler.submit) share forward
@@ -280,31 +280,19 @@ class Engine:
         if len(ids) > self.context_length:
             raise ValueError(f"the prompt has {len(ids)} tokens but the context holds {self.context_length} "
                              f"(raise max_seq_len, up to the model's {self.layout.params.get('max_seq_len')})")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
         request = self.scheduler.submit(ids, sampler, max_tokens, stop_tokens=tok.eos_token_ids,
                                         draft=draft or self.draft, draft_tokens=draft_tokens or self.draft_tokens)
         self.last_stats = request.stats
-        decoder = tok.stream_decoder()
-        text = ""  # decoded and not yet yielded (held back while it may start a stop string)
-        hold = max((len(s) for s in stops), default=1) - 1
-        stopped_by_string = False
+        stream = TextStream(tok, stop)
         try:
             for token in request:
-                text += decoder.push(token)
-                hit = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-                if hit >= 0:
+                if text := stream.push(token):
+                    yield text
+                if stream.stopped:
                     request.cancel()
                     request.stats.finish_reason = "stop"
-                    text = text[:hit]
-                    stopped_by_string = True
                     break
-                if len(text) > hold:
-                    cut = len(text) - hold
-                    yield text[:cut]
-                    text = text[cut:]
-            if not stopped_by_string:
-                text += decoder.flush()
-            if text:
+            if text := stream.flush():
                 yield text
         finally:
             request.cancel()  # frees the slot when the caller stops iterating early

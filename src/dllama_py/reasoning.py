@@ -40,7 +40,7 @@ class ThinkingSplitter:
             self._switch()
         # Hold back what might still become a tag, and trailing whitespace that might precede one.
         tag = self._expected_tag()
-        ready = self._buffer[: len(self._buffer) - _partial_tag_length(self._buffer, tag)].rstrip()
+        ready = self._buffer[: len(self._buffer) - partial_tag_length(self._buffer, tag)].rstrip()
         self._emit(out, ready)
         self._buffer = self._buffer[len(ready) :]
         return out
@@ -51,6 +51,10 @@ class ThinkingSplitter:
         self._emit(out, self._buffer.rstrip())
         self._buffer = ""
         return out
+
+    @property
+    def in_reasoning(self) -> bool:
+        return self._kind == "reasoning"
 
     def _expected_tag(self) -> str | None:
         if self._kind == "reasoning":
@@ -77,7 +81,7 @@ class ThinkingSplitter:
             out.append((self._kind, text))
 
 
-def _partial_tag_length(text: str, tag: str | None) -> int:
+def partial_tag_length(text: str, tag: str | None) -> int:
     """Length of the longest end of `text` that is a proper beginning of `tag`."""
     if tag is None:
         return 0

@@ -1,4 +1,5 @@
-"""Choosing the next token from logits: greedy, or temperature + top-k + top-p (nucleus) sampling."""
+"""Choosing the next token from logits: greedy, or temperature + top-k + top-p (nucleus) sampling; OpenAI's
+penalties and logit bias; log-probabilities of the chosen tokens."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ class Sampler:
             raise ValueError("top_p must be in (0, 1]")
         if top_k < 0:
             raise ValueError("top_k must be >= 0")
-        self.temperature = temperature
+        # Below ~1e-4 the distribution is the argmax anyway, and 1/temperature would overflow.
+        self.temperature = temperature if temperature >= 1e-4 else 0.0
         self.top_p = top_p
         self.top_k = top_k
         self._rng = np.random.default_rng(seed)
@@ -97,3 +99,62 @@ class Sampler:
                 keep = int(np.searchsorted(cumulative, self.top_p)) + 1
                 return order[:keep], probs[order[:keep]]
             k *= 4
+
+
+class LogitAdjustments:
+    """OpenAI's `presence_penalty`, `frequency_penalty` and `logit_bias`, applied to raw logits before
+    sampling: logit[t] += bias[t] - count[t] * frequency - (count[t] > 0) * presence, where count[t] is
+    how often t was generated so far in this completion (the prompt does not count)."""
+
+    def __init__(self, vocab_size: int, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                 logit_bias: dict[int, float] | None = None):
+        for name, value in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty)):
+            if not -2 <= value <= 2:
+                raise ValueError(f"{name} must be in [-2, 2]")
+        self.presence = float(presence_penalty)
+        self.frequency = float(frequency_penalty)
+        self._bias = np.zeros(vocab_size, dtype=np.float32)
+        for token, bias in (logit_bias or {}).items():
+            if not 0 <= token < vocab_size:
+                raise ValueError(f"logit_bias: token {token} is outside the vocabulary of {vocab_size}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias: the bias of token {token} must be in [-100, 100]")
+            self._bias[token] = bias
+        self._has_bias = bool(logit_bias)
+        self._counts: dict[int, int] = {}
+
+    @property
+    def active(self) -> bool:
+        return self._has_bias or (bool(self._counts) and (self.presence != 0 or self.frequency != 0))
+
+    def apply(self, logits: np.ndarray) -> np.ndarray:
+        """Adjusted float32 copy of one row of logits (the row itself when nothing applies)."""
+        if not self.active:
+            return logits
+        out = logits.astype(np.float32) + self._bias
+        if self._counts and (self.presence or self.frequency):
+            tokens = np.fromiter(self._counts.keys(), dtype=np.int64, count=len(self._counts))
+            counts = np.fromiter(self._counts.values(), dtype=np.float32, count=len(self._counts))
+            out[tokens] -= counts * self.frequency + self.presence
+        return out
+
+    def accept(self, token: int) -> None:
+        self._counts[token] = self._counts.get(token, 0) + 1
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits, dtype=np.float64).reshape(-1)
+    finite = x[np.isfinite(x)]
+    top = finite.max() if finite.size else 0.0
+    return x - (top + np.log(np.exp(x - top).sum()))
+
+
+def token_logprobs(logits: np.ndarray, token: int, top_n: int = 0) -> tuple[float, list[tuple[int, float]]]:
+    """The log-probability of `token` under softmax(logits) and the `top_n` most likely tokens with theirs."""
+    lp = log_softmax(logits)
+    if top_n <= 0:
+        return float(lp[token]), []
+    top_n = min(top_n, lp.size)
+    best = np.argpartition(-lp, top_n - 1)[:top_n]
+    best = best[np.argsort(-lp[best], kind="stable")]
+    return float(lp[token]), [(int(t), float(lp[t])) for t in best]

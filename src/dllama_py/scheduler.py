@@ -246,15 +246,70 @@ class Scheduler:
         finally:
             self._end_step()
 
-    def reset(self, slot: int = 0):
-        """Empties a slot's sequence (not one a running generation holds)."""
+    def truncate(self, slot: int, n: int = 0):
+        """Keeps only the first n tokens of a slot's sequence (not of one a running generation holds)."""
         with self._cv:
             while self._stepping:
                 self._cv.wait()
             if self._slots[slot].request is not None:
                 raise RuntimeError(f"sequence slot {slot} is in use by a running generation")
-            self._model.truncate(slot, 0)
-            self._slots[slot].tokens.clear()
+            self._model.truncate(slot, n)
+            del self._slots[slot].tokens[n:]
+
+    def reset(self, slot: int = 0):
+        """Empties a slot's sequence."""
+        self.truncate(slot, 0)
+
+    def slot_tokens(self, slot: int) -> list[int]:
+        """The tokens whose keys and values slot's KV cache holds, in order."""
+        with self._cv:
+            return list(self._slots[slot].tokens)
+
+    # -- the slots one by one, for a caller that runs its own loop (the HTTP server) ------------------
+    @property
+    def max_active(self) -> int:
+        """Sequences that advance together in one step: the KV cache's slots."""
+        return len(self._slots)
+
+    @property
+    def context_length(self) -> int:
+        return self._seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab
+
+    def reusable(self, slot: int, ids: list[int]) -> int:
+        """How many leading tokens of `ids` the slot's cache already holds."""
+        with self._cv:
+            return _common_prefix(self._slots[slot].tokens, ids)
+
+    def extend(self, slot: int, ids: list[int]) -> np.ndarray:
+        """Makes the slot's sequence `ids`, computing only what its cache does not hold (the last token at
+        least); the logits after the last token (1, vocab)."""
+        keep = min(self.reusable(slot, ids), len(ids) - 1)
+        self.truncate(slot, keep)
+        return self.forward(ids[keep:], all_logits=False, slot=slot)
+
+    def decode(self, rows: list[tuple[int, int]]) -> np.ndarray:
+        """One token appended to each (slot, token) row's sequence, all in one step; logits (rows, vocab)."""
+        with self._cv:
+            while self._stepping:
+                self._cv.wait()
+            busy = [slot for slot, _ in rows if self._slots[slot].request is not None]
+            if busy:
+                raise RuntimeError(f"sequence slot {busy[0]} is in use by a running generation")
+            self._stepping = True
+        try:
+            tokens = np.asarray([t for _, t in rows], dtype=np.int32)
+            slots = np.asarray([s for s, _ in rows], dtype=np.int32)
+            positions = np.asarray([len(self._slots[s].tokens) for s, _ in rows], dtype=np.int32)
+            logits = self._model.step(tokens, slots, positions, np.ones(len(rows), dtype=bool))
+            for slot, token in rows:
+                self._slots[slot].tokens.append(token)
+            return logits
+        finally:
+            self._end_step()
 
     # -- driving the steps ---------------------------------------------------------------------------
     def _next_token(self, req: Request) -> int:

@@ -1,0 +1,304 @@
+"""Runs the server's generations on the engine: `submit` a request, read its tokens as an async stream,
+`cancel` it. Requests take one of `parallel` sequence slots; the rest wait in a bounded queue.
+
+One thread owns the engine and loops: admit waiting requests into free slots, advance the running ones
+by one step (a prefill chunk or one token each), hand each token to its request's asyncio queue. The
+backend is the Engine's KV-cache slots (`engine.scheduler`, an Engine made with max_sequences = the
+server's slots): its `decode` runs one token of every decoding sequence in a single forward step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Protocol
+
+import numpy as np
+
+from ..constrained import JsonConstraint
+from ..engine import Engine
+from ..sampling import LogitAdjustments, Sampler, token_logprobs
+from ..text_stream import TextStream
+
+PREFILL_CHUNK = 256  # prompt tokens per step, so a cancelled long prompt stops within one chunk
+
+
+class QueueFull(Exception):
+    def __init__(self, retry_after: int):
+        super().__init__(f"the server is busy; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class Backend(Protocol):
+    max_active: int  # sequences that can advance in one step
+    context_length: int
+    vocab_size: int
+
+    def reusable(self, slot: int, ids: list[int]) -> int:
+        """How many leading tokens of `ids` the slot's cache already holds."""
+
+    def extend(self, slot: int, ids: list[int]) -> np.ndarray:
+        """Make the slot's sequence `ids`, computing only what its cache does not hold; the logits after
+        the last token (vocab,)."""
+
+    def decode(self, rows: list[tuple[int, int]]) -> np.ndarray:
+        """One token appended to each (slot, token) row's sequence; logits (rows, vocab)."""
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.8
+    top_p: float = 0.9
+    top_k: int = 0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
+    top_logprobs: int | None = None  # None: no log-probabilities; 0: the chosen token's only
+    grammar: str | None = None  # JSON grammar (constrained.json_grammar) the output must follow
+    grammar_after: str | None = None  # ... once this text has been generated (e.g. "</think>")
+
+
+@dataclass
+class TokenEvent:
+    token: int
+    text: str  # final text this token completed ("" while a character or stop string is incomplete)
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class Finished:
+    reason: str  # "stop" or "length"
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    text: str = ""  # text still held back at the end
+    error: Exception | None = None
+
+
+class Generation:
+    """One request in the scheduler: its slot, sampling state and the queue its events go to."""
+
+    def __init__(self, prompt: list[int], params: SamplingParams, eos: set[int], tokenizer, vocab_size: int):
+        self.prompt, self.params, self.eos = prompt, params, eos
+        self.sampler = Sampler(params.temperature, params.top_p, params.top_k, params.seed)
+        self.adjust = LogitAdjustments(vocab_size, params.presence_penalty, params.frequency_penalty,
+                                       params.logit_bias)
+        self.constraint: JsonConstraint | None = None
+        self.text = TextStream(tokenizer, params.stop)
+        self.slot: int | None = None
+        self.prefilled = 0  # prompt tokens in the cache
+        self.cached = 0
+        self.pending: int | None = None  # the token to feed at the next step
+        self.completion = 0
+        self.generated_text = ""  # only kept while waiting for grammar_after
+        self.submitted = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.cancelled = False
+        self.done = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.queue: asyncio.Queue | None = None
+
+    def cancel(self) -> None:
+        """Stop generating (between two steps) and free the slot; safe to call from any thread."""
+        self.cancelled = True
+
+    async def events(self) -> AsyncIterator[TokenEvent | Finished]:
+        """The request's tokens, then one Finished; cancels the generation if the reader stops early."""
+        try:
+            while True:
+                event = await self.queue.get()
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            self.cancel()
+
+
+class Scheduler:
+    def __init__(self, backend: Backend, tokenizer, parallel: int = 1, max_queue: int = 64):
+        if parallel < 1 or max_queue < 0:
+            raise ValueError("parallel must be >= 1 and the queue size >= 0")
+        self.backend, self.tokenizer = backend, tokenizer
+        self.parallel, self.max_queue = parallel, max_queue
+        self._waiting: deque[Generation] = deque()
+        self._slots: list[Generation | None] = [None] * parallel
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._mean_request_s = 5.0
+        self.tokens_generated = 0
+        self.prompt_tokens = 0
+        self.requests_finished = 0
+        self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps, for tokens/s
+        self._thread = threading.Thread(target=self._run, name="dllama-scheduler", daemon=True)
+        self._thread.start()
+
+    # -- the asyncio side -------------------------------------------------------------------------
+    def submit(self, prompt: list[int], params: SamplingParams) -> Generation:
+        """Queue a generation (raises QueueFull); read it with `gen.events()` from the calling loop."""
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        gen = Generation(prompt, params, set(self.tokenizer.eos_token_ids), self.tokenizer, self.backend.vocab_size)
+        gen.loop, gen.queue = asyncio.get_running_loop(), asyncio.Queue()
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the server is shutting down")
+            self._waiting = deque(g for g in self._waiting if not g.cancelled)
+            if len(self._waiting) >= self.max_queue and None not in self._slots:
+                raise QueueFull(self.retry_after())
+            self._waiting.append(gen)
+            self._cond.notify()
+        return gen
+
+    def retry_after(self) -> int:
+        """Seconds until a slot is likely free: the queue ahead times the mean request time."""
+        ahead = len(self._waiting) / max(1, min(self.parallel, self.backend.max_active)) + 1
+        return max(1, min(3600, math.ceil(ahead * self._mean_request_s)))
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def slots_busy(self) -> int:
+        return sum(g is not None for g in self._slots)
+
+    def tokens_per_second(self, window: float = 10.0) -> float:
+        """Generated tokens per second over the last `window` seconds."""
+        now = time.perf_counter()
+        with self._cond:
+            recent = [(t, n) for t, n in self._recent if now - t <= window]
+        return sum(n for _, n in recent) / window if recent else 0.0
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+
+    # -- the engine thread ------------------------------------------------------------------------
+    def _emit(self, gen: Generation, event) -> None:
+        try:
+            gen.loop.call_soon_threadsafe(gen.queue.put_nowait, event)
+        except RuntimeError:  # the request's event loop is gone
+            gen.cancelled = True
+
+    def _finish(self, gen: Generation, reason: str, error: Exception | None = None) -> None:
+        gen.done = True
+        tail = gen.text.flush() if error is None else ""
+        self._emit(gen, Finished(reason, len(gen.prompt), gen.cached, gen.completion, tail, error))
+        with self._cond:
+            if gen.slot is not None and self._slots[gen.slot] is gen:
+                self._slots[gen.slot] = None
+            self.requests_finished += 1
+            self._mean_request_s = 0.8 * self._mean_request_s + 0.2 * (time.perf_counter() - gen.submitted)
+
+    def _admit(self) -> None:
+        """Waiting requests into free slots: each to the free slot whose cache shares the longest prefix
+        with its prompt (else the first free one)."""
+        while self._waiting and None in self._slots:
+            gen = self._waiting.popleft()
+            if gen.cancelled:
+                self._emit(gen, Finished("cancelled", len(gen.prompt), 0, 0))
+                continue
+            free = [i for i, g in enumerate(self._slots) if g is None]
+            gen.slot = max(free, key=lambda i: self.backend.reusable(i, gen.prompt))
+            self._slots[gen.slot] = gen
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._waiting and self.slots_busy == 0:
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                self._admit()
+                running = sorted((g for g in self._slots if g is not None), key=lambda g: g.submitted)
+            for gen in running:
+                if gen.cancelled:
+                    self._finish(gen, "cancelled")
+            running = [g for g in running if not g.done][: self.backend.max_active]
+            try:
+                self._step(running)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as error:  # an engine or network fault: every request of this step gets it
+                for gen in running:
+                    if not gen.done:
+                        self._finish(gen, "error", error)
+        for gen in [*self._waiting, *(g for g in self._slots if g is not None)]:
+            self._finish(gen, "error", RuntimeError("the server is shutting down"))
+
+    def _step(self, running: list[Generation]) -> None:
+        """Advance each running generation by one token, or by one chunk of its prompt."""
+        decoding = [g for g in running if g.pending is not None]
+        if decoding:
+            logits = self.backend.decode([(g.slot, g.pending) for g in decoding])
+            for gen, row in zip(decoding, logits):
+                self._next_token(gen, row)
+        for gen in running:
+            if gen.pending is not None or gen.done:
+                continue
+            if gen.prefilled == 0:  # start after what the cache holds (one token at least is computed)
+                gen.prefilled = gen.cached = min(self.backend.reusable(gen.slot, gen.prompt), len(gen.prompt) - 1)
+                with self._cond:
+                    self.prompt_tokens += len(gen.prompt) - gen.cached
+            end = min(len(gen.prompt), gen.prefilled + PREFILL_CHUNK)
+            logits = self.backend.extend(gen.slot, gen.prompt[:end])
+            gen.prefilled = end
+            if end == len(gen.prompt):
+                self._next_token(gen, logits.reshape(-1))
+
+    def _next_token(self, gen: Generation, logits: np.ndarray) -> None:
+        try:
+            self._choose(gen, logits)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:  # e.g. a grammar fault (llguidance's panics are BaseExceptions):
+            self._finish(gen, "error", error)  # this request fails, the others go on
+
+    def _choose(self, gen: Generation, logits: np.ndarray) -> None:
+        p = gen.params
+        if p.grammar is not None and gen.constraint is None and (p.grammar_after is None or p.grammar_after in gen.generated_text):
+            gen.constraint = JsonConstraint(self.tokenizer, logits.size, p.grammar)
+        logits = gen.adjust.apply(logits)
+        if gen.constraint is not None:
+            logits = gen.constraint.mask(logits)
+        token = gen.sampler.sample(logits)
+        now = time.perf_counter()
+        if gen.first_token_at is None:
+            gen.first_token_at = now
+        with self._cond:
+            self._recent.append((now, 1))
+            while self._recent and now - self._recent[0][0] > 60:
+                self._recent.popleft()
+        if token in gen.eos:
+            self._finish(gen, "stop")
+            return
+        gen.completion += 1
+        with self._cond:
+            self.tokens_generated += 1
+        gen.adjust.accept(token)
+        if gen.constraint is not None:
+            gen.constraint.accept(token)
+        event = TokenEvent(token, gen.text.push(token))
+        if p.top_logprobs is not None:
+            event.logprob, event.top_logprobs = token_logprobs(logits, token, p.top_logprobs)
+        if p.grammar_after is not None and gen.constraint is None:
+            gen.generated_text += event.text
+        self._emit(gen, event)
+        position = len(gen.prompt) + gen.completion
+        if gen.text.stopped or (gen.constraint is not None and gen.constraint.done):
+            self._finish(gen, "stop")
+        elif gen.completion >= p.max_tokens or position >= self.backend.context_length:
+            self._finish(gen, "length")
+        else:
+            gen.pending = token
+
