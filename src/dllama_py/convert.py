@@ -90,10 +90,11 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
 
     with Checkpoint(hf_dir) as ckpt:
         if plan.params.get("n_mtp_layers"):
-            eh_proj = plan.names(plan.params, plan.params["n_layers"], "mtp.eh_proj").name
-            if eh_proj not in ckpt:
-                log(f"config.json declares a multi-token-prediction layer but the checkpoint has no {eh_proj}: "
-                    "converting without it")
+            mtp_layer = f"layers.{plan.params['n_layers']}."
+            missing = [t.source for t in plan.tensors(weight_type) if t.name.startswith(mtp_layer) and t.source not in ckpt]
+            if missing:
+                log(f"config.json declares a multi-token-prediction layer but the checkpoint lacks {missing[0]} "
+                    f"(and {len(missing) - 1} more of its tensors): converting without it")
                 plan = plan_conversion(config, mtp=False)
         header = encode_header(dict(plan.params, weights_float_type=int(weight_type)))
         specs = plan.tensors(weight_type)

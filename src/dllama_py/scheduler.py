@@ -139,15 +139,28 @@ class _Slot:
 
 
 @dataclass
-class _Guessing:
-    """A request drafting with the MTP layer: the logits of its next guess, the hidden state and MTP
-    position that a further guess continues from, and how many guesses it wants."""
+class _Chain:
+    """A slot guessing with the MTP layer: the logits of its next guess, and the hidden state and MTP
+    position a further guess continues from."""
 
-    request: Request
-    logits: np.ndarray
-    hidden: np.ndarray
+    index: int  # in the list of wanted guesses
+    slot: int
+    k: int
+    sampler: Sampler
     position: int
-    room: int
+    logits: np.ndarray | None = None
+    hidden: np.ndarray | None = None
+
+    def guess(self, result: tuple[list[int], list | None]):
+        """One guess into result (guesses, distributions): the argmax when greedy, else drawn as the
+        request samples (the verification then weighs it by the distribution it came from)."""
+        guesses, distributions = result
+        if self.sampler.temperature == 0:
+            guesses.append(int(np.argmax(self.logits)))
+            return
+        ids, probs = self.sampler.distribution(self.logits)
+        guesses.append(self.sampler.draw(ids, probs))
+        distributions.append((ids, probs))
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -173,6 +186,9 @@ class Scheduler:
         self._cv = threading.Condition()
         self._stepping = False
         self._steps = 0
+        # slot -> (position, rows): final hidden states of the slot's latest positions that the MTP layer
+        # has not taken yet (kept only when the model has an MTP layer)
+        self._hidden: dict[int, tuple[int, np.ndarray]] = {}
         self.last_step = StepInfo()
 
     # -- the public API ----------------------------------------------------------------------------
@@ -240,7 +256,14 @@ class Scheduler:
                 raise RuntimeError(f"sequence slot {slot} is in use by a running generation")
             self._stepping = True
         try:
-            logits = self._model.forward(np.asarray(ids, dtype=np.int32), all_logits, slot)
+            if self._model.has_mtp:  # keep the hidden states for the MTP layer (mtp_guesses)
+                start, n = len(self._slots[slot].tokens), len(ids)
+                slots, positions = np.full(n, slot, dtype=np.int32), np.arange(start, start + n, dtype=np.int32)
+                wants = np.arange(n) == n - 1 if not all_logits else np.ones(n, dtype=bool)
+                logits, hidden = self._model.step(np.asarray(ids, dtype=np.int32), slots, positions, wants, hidden=True)
+                self._keep_hidden(slots, positions, hidden)
+            else:
+                logits = self._model.forward(np.asarray(ids, dtype=np.int32), all_logits, slot)
             self._slots[slot].tokens.extend(ids)
             return logits
         finally:
@@ -291,8 +314,11 @@ class Scheduler:
         self.truncate(slot, keep)
         return self.forward(ids[keep:], all_logits=False, slot=slot)
 
-    def decode(self, rows: list[tuple[int, int]]) -> np.ndarray:
-        """One token appended to each (slot, token) row's sequence, all in one step; logits (rows, vocab)."""
+    def decode(self, rows: list[tuple[int, int]], drafts: list[list[int]] | None = None) -> np.ndarray:
+        """One token appended to each (slot, token) row's sequence, all in one step; logits (rows, vocab).
+        With drafts (a list per row, speculative decoding), each row's guesses follow it in the step and
+        get logits too: (rows + guesses, vocab), each row's then its guesses'; the caller then cuts each
+        slot back (truncate) to what it keeps."""
         with self._cv:
             while self._stepping:
                 self._cv.wait()
@@ -301,12 +327,19 @@ class Scheduler:
                 raise RuntimeError(f"sequence slot {busy[0]} is in use by a running generation")
             self._stepping = True
         try:
-            tokens = np.asarray([t for _, t in rows], dtype=np.int32)
-            slots = np.asarray([s for s, _ in rows], dtype=np.int32)
-            positions = np.asarray([len(self._slots[s].tokens) for s, _ in rows], dtype=np.int32)
-            logits = self._model.step(tokens, slots, positions, np.ones(len(rows), dtype=bool))
-            for slot, token in rows:
-                self._slots[slot].tokens.append(token)
+            drafts = drafts or [[] for _ in rows]
+            sequences = [(slot, [token] + list(guesses)) for (slot, token), guesses in zip(rows, drafts)]
+            tokens = np.asarray([t for _, seq in sequences for t in seq], dtype=np.int32)
+            slots = np.asarray([s for s, seq in sequences for _ in seq], dtype=np.int32)
+            positions = np.asarray([len(self._slots[s].tokens) + i for s, seq in sequences for i in range(len(seq))],
+                                   dtype=np.int32)
+            logits = self._model.step(tokens, slots, positions, np.ones(len(tokens), dtype=bool),
+                                      hidden=self._model.has_mtp)
+            if self._model.has_mtp:
+                logits, hidden = logits
+                self._keep_hidden(slots, positions, hidden)
+            for slot, seq in sequences:
+                self._slots[slot].tokens.extend(seq)
             return logits
         finally:
             self._end_step()
@@ -351,7 +384,9 @@ class Scheduler:
             t0 = time.perf_counter()
             try:
                 logits = self._model.step(tokens, slots, positions, wants, hidden=mtp)
-                logits, hidden = logits if mtp else (logits, None)
+                if mtp:
+                    logits, hidden = logits
+                    self._keep_hidden(slots, positions, hidden)
             except BaseException as e:
                 with self._cv:
                     self._fail_running(e)
@@ -359,14 +394,16 @@ class Scheduler:
             with self._cv:
                 self.last_step = StepInfo(len(tokens), len(tokens) - n_decode, time.perf_counter() - t0)
                 self._apply(tokens, slots, owners, logits)
-                plan = self._plan_mtp(slots, positions) if mtp else None
-            if plan:
+                wanted = self._mtp_wanted() if mtp else []
+            if wanted:
                 try:
-                    self._run_mtp(plan, hidden)
+                    guesses = self._mtp_guesses([w[1:] for w in wanted])
                 except BaseException as e:
                     with self._cv:
                         self._fail_running(e)
                     raise
+                for (req, *_), (drafts, distributions) in zip(wanted, guesses):
+                    req._mtp_drafts, req._mtp_distributions = drafts, distributions
         finally:
             self._end_step()
 
@@ -455,72 +492,92 @@ class Scheduler:
         return req._drafter.propose(room) if req._drafter is not None else []
 
     # -- drafting with the MTP layer ------------------------------------------------------------------
-    # The MTP layer's position i takes token i+1 with the main layers' hidden state at i, so it follows
-    # its slot's sequence one token behind, catching up after every step over the rows the step kept; the
-    # last of them (the fed token, with the token just sampled) gives the first guess, and each further
-    # guess feeds the previous one back with the layer's own output. Those positions are dropped again
-    # (truncate_mtp) once the guesses are made: the next step's hidden states replace them.
+    # The MTP layer's position i takes token i+1 with the main layers' final hidden state at i, so it
+    # follows its slot's sequence one token behind: steps keep their rows' hidden states (_keep_hidden)
+    # until it takes them. Its last position (the slot's last token, with the token after it) gives the
+    # first guess, and each further guess feeds the previous one back with the layer's own output. Those
+    # positions are dropped again (truncate_mtp) once the guesses are made: the tokens are not known yet.
 
-    def _plan_mtp(self, slots, positions):
-        """Per MTP request still running: (request, MTP positions to run, their tokens, the step's rows
-        holding their hidden states, how many guesses to make)."""
-        row_of = {(s, p): r for r, (s, p) in enumerate(zip(slots.tolist(), positions.tolist()))}
-        plan = []
+    def mtp_guesses(self, wanted: list[tuple[int, int, int, Sampler]]) -> list[tuple[list[int], list | None]]:
+        """For slots whose generations a caller runs itself (Scheduler.decode, the HTTP server): for each
+        (slot, the token that follows the slot's sequence, k, sampler), k guesses of the tokens after it
+        from the MTP layer, with the distributions they were drawn from when the sampler samples (None when
+        greedy). A slot whose hidden states were not kept since its MTP positions end gets no guesses."""
+        with self._cv:
+            while self._stepping:
+                self._cv.wait()
+            self._stepping = True
+        try:
+            return self._mtp_guesses(wanted)
+        finally:
+            self._end_step()
+
+    def _keep_hidden(self, slots: np.ndarray, positions: np.ndarray, hidden: np.ndarray):
+        for slot in np.unique(slots).tolist():
+            rows = np.flatnonzero(slots == slot)
+            start = int(positions[rows[0]])
+            held = self._hidden.get(slot)
+            if held is not None and held[0] <= start <= held[0] + len(held[1]):  # continues (or rewrites) them
+                self._hidden[slot] = (held[0], np.concatenate([held[1][:start - held[0]], hidden[rows]]))
+            else:
+                self._hidden[slot] = (start, hidden[rows])
+
+    def _mtp_wanted(self) -> list[tuple]:
+        """(request, slot, following token, guesses wanted, sampler) for the running MTP requests; the
+        hidden states of the other slots are dropped."""
+        wanted = []
         for req in self._running:
-            if req.draft != "mtp" or req._done:
-                continue
-            req._mtp_drafts, req._mtp_distributions = [], None
             slot = req._slot
-            length = len(slot.tokens)
-            first = self._model.mtp_length(slot.index)
-            following = req._next if req._next is not None else req.prompt[length] if length < len(req.prompt) else None
-            if following is None or first == length:
+            if req.draft != "mtp" or req._done:
+                self._hidden.pop(slot.index, None)
                 continue
-            tokens = slot.tokens[first + 1:] + [following]
-            rows = [row_of[(slot.index, p)] for p in range(first, length)]
-            room = self._room(req, length) if req._next is not None else 0
-            plan.append((req, range(first, length), tokens, rows, room))
-        return plan
+            length = len(slot.tokens)
+            following = req._next if req._next is not None else req.prompt[length] if length < len(req.prompt) else None
+            if following is not None:
+                room = self._room(req, length) if req._next is not None else 0
+                wanted.append((req, slot.index, following, room, req.sampler))
+        return wanted
 
-    def _run_mtp(self, plan, hidden: np.ndarray):
-        """Runs the MTP layer over the planned positions of every request in one call, then once per
-        further guess over the requests that want more, and leaves each request's guesses in _mtp_drafts."""
-        tokens, slots, positions, wants, rows = [], [], [], [], []
-        for req, ps, toks, rs, room in plan:
-            tokens += toks
-            slots += [req._slot.index] * len(ps)
-            positions += ps
-            wants += [False] * (len(ps) - 1) + [room > 0]
-            rows += rs
-        logits, out = self._model.mtp_step(tokens, hidden[rows], slots, positions, wants)
+    def _mtp_guesses(self, wanted):
+        """mtp_guesses with the step lock held: one MTP call over every slot's new positions, then one per
+        further guess."""
+        results: list[tuple[list[int], list | None]] = [([], [] if w[3].temperature else None) for w in wanted]
+        tokens, slots, positions, wants, hidden, chains = [], [], [], [], [], []
+        for i, (slot, following, k, sampler) in enumerate(wanted):
+            held = self._hidden.pop(slot, None)
+            history = self._slots[slot].tokens
+            length = len(history)
+            first = min(self._model.mtp_length(slot), length - 1 if k > 0 else length)
+            if held is None or not held[0] <= first or held[0] + len(held[1]) < length or first == length:
+                continue  # nothing new, or the layer cannot catch up: no guesses
+            self._model.truncate_mtp(slot, first)
+            tokens += history[first + 1:] + [following]
+            slots += [slot] * (length - first)
+            positions += range(first, length)
+            wants += [False] * (length - first - 1) + [k > 0]
+            hidden.append(held[1][first - held[0]:length - held[0]])
+            if k > 0:
+                chains.append(_Chain(i, slot, k, sampler, length))
+        if not tokens:
+            return results
+        logits, out = self._model.mtp_step(tokens, np.concatenate(hidden), slots, positions, wants)
         last_rows = np.flatnonzero(wants)
-        guessing = [_Guessing(req, logits[i], out[row], ps[-1] + 1, room)
-                    for i, (row, (req, ps, _, _, room)) in enumerate(zip(last_rows, [p for p in plan if p[4] > 0]))]
-        while guessing:
-            for g in guessing:
-                self._guess(g.request, g.logits)
-            guessing = [g for g in guessing if len(g.request._mtp_drafts) < g.room]
-            if not guessing:
+        for chain, row, last in zip(chains, logits, last_rows):
+            chain.logits, chain.hidden = row, out[last]
+        while chains:
+            for c in chains:
+                c.guess(results[c.index])
+            chains = [c for c in chains if len(results[c.index][0]) < c.k]
+            if not chains:
                 break
-            logits, out = self._model.mtp_step([g.request._mtp_drafts[-1] for g in guessing],
-                                               np.stack([g.hidden for g in guessing]),
-                                               [g.request._slot.index for g in guessing], [g.position for g in guessing],
-                                               [True] * len(guessing))
-            for i, g in enumerate(guessing):
-                g.logits, g.hidden, g.position = logits[i], out[i], g.position + 1
-        for req, ps, _, _, _ in plan:
-            self._model.truncate_mtp(req._slot.index, ps[-1] + 1)
-
-    @staticmethod
-    def _guess(req: Request, logits: np.ndarray):
-        """One MTP guess: the argmax when greedy, else drawn as the request samples (the verification
-        then weighs it by the distribution it came from)."""
-        if req.sampler.temperature == 0:
-            req._mtp_drafts.append(int(np.argmax(logits)))
-            return
-        ids, probs = req.sampler.distribution(logits)
-        req._mtp_drafts.append(req.sampler.draw(ids, probs))
-        req._mtp_distributions = (req._mtp_distributions or []) + [(ids, probs)]
+            logits, out = self._model.mtp_step([results[c.index][0][-1] for c in chains], np.stack([c.hidden for c in chains]),
+                                               [c.slot for c in chains], [c.position for c in chains],
+                                               [True] * len(chains))
+            for c, row, h in zip(chains, logits, out):
+                c.logits, c.hidden, c.position = row, h, c.position + 1
+        for slot, _, _, _ in wanted:
+            self._model.truncate_mtp(slot, min(self._model.mtp_length(slot), len(self._slots[slot].tokens)))
+        return results
 
     def _apply(self, tokens, slots, owners, logits: np.ndarray):
         """Records what the step put into the cache, then samples each request's next token (or checks
@@ -530,6 +587,7 @@ class Scheduler:
         for req in self._running:
             req._fed = min(len(req.prompt), len(req._slot.tokens))  # prompt tokens in the cache
             req._next = None  # fed by this step
+            req._mtp_drafts = []
         now = time.perf_counter()
         self._steps += 1
         row = 0
