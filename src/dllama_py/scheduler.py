@@ -310,7 +310,10 @@ class Scheduler:
     def extend(self, slot: int, ids: list[int]) -> np.ndarray:
         """Makes the slot's sequence `ids`, computing only what its cache does not hold (the last token at
         least); the logits after the last token (1, vocab)."""
-        keep = min(self.reusable(slot, ids), len(ids) - 1)
+        shared = self.reusable(slot, ids)
+        keep = min(shared, len(ids) - 1)
+        if self._model.has_mtp:  # MTP position keep-1 took the token at keep, which ids may not share
+            keep = max(0, min(keep, self._model.mtp_length(slot), shared - 1))
         self.truncate(slot, keep)
         return self.forward(ids[keep:], all_logits=False, slot=slot)
 
