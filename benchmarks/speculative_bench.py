@@ -105,14 +105,21 @@ def run_smollm2(args):
 
 # --- GLM-4.5-Air shape: the cost of a verification step ---------------------------------------
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds of fn() over repeats calls."""
-    times = []
+def interleaved_times(fns: dict, repeats: int) -> dict:
+    """Seconds of each fn() in `repeats` rounds, every round calling each once in turn: {name: [seconds]}.
+    On a shared machine, ratios taken within a round cancel most of what the neighbours do."""
+    times: dict = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def ratio(times: dict, a, b) -> float:
+    """The median over rounds of times[a] / times[b]."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
 
 def run_verify(args):
@@ -144,19 +151,24 @@ def run_verify(args):
             m.truncate_mtp(0, p)
 
         main_step(1)  # warm-up
-        plain = timed(lambda: main_step(1), args.repeats)
-        layer1 = timed(lambda: mtp_layer(1, False), args.repeats)  # one MoE layer (and eh_proj), no head
+        fns = {("plain", 1): lambda: main_step(1), ("layer", 1): lambda: mtp_layer(1, False)}
+        for k in ks:
+            fns |= {("verify", k): lambda k=k: main_step(k + 1), ("drafts", k): lambda k=k: drafts(k),
+                    ("layer", k + 1): lambda k=k: mtp_layer(k + 1, False)}
+        t = interleaved_times(fns, args.repeats)
+        plain, layer1 = statistics.median(t["plain", 1]), statistics.median(t["layer", 1])
+        # A 46-layer model: the file's layers plus (46 - its layers) more MoE layers like the MTP layer's
+        # without its head (one MoE layer and eh_proj), whose time per step is layer_share of a plain step's.
+        extra = 46 - n_layers
+        layer_share = ratio(t, ("layer", 1), ("plain", 1))
         rows = []
         for k in ks:
-            verify = timed(lambda: main_step(k + 1), args.repeats)
-            draft = timed(lambda: drafts(k), args.repeats)
-            layer_k = timed(lambda: mtp_layer(k + 1, False), args.repeats)
-            # A 46-layer model: the file's layers plus (46 - its layers) more MoE layers like the MTP layer's.
-            extra = 46 - n_layers
-            plain46, verify46 = plain + extra * layer1, verify + extra * layer_k
-            rows.append((k, verify / plain, draft / plain, verify46 / plain46, draft / plain46))
+            verify, draft = ratio(t, ("verify", k), ("plain", 1)), ratio(t, ("drafts", k), ("plain", 1))
+            layer_k = ratio(t, ("layer", k + 1), ("layer", 1))
+            plain46 = 1 + extra * layer_share
+            rows.append((k, verify, draft, (verify + extra * layer_share * layer_k) / plain46, draft / plain46))
     print(f"{args.model}: {n_layers} layers ({dense} dense), {args.threads} threads, position {p}; plain step "
-          f"{plain * 1e3:.1f} ms, the MTP layer without head {layer1 * 1e3:.1f} ms; median of {args.repeats}")
+          f"{plain * 1e3:.1f} ms, the MTP layer without head {layer1 * 1e3:.1f} ms (medians); ratios: medians over {args.repeats} interleaved rounds")
     head = ["K", "verify K+1 / plain", "K MTP drafts / plain", "46 layers: verify / plain", "46 layers: drafts / plain"]
     print(table(head, [[str(k), f"{v:.2f}", f"{d:.2f}", f"{v46:.2f}", f"{d46:.2f}"] for k, v, d, v46, d46 in rows]))
     print("\nSpeedup over plain decoding (46 layers, MTP drafts) if each guess is kept with probability a "
