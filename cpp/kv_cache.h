@@ -40,6 +40,8 @@ private:
         void* data = nullptr;
         size_t bytes = 0;
         explicit Reserved(size_t bytes);
+        Reserved(const Reserved&) = delete;
+        Reserved& operator=(const Reserved&) = delete;
         ~Reserved();
     };
     KvShape shape_;
@@ -55,7 +57,6 @@ public:
     KvCache(const std::vector<std::vector<KvShape>>& layer_shapes, int n_slots, int seq_len, bool f16);
 
     Layer& layer(int l) { return layers_[l]; }
-    int n_slots() const { return n_slots_; }
     // Positions 0..n-1 of every layer's tensors, from slot src into slot dst.
     void copy_prefix(int src, int dst, int n);
     // Bytes one position of one slot takes in the first n_layers layers (-1: all).

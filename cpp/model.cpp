@@ -27,7 +27,9 @@ Model::Model(const ModelConfig& config, std::shared_ptr<const WeightSource> weig
     // Attention scores: one row of the context per query head sharing a KV head.
     const int group = cfg_.n_kv_heads > 0 ? std::max(1, cfg_.n_heads / cfg_.n_kv_heads) : 1;
     scratch_.per_thread.assign(pool_.size(), std::vector<float>((size_t)cfg_.seq_len * group));
-    if (cfg_.max_sequences < 1) throw std::invalid_argument("max_sequences must be at least 1");
+    if (cfg_.max_sequences < 1 || cfg_.max_sequences > kMaxSequences)
+        throw std::invalid_argument("max_sequences must be 1.." + std::to_string(kMaxSequences) + ", not " +
+                                    std::to_string(cfg_.max_sequences));
     lengths_.assign(cfg_.max_sequences, 0);
     mtp_lengths_.assign(cfg_.max_sequences, 0);
     if (cfg_.n_mtp_layers < 0 || cfg_.n_mtp_layers > 1)

@@ -98,6 +98,7 @@ public:
     size_t kv_bytes_read_at(int pos) const { return cache_.bytes_per_position(cfg_.n_layers) * (size_t)(pos + 1); }
 
     static constexpr int kMaxChunk = 64;  // rows per matrix-matrix pass
+    static constexpr int kMaxSequences = 1024;  // KV-cache slots
 
 protected:
     // Runs every layer over x [n x dim] (the residual stream) in place, for the batch's rows.

@@ -131,7 +131,7 @@ def test_bad_rows_are_refused(tiny_models):
             m.copy_prefix(0, 1, 4)
         with pytest.raises(ValueError, match="outside the vocabulary"):
             eng.scheduler.submit([1, 384])
-        with pytest.raises(ValueError, match="at least 1"):
+        with pytest.raises(ValueError, match="max_sequences must be 1..1024"):
             Engine(tiny_models.converted("llama", "f32"), max_sequences=0)
         eng.forward([1, 2, 3])
         assert eng.position == 3 and m.length(1) == 0
@@ -178,3 +178,23 @@ def test_a_failing_sampler_ends_only_its_request(tiny_models):
         assert broken.finish_reason == "error"
         assert len(list(fine)) == 10 and fine.finish_reason == "length"
         assert eng.scheduler.active == 0
+
+
+def test_slot_api_for_callers_with_their_own_loop(tiny_models):
+    """reusable/extend/decode (the HTTP server's backend): the same logits as one sequence run alone."""
+    seqs = make_sequences(384, seed=4, n=2)
+    with Engine(tiny_models.converted("glm4", "f32"), threads=1, max_sequences=2) as eng:
+        references = [alone(eng.model, s) for s in seqs]
+        sched = eng.scheduler
+        first = [sched.extend(slot, s[:-1]) for slot, s in enumerate(seqs)]
+        assert all(np.abs(f[0] - r[len(s) - 2]).max() <= 1e-4 * r.std() for f, r, s in zip(first, references, seqs))
+        last = sched.decode([(slot, s[-1]) for slot, s in enumerate(seqs)])
+        assert all(np.abs(row - r[-1]).max() <= 1e-4 * r.std() for row, r in zip(last, references))
+        assert sched.reusable(1, seqs[1] + [5]) == len(seqs[1])
+        sched.extend(1, seqs[1][:3] + [9, 9])  # keeps the 3 shared tokens, computes the rest
+        assert sched.slot_tokens(1) == seqs[1][:3] + [9, 9]
+        held = sched.submit([1, 2, 3], max_tokens=5)
+        next(held)
+        with pytest.raises(RuntimeError, match="in use by a running generation"):
+            sched.decode([(held._slot.index, 4)])
+        held.cancel()

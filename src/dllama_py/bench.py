@@ -164,62 +164,59 @@ def run_bench(model_path, threads=None, prompt_tokens=128, gen_tokens=32, bandwi
 @dataclass
 class ParallelResult:
     streams: int
-    decode_tokens_per_s: float  # all streams together, over the steps where every stream was decoding
-    step_ms: float  # mean time of those steps: the time between two tokens of one stream
-    first_token_s: float  # mean time from submission to a stream's first token (prefills share the steps)
+    step_ms: float  # median time of a decode step: the time between two tokens of one stream
+    best_step_ms: float
+
+    @property
+    def decode_tokens_per_s(self) -> float:  # all streams together
+        return 1000 * self.streams / self.step_ms
 
 
 def parallel_table(results: list[ParallelResult]) -> str:
     base = results[0].decode_tokens_per_s / results[0].streams
     lines = [f"{'streams':>7}  {'aggregate tok/s':>15}  {'per stream tok/s':>16}  {'ms/token/stream':>15}  "
-             f"{'x one stream':>12}  {'first token s':>13}"]
+             f"{'x one stream':>12}  {'best step ms':>12}"]
     for r in results:
         lines.append(f"{r.streams:>7}  {r.decode_tokens_per_s:>15,.1f}  {r.decode_tokens_per_s / r.streams:>16,.1f}  "
-                     f"{r.step_ms:>15,.1f}  {r.decode_tokens_per_s / base:>11.2f}x  {r.first_token_s:>13,.2f}")
+                     f"{r.step_ms:>15,.1f}  {r.decode_tokens_per_s / base:>11.2f}x  {r.best_step_ms:>12,.1f}")
     return "\n".join(lines)
 
 
 def run_parallel_bench(model_path, parallel: list[int], threads=None, prompt_tokens=32, gen_tokens=32,
-                       max_seq_len=None, repeats=1, print_table=True, workers=None, secret=None,
+                       max_seq_len=None, print_table=True, workers=None, secret=None,
                        exchange=None) -> list[ParallelResult]:
-    """For each stream count: that many generations of gen_tokens greedy tokens after distinct random
-    prompts, submitted together to one scheduler. With repeats > 1 the stream counts are run in turn
-    that many times and each keeps its fastest run (on a shared machine, the least disturbed one)."""
+    """Decode steps of 1, 2, 4... streams: each stream count has its own KV-cache slots holding distinct
+    random prompts, and gen_tokens rounds each run one greedy decode step of every stream count in turn,
+    so that all of them see the same machine (a shared one gets busier and quieter over a run); each
+    count's median step time gives its aggregate tok/s."""
     from .engine import Engine
 
     if not parallel or min(parallel) < 1:
         raise ValueError("--parallel needs stream counts >= 1, e.g. 1,2,4,8")
-    if gen_tokens < 2:
-        raise ValueError("--gen-tokens must be at least 2 to measure decode steps")
-    best: dict[int, ParallelResult] = {}
-    with Engine(model_path, threads=threads, max_sequences=max(parallel),
+    with Engine(model_path, threads=threads, max_sequences=sum(parallel),
                 max_seq_len=max_seq_len or prompt_tokens + gen_tokens + 1, workers=workers, secret=secret,
                 exchange=exchange) as eng:
+        model = eng.model
         rng = np.random.default_rng(0)
-        sched = eng.scheduler
-        list(sched.submit(rng.integers(0, eng.config.vocab_size, 8).tolist(), max_tokens=2))  # warm-up
-        for _ in range(repeats):
-            for n in parallel:
-                start = time.perf_counter()
-                requests = [sched.submit(rng.integers(0, eng.config.vocab_size, prompt_tokens).tolist(),
-                                         max_tokens=gen_tokens) for _ in range(n)]
-                decode_seconds, decode_tokens, decode_steps = 0.0, 0, 0
-                first_token = {}
-                while sched.step():
-                    step = sched.last_step
-                    now = time.perf_counter()
-                    for i, r in enumerate(requests):
-                        if i not in first_token and r.stats.generated_tokens:
-                            first_token[i] = now - start
-                    if step.prompt_rows == 0 and step.rows == n:  # every stream decoding
-                        decode_seconds += step.seconds
-                        decode_tokens += step.rows
-                        decode_steps += 1
-                result = ParallelResult(n, decode_tokens / decode_seconds, 1000 * decode_seconds / decode_steps,
-                                        sum(first_token.values()) / n)
-                if n not in best or result.decode_tokens_per_s > best[n].decode_tokens_per_s:
-                    best[n] = result
-    results = [best[n] for n in parallel]
+        first = 0
+        slots, tokens = {}, {}
+        for n in parallel:
+            slots[n] = np.arange(first, first + n, dtype=np.int32)
+            first += n
+            for s in slots[n]:
+                prompt = rng.integers(0, eng.config.vocab_size, prompt_tokens).astype(np.int32)
+                tokens[s] = int(model.forward(prompt, False, int(s))[-1].argmax())
+        times: dict[int, list[float]] = {n: [] for n in parallel}
+        for i in range(gen_tokens):
+            for n in parallel[i % len(parallel):] + parallel[:i % len(parallel)]:  # a different order each round
+                positions = np.array([model.length(int(s)) for s in slots[n]], dtype=np.int32)
+                step_tokens = np.array([tokens[s] for s in slots[n]], dtype=np.int32)
+                t0 = time.perf_counter()
+                logits = model.step(step_tokens, slots[n], positions, np.ones(n, dtype=bool))
+                times[n].append(time.perf_counter() - t0)
+                for s, row in zip(slots[n], logits):
+                    tokens[s] = int(row.argmax())
+    results = [ParallelResult(n, 1000 * float(np.median(times[n])), 1000 * min(times[n])) for n in parallel]
     if print_table:
         print(parallel_table(results))
     return results

@@ -170,8 +170,7 @@ def cmd_bench(args) -> int:
     if args.parallel:
         streams = [int(s) for s in args.parallel.split(",") if s.strip()]
         run_parallel_bench(args.model, streams, threads=args.threads, prompt_tokens=args.prompt_tokens,
-                           gen_tokens=args.gen_tokens, max_seq_len=args.max_seq_len, repeats=args.repeats,
-                           workers=args.workers,
+                           gen_tokens=args.gen_tokens, max_seq_len=args.max_seq_len, workers=args.workers,
                            secret=args.secret, exchange=args.exchange)
         return 0
     run_bench(args.model, threads=args.threads, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
@@ -312,8 +311,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory bandwidth in GB/s to compare against (default: measured now)")
     p.add_argument("--parallel", default=None, metavar="N,N,...",
                    help="decode that many streams at once (e.g. 1,2,4,8,16): aggregate tok/s and per-stream latency")
-    p.add_argument("--repeats", type=int, default=1,
-                   help="with --parallel: run the stream counts in turn this many times, keep each one's best")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -49,8 +49,6 @@ def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | N
     c.head_dim = p.get("head_dim") or p["dim"] // p["n_heads"]
     model_ctx = p.get("max_seq_len") or DEFAULT_CONTEXT
     c.seq_len = min(model_ctx, max_seq_len if max_seq_len else DEFAULT_CONTEXT)
-    if max_sequences < 1:
-        raise ValueError(f"max_sequences must be at least 1, not {max_sequences}")
     c.max_sequences = max_sequences
     if kv_cache not in (None, "f16", "f32"):
         raise ValueError(f"kv_cache must be 'f16' or 'f32', not {kv_cache!r}")

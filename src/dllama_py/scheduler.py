@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -249,13 +250,7 @@ class Scheduler:
 
     def forward(self, ids: list[int], all_logits: bool, slot: int = 0) -> np.ndarray:
         """The raw model on one slot (Engine.forward): logits for tokens appended to its sequence."""
-        with self._cv:
-            while self._stepping:
-                self._cv.wait()
-            if self._slots[slot].request is not None:
-                raise RuntimeError(f"sequence slot {slot} is in use by a running generation")
-            self._stepping = True
-        try:
+        with self._holding([slot]):
             if self._model.has_mtp:  # keep the hidden states for the MTP layer (mtp_guesses)
                 start, n = len(self._slots[slot].tokens), len(ids)
                 slots, positions = np.full(n, slot, dtype=np.int32), np.arange(start, start + n, dtype=np.int32)
@@ -266,16 +261,10 @@ class Scheduler:
                 logits = self._model.forward(np.asarray(ids, dtype=np.int32), all_logits, slot)
             self._slots[slot].tokens.extend(ids)
             return logits
-        finally:
-            self._end_step()
 
     def truncate(self, slot: int, n: int = 0):
         """Keeps only the first n tokens of a slot's sequence (not of one a running generation holds)."""
-        with self._cv:
-            while self._stepping:
-                self._cv.wait()
-            if self._slots[slot].request is not None:
-                raise RuntimeError(f"sequence slot {slot} is in use by a running generation")
+        with self._holding([slot]):
             self._model.truncate(slot, n)
             del self._slots[slot].tokens[n:]
 
@@ -322,14 +311,7 @@ class Scheduler:
         With drafts (a list per row, speculative decoding), each row's guesses follow it in the step and
         get logits too: (rows + guesses, vocab), each row's then its guesses'; the caller then cuts each
         slot back (truncate) to what it keeps."""
-        with self._cv:
-            while self._stepping:
-                self._cv.wait()
-            busy = [slot for slot, _ in rows if self._slots[slot].request is not None]
-            if busy:
-                raise RuntimeError(f"sequence slot {busy[0]} is in use by a running generation")
-            self._stepping = True
-        try:
+        with self._holding([slot for slot, _ in rows]):
             drafts = drafts or [[] for _ in rows]
             sequences = [(slot, [token] + list(guesses)) for (slot, token), guesses in zip(rows, drafts)]
             tokens = np.asarray([t for _, seq in sequences for t in seq], dtype=np.int32)
@@ -344,6 +326,19 @@ class Scheduler:
             for slot, seq in sequences:
                 self._slots[slot].tokens.extend(seq)
             return logits
+
+    @contextmanager
+    def _holding(self, slots: list[int]):
+        """Runs the body as the only step, on slots that no running generation holds."""
+        with self._cv:
+            while self._stepping:
+                self._cv.wait()
+            busy = [s for s in slots if self._slots[s].request is not None]
+            if busy:
+                raise RuntimeError(f"sequence slot {busy[0]} is in use by a running generation")
+            self._stepping = True
+        try:
+            yield
         finally:
             self._end_step()
 
@@ -506,14 +501,8 @@ class Scheduler:
         (slot, the token that follows the slot's sequence, k, sampler), k guesses of the tokens after it
         from the MTP layer, with the distributions they were drawn from when the sampler samples (None when
         greedy). A slot whose hidden states were not kept since its MTP positions end gets no guesses."""
-        with self._cv:
-            while self._stepping:
-                self._cv.wait()
-            self._stepping = True
-        try:
+        with self._holding([slot for slot, *_ in wanted]):
             return self._mtp_guesses(wanted)
-        finally:
-            self._end_step()
 
     def _keep_hidden(self, slots: np.ndarray, positions: np.ndarray, hidden: np.ndarray):
         for slot in np.unique(slots).tolist():
