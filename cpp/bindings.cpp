@@ -5,6 +5,7 @@
 
 #include <thread>
 
+#include "blocks/block.h"
 #include "distributed.h"
 #include "kernels/bandwidth.h"
 #include "model.h"
@@ -257,6 +258,17 @@ PYBIND11_MODULE(_core, m) {
         py::arg("n_bytes") = size_t(1) << 30, py::arg("n_threads") = 1, py::arg("repeats") = 3,
         "Best read bandwidth (bytes/s) over a buffer of n_bytes streamed by n_threads threads");
     m.def("cpu_features", &cpu_features);
+    // Node `node`'s share [begin, end) of a block's units by the graph's own rule (UnitSplit in blocks/block.h),
+    // for node_memory.py; ValueError when some node would get none.
+    m.def(
+        "unit_share",
+        [](const std::string& tensor, const std::string& unit, int64_t units, int64_t width, FloatType type, int node,
+           int n_nodes) {
+            const Range r = UnitSplit{tensor, unit, units, width, type}.share(Partition{node, n_nodes});
+            return std::make_pair(r.begin, r.end);
+        },
+        py::arg("tensor"), py::arg("unit"), py::arg("units"), py::arg("width"), py::arg("type"), py::arg("node"),
+        py::arg("n_nodes"));
     // What node `node` of `n_nodes` really takes: the bytes of weights it reads from the file as it builds its
     // share of the graph, and its KV cache. It builds the share (the memory is taken for a moment): for checking
     // the estimates of node_memory.py on small models.

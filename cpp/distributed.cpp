@@ -186,6 +186,7 @@ std::unique_ptr<Model> build_root_model(const ModelConfig& config, const std::st
                                         const std::vector<TensorInfo>& tensors, int n_threads,
                                         const ClusterOptions& options) {
     auto store = std::make_shared<TensorStore>(path, tensors);
+    check_split(config, *store, (int)options.workers.size() + 1);
     auto mesh = net::Mesh::connect_root(options.workers, options.secret, options.timeout_ms);
     const int n_nodes = mesh->n_nodes();
     const std::vector<uint8_t> setup = setup_frame(config, model_identity(path), options.exchange, tensors);

@@ -155,4 +155,8 @@ std::unique_ptr<Model> build_model(const ModelConfig& config, std::shared_ptr<co
                                    std::shared_ptr<Collective> collective = nullptr);
 std::vector<std::string> builder_names();
 
+// Throws std::invalid_argument when some block of the model cannot be split across n_nodes, naming
+// the tightest constraint and the node counts that work (checked before any worker is contacted).
+void check_split(const ModelConfig& config, const WeightSource& weights, int n_nodes);
+
 }  // namespace dllama

@@ -40,13 +40,31 @@ def tiny_models(tmp_path_factory) -> TinyModels:
     return TinyModels(tmp_path_factory.mktemp("tiny_models"))
 
 
-# (model, dtype) -> (max error / std, argmax agreement), filled by the parity tests, shown at the end.
-PARITY_FIGURES: dict[tuple[str, str], tuple[float, float]] = {}
+# (model, dtype, nodes) -> thread counts, runs, worst max error / std of the reference, worst argmax
+# agreement; filled by the parity tests through record_parity, shown at the end of the run.
+PARITY_FIGURES: dict[tuple[str, str, int], tuple[set[int], int, float, float]] = {}
+
+
+def record_parity(model: str, dtype: str, threads: int, nodes: int, rel: float, agree: float):
+    seen, runs, worst, lowest = PARITY_FIGURES.get((model, dtype, nodes), (set(), 0, 0.0, 1.0))
+    PARITY_FIGURES[model, dtype, nodes] = (seen | {threads}, runs + 1, max(worst, rel), min(lowest, agree))
+
+
+def _ranges(values: set[int]) -> str:
+    """{1, 2, 3, 5} -> "1-3,5"."""
+    runs: list[list[int]] = []
+    for v in sorted(values):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
 
 
 def pytest_terminal_summary(terminalreporter):
     if not PARITY_FIGURES:
         return
-    terminalreporter.section("logits against transformers (max |error| / std of reference, argmax agreement)")
-    for (name, dtype), (rel, agree) in sorted(PARITY_FIGURES.items()):
-        terminalreporter.write_line(f"{name:24s} {dtype:4s} {rel:9.2e} {agree:6.0%}")
+    terminalreporter.section("logits against transformers (worst max |error| / std of reference, argmax agreement)")
+    terminalreporter.write_line(f"{'model':24s} {'dtype':5s} {'nodes':>5s} {'threads':>8s} {'runs':>5s} {'error':>9s} {'agree':>6s}")
+    for (name, dtype, nodes), (threads, runs, rel, agree) in sorted(PARITY_FIGURES.items()):
+        terminalreporter.write_line(f"{name:24s} {dtype:5s} {nodes:5d} {_ranges(threads):>8s} {runs:5d} {rel:9.2e} {agree:6.0%}")

@@ -133,10 +133,11 @@ def test_inspect_shows_memory_per_node(tiny_models, capsys):
         if n_nodes > 1:
             assert line.endswith(f"each worker {_fmt_bytes(sum(shares[1]))}")
     for n_nodes in (3, 4):
-        with pytest.raises(ValueError, match="would cut q40 blocks"):
+        message = (f"cannot split layers.0.attn.o across {n_nodes} nodes: layers.0.attn.o (q40) can only be cut "
+                   "between 32-value blocks of its 192 input columns, i.e. after every 2 of its 4 heads of 48 columns")
+        with pytest.raises(ValueError, match=re.escape(message)):
             measure(path, 0, n_nodes, 256)
-        assert f"  {n_nodes} nodes: layers.0.attn.o's columns 0..48 would cut Q40 blocks of 32 values: cannot be " \
-               f"split {n_nodes} ways" in out
+        assert f"  {n_nodes} nodes: {message}" in out
     assert "at a context of 256" in out
 
 

@@ -22,9 +22,9 @@ from dllama_py import Engine, _core
 class Workers:
     """In-process workers (each serving in its own thread, the GIL released while it runs)."""
 
-    def __init__(self, n: int = 0, secret: str = "", local_models=()):
-        self.workers = [_core.Worker("127.0.0.1", 0, 1, secret) for _ in range(n)]
-        self.workers += [_core.Worker("127.0.0.1", 0, 1, secret, str(m)) for m in local_models]
+    def __init__(self, n: int = 0, secret: str = "", local_models=(), threads: int = 1):
+        self.workers = [_core.Worker("127.0.0.1", 0, threads, secret) for _ in range(n)]
+        self.workers += [_core.Worker("127.0.0.1", 0, threads, secret, str(m)) for m in local_models]
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._serve, args=(w,), daemon=True) for w in self.workers]
         for t in self.threads:
@@ -142,10 +142,12 @@ def test_worker_survives_garbage_and_a_wrong_secret(tiny_models):
 
 def test_impossible_split_names_the_constraint(tiny_models, workers):
     # 3 workers + root = 4 nodes, but Q40's 64-wide expert FFN has only 2 blocks of 32 to share.
-    with pytest.raises(Exception, match="cannot split 2 32-row blocks of layers.2.moe.experts.0.down's input across 4 nodes"):
+    with pytest.raises(Exception, match=r"across 4 nodes: layers\.2\.moe\.(shared|experts\.0)\.down \(q40\) can only be "
+                                        r"cut between 32-value blocks of its 64 input columns.*; it runs on 1 to 2 nodes"):
         Engine(tiny_models.converted("glm4_moe_46", "q40"), threads=1, workers=workers.addresses)
-    # With head_dim 48, a head boundary falls inside a Q40 block of the output projection's columns.
-    with pytest.raises(Exception, match="cannot split .*layers.0.attn.o there: columns 48..96 would cut q40 blocks"):
+    # With head_dim 48, a share of the output projection's columns ends on a Q40 block only after every 2 heads.
+    with pytest.raises(Exception, match=r"across 3 nodes: layers\.0\.attn\.o \(q40\) .* after every 2 of its 4 heads "
+                                        r"of 48 columns; it runs on 1 to 2 nodes"):
         Engine(tiny_models.converted("glm4_moe_air", "q40"), threads=1, workers=workers.addresses[:2])
 
 

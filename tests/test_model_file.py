@@ -28,10 +28,12 @@ def test_header_round_trip(tmp_path):
     assert header.params["norm_epsilon_f32"] == pytest.approx(1.5625e-07, rel=1e-7)
 
 
-def test_llama_files_use_only_distributed_llama_keys(tiny_models):
-    layout = read_layout(tiny_models.converted("llama3_rope", "q40"))
+@pytest.mark.parametrize("name", ["llama3_rope", "qwen3", "qwen3_moe"])
+def test_llama_and_qwen3_files_use_only_distributed_llama_keys(tiny_models, name):
+    layout = read_layout(tiny_models.converted(name, "q40"))
     assert all(k in range(22) for k in _raw_keys(layout.path))
-    assert layout.params["rope_type"] == 2 and layout.params["rope_scaling_factor"] == 8
+    if name == "llama3_rope":
+        assert layout.params["rope_type"] == 2 and layout.params["rope_scaling_factor"] == 8
 
 
 def _raw_keys(path):

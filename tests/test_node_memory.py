@@ -27,7 +27,7 @@ def test_node_memory_is_what_the_graph_takes(tiny_models, name, dtype):
             try:
                 weights, kv_cache = _core.measure_node_share(str(layout.path), cfg, tensors, node, n_nodes)
             except ValueError:  # the graph cannot be split this way: neither can the estimate
-                with pytest.raises(ValueError, match=f"cannot be split {n_nodes} ways"):
+                with pytest.raises(ValueError, match=f"cannot split .* across {n_nodes} nodes"):
                     node_memory(layout, node, n_nodes, cfg.seq_len, cfg.kv_f16)
                 continue
             estimate = node_memory(layout, node, n_nodes, cfg.seq_len, cfg.kv_f16)

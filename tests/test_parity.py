@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import PARITY_FIGURES
+from conftest import record_parity
 from hf_models import CONFIGS, N_PREFILL
 
 from dllama_py import Engine
@@ -19,8 +19,11 @@ from dllama_py import Engine
 BOUNDS = {"f32": (1e-3, 1.0), "f16": (2e-2, 0.9), "q80": (0.08, 0.9), "q40": (None, None)}
 
 
+THREADS = 2
+
+
 def run_prefill_then_decode(path, ids) -> np.ndarray:
-    with Engine(path, threads=2) as eng:
+    with Engine(path, threads=THREADS) as eng:
         logits = [eng.forward(ids[:N_PREFILL])]
         for t in ids[N_PREFILL:]:
             logits.append(eng.forward([t]))
@@ -36,7 +39,7 @@ def test_logits_match_transformers(tiny_models, name, dtype):
     assert ours.shape == ref.shape
     rel = float(np.abs(ours - ref).max() / ref.std())
     agree = float((ours.argmax(-1) == ref.argmax(-1)).mean())
-    PARITY_FIGURES[name, dtype] = (rel, agree)
+    record_parity(name, dtype, THREADS, 1, rel, agree)
     max_rel, min_agree = BOUNDS[dtype]
     if max_rel is None:  # Q40: figures are reported; still far closer than unrelated logits (~4 x std)
         assert rel < 1.0 and agree >= 0.5

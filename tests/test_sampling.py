@@ -109,3 +109,23 @@ def test_token_logprobs():
 def test_a_vanishing_temperature_is_greedy():
     logits = np.array([0.0, 3.0, 1.0], dtype=np.float32)
     assert all(Sampler(temperature=t, seed=s).sample(logits) == 1 for t in (5e-324, 1e-9) for s in range(5))
+
+
+@pytest.mark.parametrize("vocab", [1, 2, 255, 256, 257, 1024, 1025, 4097])
+def test_top_p_and_top_k_match_a_full_sort_at_every_vocabulary_size(vocab):
+    """The sampler sorts only the head of the distribution (256, then 1024, ... entries): the kept set
+    must be the full sort's at sizes around those steps, and top_k at or beyond the vocabulary is no limit."""
+    rng = np.random.default_rng(vocab)
+    for scale in (0.1, 3.0, 30.0):
+        logits = (rng.normal(size=vocab) * scale).astype(np.float32)
+        probs = softmax(logits.astype(np.float64)).astype(np.float32)
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order], dtype=np.float64)
+        for top_p in (1e-6, 0.5, 0.9, 0.999):
+            kept, kept_probs = Sampler(temperature=1.0, top_p=top_p)._nucleus(probs)
+            n = min(vocab, int(np.searchsorted(cumulative, top_p)) + 1)
+            assert sorted(kept.tolist()) == sorted(order[:n].tolist())
+            assert (kept_probs == probs[kept]).all()
+        for top_k in (vocab, vocab + 7):
+            samples = draw(Sampler(temperature=1.0, top_k=top_k, top_p=1.0, seed=6), logits, 50)
+            assert ((samples >= 0) & (samples < vocab)).all()

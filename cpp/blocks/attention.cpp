@@ -9,8 +9,7 @@ namespace dllama {
 Attention::Attention(const WeightSource& weights, const std::string& prefix, const ModelConfig& cfg, Options options,
                      const Partition& part, const RopeTable& rope)
     : group_(cfg.n_heads / cfg.n_kv_heads), head_dim_(cfg.head_dim), eps_(cfg.norm_eps), options_(options), rope_(rope) {
-    const Range q = part.share(cfg.n_heads);
-    if (q.empty()) throw std::invalid_argument(split_error("attention heads", cfg.n_heads, part));
+    const Range q = UnitSplit::of(weights, prefix + "o", cfg.n_heads, "heads").share(part);
     output_ = q.size() < cfg.n_heads ? BlockOutput::PartialSum : BlockOutput::Complete;
     q_first_ = (int)q.begin;
     n_q_ = (int)q.size();

@@ -48,10 +48,23 @@ inline void ensure_size(std::vector<float>& v, size_t n) {
     if (v.size() < n) v.resize(n);
 }
 
-// The message for a tensor that cannot be shared by every node.
-inline std::string split_error(const std::string& what, int64_t n, const Partition& part) {
-    return "cannot split " + std::to_string(n) + " " + what + " across " + std::to_string(part.n_nodes) +
-           " nodes: every node needs at least one";
-}
+// How a block's work is shared between nodes: its `units` (attention heads, or hidden rows of a
+// feed-forward) are cut into contiguous node shares, each unit `width` input columns of the block's
+// output projection `tensor`. A quantized projection can only be cut between its 32-value blocks, so
+// shares are whole groups of grain() units (shares then differ by up to a group, which is fine).
+struct UnitSplit {
+    std::string tensor, unit;  // for messages: "layers.0.attn.o", "heads"
+    int64_t units = 0, width = 1;
+    FloatType type = FloatType::F32;
+
+    // The split of `units` of equal width across the input columns of the projection `tensor`.
+    static UnitSplit of(const WeightSource& weights, const std::string& tensor, int64_t units, const std::string& unit);
+    int64_t grain() const;
+    int64_t max_nodes() const { return units / grain(); }
+    // Why no more than max_nodes() nodes can share it.
+    std::string limit() const;
+    // This node's units; throws std::invalid_argument when a node would get none.
+    Range share(const Partition& part) const;
+};
 
 }  // namespace dllama

@@ -7,12 +7,7 @@ namespace dllama {
 
 FeedForward::FeedForward(const WeightSource& weights, const std::string& prefix, int dim, int hidden,
                          const Partition& part) {
-    // Quantized down projections are split between 32-value blocks of their input columns.
-    const bool blocks = is_quantized(weights.info(prefix + "down").type);
-    const Range rows = part.share_of(hidden, blocks ? kBlockSize : 1);
-    if (rows.empty())
-        throw std::invalid_argument(split_error(std::string(blocks ? "32-row blocks" : "rows") + " of " + prefix +
-                                                "down's input", blocks ? hidden / kBlockSize : hidden, part));
+    const Range rows = UnitSplit::of(weights, prefix + "down", hidden, "hidden rows").share(part);
     hidden_ = (int)rows.size();
     output_ = hidden_ < hidden ? BlockOutput::PartialSum : BlockOutput::Complete;
     gate_up_ = weights.stacked({{prefix + "gate", rows}, {prefix + "up", rows}}, Range::all(dim));

@@ -12,8 +12,7 @@ LatentAttention::LatentAttention(const WeightSource& weights, const std::string&
       q_lora_(cfg.q_lora_rank), latent_eps_(cfg.latent_norm_eps),
       scale_(cfg.attention_scale > 0 ? cfg.attention_scale : 1.0f / std::sqrt((float)(cfg.qk_nope_dim + cfg.qk_rope_dim))),
       rope_(rope) {
-    const Range heads = part.share(cfg.n_heads);
-    if (heads.empty()) throw std::invalid_argument(split_error("attention heads", cfg.n_heads, part));
+    const Range heads = UnitSplit::of(weights, prefix + "o", cfg.n_heads, "heads").share(part);
     n_heads_ = (int)heads.size();
     output_ = heads.size() < cfg.n_heads ? BlockOutput::PartialSum : BlockOutput::Complete;
     const int qk = nope_ + rope_dim_;

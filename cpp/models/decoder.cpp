@@ -1,5 +1,8 @@
 #include "models/decoder.h"
 
+#include <algorithm>
+#include <stdexcept>
+
 namespace dllama {
 
 static std::string layer_prefix(int l) { return "layers." + std::to_string(l) + "."; }
@@ -76,6 +79,28 @@ std::unique_ptr<FeedForwardBlock> dense_ffn(Decoder& d, int l) {
 
 std::unique_ptr<FeedForwardBlock> moe_ffn(Decoder& d, int l, MoeFeedForward::Scoring scoring) {
     return std::make_unique<MoeFeedForward>(d.weights(), layer_prefix(l) + "moe.", d.config(), scoring, d.partition());
+}
+
+void check_split(const ModelConfig& cfg, const WeightSource& weights, int n_nodes) {
+    if (n_nodes <= 1) return;
+    // Every layer's attention heads and each of its feed-forward networks' hidden rows (the MTP layer's too).
+    std::vector<UnitSplit> splits;
+    for (int l = 0; l < cfg.n_layers + cfg.n_mtp_layers; l++) {
+        const std::string p = layer_prefix(l);
+        splits.push_back(UnitSplit::of(weights, p + "attn.o", cfg.n_heads, "heads"));
+        std::vector<std::string> downs = {p + "ffn.down", p + "moe.shared.down"};
+        for (int e = 0; e < cfg.n_experts; e++) downs.push_back(p + "moe.experts." + std::to_string(e) + ".down");
+        for (const std::string& down : downs)
+            if (weights.has(down)) splits.push_back(UnitSplit::of(weights, down, weights.info(down).cols, "hidden rows"));
+    }
+    const UnitSplit& tightest = *std::min_element(
+        splits.begin(), splits.end(), [](const UnitSplit& a, const UnitSplit& b) { return a.max_nodes() < b.max_nodes(); });
+    const int64_t most = tightest.max_nodes();
+    if (most >= n_nodes) return;
+    throw std::invalid_argument("cannot split " + weights.describe() + " across " + std::to_string(n_nodes) +
+                                " nodes: " + tightest.limit() + "; it runs on " +
+                                (most == 1 ? std::string("1 node only") : "1 to " + std::to_string(most) + " nodes") +
+                                (tightest.grain() > 1 ? " (more with F32 or F16 weights)" : ""));
 }
 
 std::unique_ptr<Model> build_decoder(const ModelConfig& cfg, std::shared_ptr<const WeightSource> weights, int n_threads,

@@ -21,7 +21,15 @@ from .hf_config import (
     glm_config,
     qwen3_moe_header,
 )
-from .model_file import NORM_EPSILON_CODES, ArchType, FloatType, Header, ModelFileError, read_header
+from .model_file import (
+    NORM_EPSILON_CODES,
+    TENSOR_TYPE_KEYS,
+    ArchType,
+    FloatType,
+    Header,
+    ModelFileError,
+    read_header,
+)
 from .tensor_lists import (
     Source,
     TensorSpec,
@@ -201,10 +209,16 @@ class ModelLayout:
         return self.header.params
 
 
-def place_tensors(specs: list[TensorSpec], weight_type: FloatType, start: int) -> list[PlacedTensor]:
+def default_tensor_type(spec: TensorSpec, weight_type: FloatType) -> FloatType:
+    """The architecture's rule for a tensor's storage type: the type its tensor list gives (norms and
+    routers F32, embeddings by compact_embedding_dtype), else the file's weight type. A file stores
+    another type for a tensor only with a per-tensor header key (model_file.TENSOR_TYPE_KEYS)."""
+    return spec.dtype if spec.dtype is not None else weight_type
+
+
+def place_tensors(specs: list[TensorSpec], types: list[FloatType], start: int) -> list[PlacedTensor]:
     placed, offset = [], start
-    for spec in specs:
-        dtype = spec.dtype if spec.dtype is not None else weight_type
+    for spec, dtype in zip(specs, types):
         n = dtype.nbytes(spec.rows * spec.cols)
         placed.append(PlacedTensor(spec, dtype, offset, n))
         offset += n
@@ -228,10 +242,17 @@ def read_layout(path: str | os.PathLike) -> ModelLayout:
         raise ModelFileError(f"{path}: unsupported norm_epsilon code {p['norm_epsilon']} (5 or 6)")
     if p.get("n_mtp_layers", 0) not in (0, 1):
         raise ModelFileError(f"{path}: n_mtp_layers is {p['n_mtp_layers']}; a file holds 0 or 1 multi-token-prediction layer")
-    try:
-        tensors = place_tensors(arch.tensors(p, arch.hf_names), weight_type, header.size)
-    except ValueError as e:
-        raise ModelFileError(f"{path}: {e}") from None
+    specs = arch.tensors(p, arch.hf_names)
+    for index in header.tensor_types:
+        if index >= len(specs):
+            raise ModelFileError(f"{path}: header key {TENSOR_TYPE_KEYS + index} gives a type for tensor {index}, "
+                                 f"but the {arch.builder} model has {len(specs)} tensors")
+    types = [header.tensor_types.get(i, default_tensor_type(spec, weight_type)) for i, spec in enumerate(specs)]
+    for spec, dtype in zip(specs, types):
+        if spec.cols % dtype.block_size:
+            raise ModelFileError(f"{path}: tensor {spec.name!r} is stored as {dtype.name}, but its rows of {spec.cols} "
+                                 f"values are not whole {dtype.block_size}-value blocks (convert the model again)")
+    tensors = place_tensors(specs, types, header.size)
     size = path.stat().st_size
     end = tensors[-1].offset + tensors[-1].nbytes
     if size < end:

@@ -140,6 +140,7 @@ def _print_memory_per_node(layout, cfg, context: str):
 def cmd_inspect(args) -> int:
     from .architectures import kv_cache_values_per_token, read_layout
     from .engine import model_config
+    from .model_file import TENSOR_TYPE_KEYS
 
     layout = read_layout(args.model)
     print(f"{layout.path}: {layout.arch.builder} ({layout.arch.arch_type.name}), weights {layout.weight_type.name}, "
@@ -147,6 +148,8 @@ def cmd_inspect(args) -> int:
     print("header:")
     for k, v in layout.params.items():
         print(f"  {k:34s} {v}")
+    for index, dtype in sorted(layout.header.tensor_types.items()):
+        print(f"  {TENSOR_TYPE_KEYS + index:<34d} {layout.tensors[index].spec.name} stored as {dtype.name}")
     cfg = model_config(layout, args.max_seq_len)
     context = f"a context of {cfg.seq_len}" if args.max_seq_len else f"the default context of {cfg.seq_len}"
     kv_values = kv_cache_values_per_token(layout.params)

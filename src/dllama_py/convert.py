@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import tokenizer as tokenizer_bundle
-from .architectures import TensorSpec, place_tensors, plan_conversion
+from .architectures import TensorSpec, default_tensor_type, place_tensors, plan_conversion
 from .model_file import FloatType, encode_header
 from .safetensors_reader import Checkpoint, CheckpointError
 
@@ -47,6 +47,19 @@ def encode_tensor(values: np.ndarray, dtype: FloatType) -> bytes:
     if dtype == FloatType.Q40:
         return _core.quantize_q40(flat)
     return _core.quantize_q80(flat)
+
+
+def storage_type(spec: TensorSpec, weight_type: FloatType) -> FloatType:
+    """The type the converter stores a tensor in: the one place that decides it.
+
+    The architecture's rule (default_tensor_type), except that a quantized tensor's rows must be whole
+    32-value blocks: a tensor with another column count (e.g. an MLA q_b over a q_lora_rank of 48) is
+    stored at F16, as llama.cpp falls back, rather than written into a file the engine must refuse.
+    Tensors whose type differs from the rule get a per-tensor header key."""
+    dtype = default_tensor_type(spec, weight_type)
+    if spec.cols % dtype.block_size:
+        return FloatType.F16
+    return dtype
 
 
 def _source_name(spec: TensorSpec, ckpt: Checkpoint) -> str:
@@ -96,9 +109,11 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
                 log(f"config.json declares a multi-token-prediction layer but the checkpoint lacks {missing[0]} "
                     f"(and {len(missing) - 1} more of its tensors): converting without it")
                 plan = plan_conversion(config, mtp=False)
-        header = encode_header(dict(plan.params, weights_float_type=int(weight_type)))
         specs = plan.tensors(weight_type)
-        placed = place_tensors(specs, weight_type, len(header))
+        types = [storage_type(spec, weight_type) for spec in specs]
+        other_types = {i: t for i, (spec, t) in enumerate(zip(specs, types)) if t != default_tensor_type(spec, weight_type)}
+        header = encode_header(dict(plan.params, weights_float_type=int(weight_type)), other_types)
+        placed = place_tensors(specs, types, len(header))
         sources = []
         for spec in specs:
             name = _source_name(spec, ckpt)
@@ -109,6 +124,10 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
         total = placed[-1].offset + placed[-1].nbytes
         log(f"Converting {hf_dir} ({model_type} -> {arch.builder}, {weight_type.name}) to {out_path}: "
             f"{len(specs)} tensors, {total / 1e6:,.1f} MB")
+        if other_types:
+            examples = ", ".join(f"{specs[i].name} as {t.name}" for i, t in list(other_types.items())[:3])
+            log(f"{len(other_types)} tensor(s) stored in another type than the rule's (`dllama-py inspect` lists them), "
+                f"e.g. {examples}")
         kept_layers = plan.params["n_layers"] + plan.params.get("n_mtp_layers", 0)
         extra_layers = sorted({int(n.split(".")[2]) for n in skipped
                                if n.startswith("model.layers.") and int(n.split(".")[2]) >= kept_layers})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 
@@ -29,8 +29,17 @@ class FloatType(IntEnum):
         except KeyError:
             raise ValueError(f"unknown dtype {name!r} (choose from f32, f16, q40, q80)") from None
 
+    @property
+    def is_quantized(self) -> bool:
+        return self in (FloatType.Q40, FloatType.Q80)
+
+    @property
+    def block_size(self) -> int:
+        """Values per block: a quantized tensor's rows are whole blocks."""
+        return 32 if self.is_quantized else 1
+
     def nbytes(self, n_elements: int) -> int:
-        if self in (FloatType.Q40, FloatType.Q80) and n_elements % 32:
+        if n_elements % self.block_size:
             raise ValueError(f"{self.name} needs a multiple of 32 values, got {n_elements}")
         return {
             FloatType.F32: 4 * n_elements,
@@ -124,6 +133,10 @@ HEADER_KEYS = {
     # Ours: multi-token-prediction layers stored after the last layer (GLM's nextn layer; 0 or 1).
     "n_mtp_layers": 281,
 }
+# Ours: per-tensor storage types. Key TENSOR_TYPE_KEYS + i holds the FloatType of tensor i (in file
+# order), written only for a tensor stored in another type than its architecture's rule gives
+# (architectures.default_tensor_type), e.g. F16 for a tensor whose rows are not whole 32-value blocks.
+TENSOR_TYPE_KEYS = 1 << 16
 KEY_NAMES = {v: k for k, v in HEADER_KEYS.items()}
 FLOAT_BITS_KEYS = {k for k in HEADER_KEYS if k.endswith("_f32")}
 NORM_EPSILON_CODES = {5: 1e-5, 6: 1e-6}
@@ -141,14 +154,17 @@ def bits_to_float(b: int) -> float:
     return struct.unpack("<f", struct.pack("<i", b))[0]
 
 
-def encode_header(params: dict[str, int | float]) -> bytes:
-    """Header bytes for params (name -> value); float-bits keys take Python floats."""
+def encode_header(params: dict[str, int | float], tensor_types: dict[int, FloatType] | None = None) -> bytes:
+    """Header bytes for params (name -> value; float-bits keys take Python floats) and the storage
+    types of the tensors that differ from their architecture's rule (tensor index -> type)."""
     body = b""
     for name, value in params.items():
         if name not in HEADER_KEYS:
             raise KeyError(f"unknown header key {name!r}")
         v = float_to_bits(value) if name in FLOAT_BITS_KEYS else int(value)
         body += struct.pack("<ii", HEADER_KEYS[name], v)
+    for index, dtype in sorted((tensor_types or {}).items()):
+        body += struct.pack("<ii", TENSOR_TYPE_KEYS + index, int(dtype))
     return struct.pack("<ii", MAGIC, 8 + len(body)) + body
 
 
@@ -156,6 +172,7 @@ def encode_header(params: dict[str, int | float]) -> bytes:
 class Header:
     params: dict[str, int | float]
     size: int  # bytes, where the tensors start
+    tensor_types: dict[int, FloatType] = field(default_factory=dict)  # tensor index -> type, where not the rule's
 
 
 def read_header(path: str | os.PathLike) -> Header:
@@ -178,9 +195,17 @@ def read_header(path: str | os.PathLike) -> Header:
     if len(body) < size - 8:
         raise ModelFileError(f"{path}: truncated header ({8 + len(body)} of {size} bytes)")
     params: dict[str, int | float] = {}
+    tensor_types: dict[int, FloatType] = {}
     for key, value in struct.iter_unpack("<ii", body):
+        if key >= TENSOR_TYPE_KEYS:
+            try:
+                tensor_types[key - TENSOR_TYPE_KEYS] = FloatType(value)
+            except ValueError:
+                raise ModelFileError(f"{path}: header key {key} (type of tensor {key - TENSOR_TYPE_KEYS}) has "
+                                     f"unknown float type {value}") from None
+            continue
         name = KEY_NAMES.get(key)
         if name is None:
             raise ModelFileError(f"{path}: unknown header key {key} (value {value}); written by a newer version?")
         params[name] = bits_to_float(value) if name in FLOAT_BITS_KEYS else value
-    return Header(params, size)
+    return Header(params, size, tensor_types)

@@ -2,8 +2,9 @@
 file bytes it keeps mapped, and its share of the KV cache.
 
 The split rules are the C++ blocks' (cpp/blocks/*.cpp: attention by query heads with the KV heads they
-use, latent attention by heads, feed-forwards by rows of their hidden layer in 32-row blocks when
-quantized, the output head by vocabulary rows) and the arithmetic is cpp/partition.h's.
+use, latent attention by heads, feed-forwards by rows of their hidden layer, the output head by
+vocabulary rows); heads and hidden rows are shared by the graph's own rule (_core.unit_share: whole
+groups that never cut a quantized output projection's blocks), the rest by cpp/partition.h's arithmetic.
 tests/test_node_memory.py holds these figures to what the C++ graph really reads and allocates when it
 builds each node's share (_core.measure_node_share), for every architecture and 1-4 nodes.
 """
@@ -12,21 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import _core
 from .architectures import ModelLayout
-from .model_file import FloatType
-
-QUANT_BLOCK = 32  # values per Q40/Q80 block: quantized feed-forwards split between blocks
 
 
 def share(n: int, node: int, n_nodes: int) -> tuple[int, int]:
     """Node `node`'s contiguous share [begin, end) of n units (Partition::share)."""
     return n * node // n_nodes, n * (node + 1) // n_nodes
-
-
-def share_of(n: int, grain: int, node: int, n_nodes: int) -> tuple[int, int]:
-    """The same in units of `grain` elements; the last node takes the remainder (Partition::share_of)."""
-    begin, end = share(n // grain, node, n_nodes)
-    return begin * grain, n if node == n_nodes - 1 else end * grain
 
 
 @dataclass
@@ -50,27 +43,23 @@ def node_memory(layout: ModelLayout, node: int, n_nodes: int, seq_len: int, kv_f
     n_heads, n_kv_heads = p["n_heads"], p["n_kv_heads"]
     head_dim = p.get("head_dim") or p["dim"] // n_heads
     latent = p.get("kv_lora_rank", 0) > 0
-    h0, h1 = share(n_heads, node, n_nodes)
-    if h0 == h1:
-        raise ValueError(f"{n_heads} attention heads cannot be split {n_nodes} ways")
+    dtype_of = {t.spec.name: t.dtype for t in layout.tensors}
+    cols_of = {t.spec.name: t.spec.cols for t in layout.tensors}
+
+    def unit_share(tensor: str, unit: str, units: int) -> tuple[int, int]:
+        """Raises ValueError naming the constraint when some node would get none."""
+        return _core.unit_share(tensor, unit, units, cols_of[tensor] // units, _core.FloatType(int(dtype_of[tensor])),
+                                node, n_nodes)
+
+    h0, h1 = unit_share("layers.0.attn.o", "heads", n_heads)  # every layer's o has the same shape and type
     group = n_heads // n_kv_heads
     kv_first, kv_end = h0 // group, (h1 - 1) // group + 1
     q_rows, kv_rows = (h1 - h0) * head_dim, (kv_end - kv_first) * head_dim
     if latent:
         q_rows = (h1 - h0) * (p["qk_nope_head_dim"] + p["qk_rope_head_dim"])
-    dtype_of = {t.spec.name: t.dtype for t in layout.tensors}
 
     def hidden_rows(prefix: str, width: int) -> int:
-        grain = QUANT_BLOCK if dtype_of[prefix + "down"] in (FloatType.Q40, FloatType.Q80) else 1
-        begin, end = share_of(width, grain, node, n_nodes)
-        if begin == end:
-            raise ValueError(f"the {width} rows of {prefix}down's input cannot be split {n_nodes} ways")
-        return end - begin
-
-    def column_slice(name: str, begin: int, end: int) -> int:
-        if dtype_of[name] in (FloatType.Q40, FloatType.Q80) and (begin % QUANT_BLOCK or end % QUANT_BLOCK):
-            raise ValueError(f"{name}'s columns {begin}..{end} would cut {dtype_of[name].name} blocks of "
-                             f"{QUANT_BLOCK} values: cannot be split {n_nodes} ways")
+        begin, end = unit_share(prefix + "down", "hidden rows", width)
         return end - begin
 
     def sliced(name: str, rows: int, cols: int) -> tuple[int, int]:
@@ -95,7 +84,7 @@ def node_memory(layout: ModelLayout, node: int, n_nodes: int, seq_len: int, kv_f
             if role in per_head_rows:
                 return per_head_rows[role], cols
             if role == "attn.o":
-                return rows, column_slice(name, h0 * p["v_head_dim"], h1 * p["v_head_dim"])
+                return rows, (h1 - h0) * p["v_head_dim"]
             if role == "attn.o_bias":
                 return (rows, cols) if node == 0 else (0, 0)  # added once, by node 0
             return rows, cols
@@ -104,7 +93,7 @@ def node_memory(layout: ModelLayout, node: int, n_nodes: int, seq_len: int, kv_f
         if role in ("attn.q_bias", "attn.k_bias", "attn.v_bias"):
             return rows, q_rows if role == "attn.q_bias" else kv_rows
         if role == "attn.o":
-            return rows, column_slice(name, h0 * head_dim, h1 * head_dim)
+            return rows, (h1 - h0) * head_dim
         return rows, cols  # norms, routers: whole on every node
 
     weights = 0

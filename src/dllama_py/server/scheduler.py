@@ -311,18 +311,16 @@ class Scheduler:
         then drops the refused ones from the slot."""
         start = len(gen.prompt) + gen.completion - 1  # position of the fed token
         distributions = gen.guess_distributions if gen.drafter is None else None
-        gen.drafted += len(drafts)  # before any token: one may end the request, with these counts
-        emitted = accepted = 0
+        gen.drafted += len(drafts)  # counted before any token: one may end the request (and report them)
+        with self._cond:
+            self.drafted_tokens += len(drafts)
+        emitted = 0
         for j in range(len(drafts) + 1):
             draft = drafts[j] if j < len(drafts) else None
             kept = self._next_token(gen, rows[j], draft, distributions[j] if distributions else None)
             emitted += 1
-            accepted += kept
             if not kept or gen.done:
                 break
-        with self._cond:
-            self.drafted_tokens += len(drafts)
-            self.accepted_tokens += accepted
         self.backend.truncate(gen.slot, start + emitted)  # the fed token and the guesses kept before the last
 
     def _next_token(self, gen: Generation, logits: np.ndarray, draft: int | None = None,
@@ -350,6 +348,7 @@ class Scheduler:
         if gen.first_token_at is None:
             gen.first_token_at = now
         with self._cond:
+            self.accepted_tokens += kept
             self._recent.append((now, 1))
             while self._recent and now - self._recent[0][0] > 60:
                 self._recent.popleft()
