@@ -257,3 +257,23 @@ def test_node_memory_counts_the_mtp_layer(mtp_models, name, dtype):
                 measured = _core.measure_node_share(str(layout.path), cfg, tensors, node, n_nodes)
                 estimate = node_memory(layout, node, n_nodes, cfg.seq_len, cfg.kv_f16, mtp=mtp)
                 assert (estimate.weights, estimate.kv_cache) == measured, (mtp, node, n_nodes)
+
+
+def test_bad_mtp_calls_are_refused_with_a_reason(mtp_models):
+    path = mtp_models.m("glm4_moe_air", "f32")
+    hidden = np.zeros((1, 128), dtype=np.float32)
+    with Engine(path, threads=1) as eng:
+        with pytest.raises(Exception, match="loaded without its MTP layer"):
+            eng.model.mtp_step([1], hidden, [0], [0], [True])
+        with pytest.raises(ValueError, match="draft='mtp' needs the model's multi-token-prediction layer"):
+            eng.scheduler.submit([1, 2, 3], draft="mtp")
+    with Engine(path, threads=1, draft="mtp") as eng:
+        m = eng.model
+        with pytest.raises(Exception, match="continues at position 0, not 3"):
+            m.mtp_step([1], hidden, [0], [3], [True])
+        with pytest.raises(Exception, match="hidden must be rows x dim"):
+            m.mtp_step([1, 2], hidden, [0, 0], [0, 1], [True, True])
+        with pytest.raises(Exception, match="outside the vocabulary"):
+            m.mtp_step([384], hidden, [0], [0], [True])
+        with pytest.raises(Exception, match="can only be cut back"):
+            m.truncate_mtp(0, 1)
