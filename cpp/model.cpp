@@ -234,7 +234,8 @@ void Model::run_chunk(Pass pass, float* x, const StepRow* rows, int n, float* lo
         if (part_.node == 0) {
             StepHeader header{pass == Pass::Mtp ? kMtp : kForward, n, 0, 0};
             broadcast_header(header);
-            collective_->broadcast(const_cast<StepRow*>(rows), sizeof(StepRow) * n);
+            rows_.assign(rows, rows + n);
+            collective_->broadcast(rows_.data(), sizeof(StepRow) * n);
         }
         collective_->broadcast(x, sizeof(float) * n * dim);
     }

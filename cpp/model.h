@@ -140,7 +140,7 @@ private:
     void mtp_input(const int32_t* tokens, const float* hidden, int n, float* x);
     Range vocab_share_ = {};
     std::vector<int> lengths_, mtp_lengths_;  // per slot (kept on node 0)
-    std::vector<StepRow> rows_;
+    std::vector<StepRow> rows_;  // the rows a step message carries
     std::vector<float> final_norm_, head_out_, head_all_;
     Matrix lm_head_;
     Activations head_in_;
