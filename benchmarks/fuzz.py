@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -26,7 +27,14 @@ def server(n: int, seed: int):
     print(f"server: alive at {counts['health']['alive']} of {sum(counts['health'].values())} checks")
 
 
-TARGETS = {"server": server}
+def files(target: str, n: int, seed: int):
+    """A target of fuzz_files.py: corrupted .m files (loader) or checkpoints (converter), one process each."""
+    import fuzz_files
+
+    fuzz_files.print_counts(target, fuzz_files.run(target, n, seed, progress=True))
+
+
+TARGETS = {"server": server, "loader": partial(files, "loader"), "converter": partial(files, "converter")}
 
 
 def main():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from typing import Any, Literal
 
 import jinja2
@@ -11,7 +12,8 @@ from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 from transformers.utils import get_json_schema as hf_get_json_schema
 
-from dllama_py.chat_template import ToolSchemaError, get_json_schema, render_chat_template
+from dllama_py.chat_template import (MAX_RENDER_SECONDS, MIN_OUTPUT_CHARS, ChatTemplateError, ToolSchemaError,
+                                     get_json_schema, render_chat_template)
 
 # Qwen3-style ChatML, written with plain block tags so trim_blocks/lstrip_blocks matter.
 CHATML_TEMPLATE = """\
@@ -309,12 +311,43 @@ def test_chatml_generation_tag_and_tools_json(hf_tokenizer):
 
 
 def test_raise_exception_and_sandbox(hf_tokenizer):
-    with pytest.raises(jinja2.TemplateError, match="unknown role robot"):
+    with pytest.raises(ChatTemplateError, match="unknown role robot"):
         our_render(CHATML_TEMPLATE, [{"role": "robot", "content": "beep"}])
-    with pytest.raises(jinja2.exceptions.SecurityError):
+    with pytest.raises(ChatTemplateError, match="SecurityError") as raised:
         our_render("{% set ns = namespace() %}{% set ns._secret = 1 %}", CONVERSATIONS["single"])
-    with pytest.raises(jinja2.exceptions.SecurityError):
+    assert isinstance(raised.value.__cause__, jinja2.exceptions.SecurityError)
+    with pytest.raises(ChatTemplateError, match="SecurityError"):
         our_render("{{ ''.__class__.__mro__ }}", CONVERSATIONS["single"])
+    with pytest.raises(ChatTemplateError, match="TemplateSyntaxError"):
+        our_render("{% for m in messages %}", CONVERSATIONS["single"])
+
+
+@pytest.mark.parametrize("template,limit", [
+    # nested loops that print nothing
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "loop iterations"),
+    ("{% set s = 'abcdefghij' * 10 %}{% for a in s %}{% for b in s %}{% for c in s %}{% for d in s %}"
+     "{% endfor %}{% endfor %}{% endfor %}{% endfor %}", "loop iterations"),
+    # output, or values, that fill memory
+    ("{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}", "output exceeds"),
+    ("{{ 'x' * 1000000000 }}", "repeats a value"),
+    ("{% set ns = namespace(s='xx') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+     "builds a value"),
+    ("{{ 'x' | center(1000000000) }}", "passes 1000000000"),
+    ("{{ 'x'.ljust(1000000000) }}", "passes 1000000000"),
+    ("{{ '%999999999d' % 1 }}", "passes 999999999"),
+    ("{{ 2 ** 100000000 }}", "computes 2 \\*\\* 100000000"),
+    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "RecursionError"),
+])
+def test_runaway_templates_fail_fast(template, limit):
+    start = time.monotonic()
+    with pytest.raises(ChatTemplateError, match=limit):
+        our_render(template, CONVERSATIONS["single"])
+    assert time.monotonic() - start < MAX_RENDER_SECONDS
+
+
+def test_output_limit_grows_with_the_conversation():
+    long = [{"role": "user", "content": "x" * (2 * MIN_OUTPUT_CHARS)}]
+    assert len(our_render(CHATML_TEMPLATE, long)) > 2 * MIN_OUTPUT_CHARS
 
 
 def test_globals_and_special_tokens(hf_tokenizer):

@@ -21,15 +21,8 @@ from .hf_config import (
     glm_config,
     qwen3_moe_header,
 )
-from .model_file import (
-    NORM_EPSILON_CODES,
-    TENSOR_TYPE_KEYS,
-    ArchType,
-    FloatType,
-    Header,
-    ModelFileError,
-    read_header,
-)
+from .header_rules import check_header
+from .model_file import TENSOR_TYPE_KEYS, ArchType, FloatType, Header, ModelFileError, read_header
 from .tensor_lists import (
     Source,
     TensorSpec,
@@ -57,6 +50,16 @@ class Architecture:
     header_from_config: Callable[[dict], dict]
     tensors: Callable[[dict, Callable], list[TensorSpec]]  # (header params, HF naming) -> .m tensors
     hf_names: Callable[[dict, int | None, str], Source]  # (params, layer or None, role) -> HF source
+    # Header keys beyond the common ones (header_rules.py): those a file must carry, and the optional
+    # ones this architecture reads; any other architecture's keys are refused.
+    required_keys: tuple[str, ...] = ()
+    optional_keys: tuple[str, ...] = ()
+
+
+MOE_KEYS = ("n_experts", "n_active_experts", "moe_hidden_dim")
+GLM_MOE_KEYS = ("attention_bias", "n_shared_experts", "n_dense_layers", "n_expert_groups", "topk_groups",
+                "routed_scaling_factor_f32", "norm_topk_prob")
+LATENT_KEYS = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
@@ -87,6 +90,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         lambda p, names: decoder_tensors(p, names, bias=bool(p.get("attention_bias")),
                                          embedding_dtype=compact_embedding_dtype(p)),
         glm_names,
+        optional_keys=("attention_bias",),
     ),
     Architecture(
         ArchType.GLM4,
@@ -97,6 +101,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         lambda p, names: decoder_tensors(p, names, bias=bool(p.get("attention_bias")), sandwich=True,
                                          embedding_dtype=compact_embedding_dtype(p)),
         glm_names,
+        optional_keys=("attention_bias",),
     ),
     Architecture(
         ArchType.QWEN3_MOE,
@@ -106,6 +111,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         qwen3_moe_header,
         lambda p, names: decoder_tensors(p, names, qk_norm=True),
         llama_names,
+        required_keys=MOE_KEYS,
+        optional_keys=("norm_topk_prob",),
     ),
     Architecture(
         ArchType.GLM4_MOE,
@@ -116,6 +123,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         lambda p, names: decoder_tensors(p, names, qk_norm=bool(p.get("qk_norm")), bias=bool(p.get("attention_bias")),
                                          router_bias=True, embedding_dtype=compact_embedding_dtype(p)),
         llama_names,
+        required_keys=MOE_KEYS,
+        optional_keys=GLM_MOE_KEYS + ("qk_norm",),
     ),
     Architecture(
         ArchType.GLM4_MOE_LITE,
@@ -126,6 +135,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         lambda p, names: decoder_tensors(p, names, bias=bool(p.get("attention_bias")), router_bias=True,
                                          embedding_dtype=compact_embedding_dtype(p)),
         llama_names,
+        required_keys=MOE_KEYS + LATENT_KEYS,
+        optional_keys=GLM_MOE_KEYS + ("q_lora_rank", "attention_scale_f32", "latent_norm_epsilon_f32"),
     ),
 )
 
@@ -156,6 +167,8 @@ def plan_conversion(config: dict, mtp: bool = True) -> ConversionPlan:
     model_type = config.get("model_type")
     if model_type is None:
         raise UnsupportedModelError("config.json has no model_type")
+    if not isinstance(model_type, str):
+        raise UnsupportedModelError(f"config.json: model_type = {model_type!r} is not a string")
     if model_type in LEGACY_LAYOUTS:
         target, translate, names = LEGACY_LAYOUTS[model_type]
         arch = for_model_type(target)
@@ -230,18 +243,12 @@ def read_layout(path: str | os.PathLike) -> ModelLayout:
     path = Path(path)
     header = read_header(path)
     p = header.params
-    for key in ("arch_type", "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "weights_float_type"):
-        if key not in p:
-            raise ModelFileError(f"{path}: header has no {key!r}")
+    if "arch_type" not in p:
+        raise ModelFileError(f"{path}: header has no 'arch_type'")
     arch = for_arch_type(p["arch_type"], path)
-    try:
-        weight_type = FloatType(p["weights_float_type"])
-    except ValueError:
-        raise ModelFileError(f"{path}: unknown weights_float_type {p['weights_float_type']}") from None
-    if "norm_epsilon" in p and p["norm_epsilon"] not in NORM_EPSILON_CODES:
-        raise ModelFileError(f"{path}: unsupported norm_epsilon code {p['norm_epsilon']} (5 or 6)")
-    if p.get("n_mtp_layers", 0) not in (0, 1):
-        raise ModelFileError(f"{path}: n_mtp_layers is {p['n_mtp_layers']}; a file holds 0 or 1 multi-token-prediction layer")
+    size = path.stat().st_size
+    check_header(p, arch, str(path), size - header.size)
+    weight_type = FloatType(p["weights_float_type"])
     specs = arch.tensors(p, arch.hf_names)
     for index in header.tensor_types:
         if index >= len(specs):
@@ -253,7 +260,6 @@ def read_layout(path: str | os.PathLike) -> ModelLayout:
             raise ModelFileError(f"{path}: tensor {spec.name!r} is stored as {dtype.name}, but its rows of {spec.cols} "
                                  f"values are not whole {dtype.block_size}-value blocks (convert the model again)")
     tensors = place_tensors(specs, types, header.size)
-    size = path.stat().st_size
     end = tensors[-1].offset + tensors[-1].nbytes
     if size < end:
         first_missing = next(t for t in tensors if t.offset + t.nbytes > size)

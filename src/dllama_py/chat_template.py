@@ -8,13 +8,16 @@ same prompt here as under transformers, without importing it.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import enum
+import functools
 import inspect
 import json
 import re
+import time
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -28,6 +31,17 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 # Names a message's reasoning may come under; templates read `reasoning_content` (gpt-oss ones `thinking`).
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+# Bounds on one rendering, so that a hostile or broken template fails quickly instead of hanging the
+# caller or filling memory: characters it may produce (or hold in one value), loop iterations, seconds.
+MIN_OUTPUT_CHARS = 1 << 20  # raised to 4x the size of the conversation and tools for long ones
+MAX_LOOP_ITERATIONS = 1_000_000
+MAX_RENDER_SECONDS = 5.0
+
+
+class ChatTemplateError(ValueError):
+    """A chat template that cannot render this conversation: a syntax error, an error the template raises
+    itself (e.g. roles that do not alternate), unsafe code, or a rendering limit reached."""
 
 
 def render_chat_template(
@@ -51,13 +65,30 @@ def render_chat_template(
     special = {"bos_token": bos_token, "eos_token": eos_token}
     template_vars = {name: token for name, token in special.items() if token is not None}
     template_vars.update(kwargs)
-    return _compile(template).render(
+    context = dict(
         messages=_prepare_messages(messages),
         tools=_plain(_tool_schemas(tools)),
         documents=_plain(documents),
         add_generation_prompt=add_generation_prompt,
         **_plain(template_vars),
     )
+    limits = _Limits(MIN_OUTPUT_CHARS + 4 * len(json.dumps(context, default=str)))
+    token = _limits.set(limits)
+    try:
+        compiled = _compile(template)
+        parts, size = [], 0
+        for part in compiled.generate(**context):
+            size += len(part)
+            if size > limits.max_chars:
+                raise ChatTemplateError(f"chat template output exceeds {limits.max_chars:,} characters")
+            parts.append(part)
+        return "".join(parts)
+    except ChatTemplateError:
+        raise
+    except Exception as error:  # the template is foreign code: anything it raises is its failure
+        raise ChatTemplateError(f"chat template failed: {type(error).__name__}: {error}") from error
+    finally:
+        _limits.reset(token)
 
 
 def _prepare_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -138,7 +169,7 @@ class _SafeNamespace(jinja2.utils.Namespace):
 
     def __setitem__(self, name: str, value: Any) -> None:
         _check_attribute_name(name)
-        jinja2.utils.Namespace.__setitem__(self, name, value)
+        jinja2.utils.Namespace.__setitem__(self, name, _limits.get().check_size(value))
 
 
 def _check_attribute_name(name: Any) -> None:
@@ -156,8 +187,90 @@ class _SafeDict:
         return dict.fromkeys(*args, **kwargs)
 
 
+class _Limits:
+    """The budget of one rendering, charged by the environment's hooks (calls, attribute and item access,
+    operators, filters, loop iterations)."""
+
+    def __init__(self, max_chars: int):
+        self.max_chars = max_chars
+        self.iterations = 0
+        self.deadline = time.monotonic() + MAX_RENDER_SECONDS
+
+    def tick(self) -> None:
+        self.iterations += 1
+        if self.iterations > MAX_LOOP_ITERATIONS:
+            raise ChatTemplateError(f"chat template runs more than {MAX_LOOP_ITERATIONS:,} loop iterations or steps")
+        if self.iterations % 1024 == 0 and time.monotonic() > self.deadline:
+            raise ChatTemplateError(f"chat template takes more than {MAX_RENDER_SECONDS:g} s to render")
+
+    def check_size(self, value: Any) -> Any:
+        if isinstance(value, (str, list, tuple, dict)) and len(value) > self.max_chars:
+            raise ChatTemplateError(f"chat template builds a value of more than {self.max_chars:,} items")
+        return value
+
+    def check_arguments(self, args: Iterable[Any]) -> None:
+        for arg in args:
+            if isinstance(arg, int) and abs(arg) > self.max_chars:  # a width or count that large fills memory
+                raise ChatTemplateError(f"chat template passes {arg} to a function or filter")
+            self.check_size(arg)
+
+
+_limits: contextvars.ContextVar[_Limits] = contextvars.ContextVar("chat_template_limits")
+
+
+class _BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """jinja2's sandbox, charging every step of a rendering to the current _Limits."""
+
+    intercepted_binops = frozenset({"+", "*", "**", "%"})
+
+    def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
+        limits = _limits.get()
+        limits.tick()
+        if operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 64:
+            raise ChatTemplateError(f"chat template computes {left} ** {right}")
+        if operator == "*" and isinstance(left, int) != isinstance(right, int):  # repeating a string or list
+            count, item = (left, right) if isinstance(left, int) else (right, left)
+            if hasattr(item, "__len__") and count * len(item) > limits.max_chars:
+                raise ChatTemplateError(f"chat template repeats a value {count} times")
+        if operator == "%" and isinstance(left, str):
+            limits.check_arguments(int(width) for width in re.findall(r"%[-+ #0]*(\d+)", left))
+        return limits.check_size(super().call_binop(context, operator, left, right))
+
+    def call(__self, __context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (jinja2's signature)
+        limits = _limits.get()
+        limits.tick()
+        limits.check_arguments([*args, *kwargs.values()])
+        return limits.check_size(super().call(__context, __obj, *args, **kwargs))
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _limits.get().tick()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _limits.get().tick()
+        return super().getitem(obj, argument)
+
+    def bounded_loop(self, iterable: Iterable[Any]) -> Iterable[Any]:
+        """Every `{% for %}` iterates through this (see _compile)."""
+        limits = _limits.get()
+        for item in iterable:
+            limits.tick()
+            yield item
+
+
+def _bounded_filter(fn: Callable) -> Callable:
+    @functools.wraps(fn)  # keeps jinja2's pass_context / pass_environment markers
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        limits = _limits.get()
+        limits.tick()
+        limits.check_arguments([*args[1:], *kwargs.values()])
+        return limits.check_size(fn(*args, **kwargs))
+
+    return bounded
+
+
 def _raise_exception(message: str) -> None:
-    raise jinja2.exceptions.TemplateError(message)
+    raise ChatTemplateError(message)
 
 
 def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys=False) -> str:
@@ -171,14 +284,19 @@ def _strftime_now(format: str) -> str:
 
 @lru_cache(maxsize=16)
 def _compile(template: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(
+    env = _BoundedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
     )
     env.filters["tojson"] = _tojson
+    env.filters = {name: _bounded_filter(fn) for name, fn in env.filters.items()}
     env.globals.update(
         raise_exception=_raise_exception, strftime_now=_strftime_now, dict=_SafeDict(), namespace=_SafeNamespace
     )
-    return env.from_string(template)
+    tree = env.parse(template)
+    # Loops over a template's own data make no calls the environment sees: count their iterations.
+    for loop in tree.find_all(jinja2.nodes.For):
+        loop.iter = jinja2.nodes.Call(jinja2.nodes.EnvironmentAttribute("bounded_loop"), [loop.iter], [], None, None)
+    return env.from_string(tree)
 
 
 # ------------------------------------------------------------------------------------------- function -> schema

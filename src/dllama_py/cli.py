@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ModelFileError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (ModelFileError, OSError, ValueError, RuntimeError) as e:  # OSError: e.g. an output path that is a directory
         print(f"dllama-py: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # e.g. while the model loads

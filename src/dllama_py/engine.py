@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _core
 from .architectures import ModelLayout, read_layout
+from .chat_template import ChatTemplateError
 from .model_file import NORM_EPSILON_CODES, FloatType
 from .node_memory import node_memory
 from .reasoning import ThinkingSplitter, prompt_starts_in_thinking
@@ -17,12 +18,17 @@ from .rope import rope_frequencies
 from .sampling import Sampler
 from .scheduler import GenerationStats, Scheduler
 from .speculative import check_draft
+from .tensor_lists import head_dim_of, rope_dim_of
 from .text_stream import TextStream
 from .tokenizer import Tokenizer, bundle_path
 from .tool_calls import split_tool_calls
 
 DEFAULT_CONTEXT = 4096  # positions allocated unless asked for more: 128k-context models stay small
 SECRET_ENV = "DLLAMA_SECRET"  # the shared secret of root and workers, when not given
+
+
+class NonFiniteLogitsError(RuntimeError):
+    """The model produced NaN or infinite logits: corrupt weights or header values, not a prompt problem."""
 
 
 def default_threads() -> int:
@@ -46,8 +52,10 @@ def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | N
             setattr(c, name, type(getattr(c, name))(p[key]))
     c.arch = layout.arch.builder
     c.weight_type = _core.FloatType(int(layout.weight_type))
-    c.head_dim = p.get("head_dim") or p["dim"] // p["n_heads"]
+    c.head_dim = head_dim_of(p)
     model_ctx = p.get("max_seq_len") or DEFAULT_CONTEXT
+    if max_seq_len is not None and max_seq_len < 1:
+        raise ValueError(f"max_seq_len must be at least 1, not {max_seq_len}")
     c.seq_len = min(model_ctx, max_seq_len if max_seq_len else DEFAULT_CONTEXT)
     c.max_sequences = max_sequences
     if kv_cache not in (None, "f16", "f32"):
@@ -56,7 +64,7 @@ def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | N
     c.kv_f16 = kv_cache == "f16" if kv_cache else layout.weight_type != FloatType.F32
     c.norm_eps = p.get("norm_epsilon_f32") or NORM_EPSILON_CODES[p.get("norm_epsilon", 5)]
     c.rope_theta = p.get("rope_theta_f32") or float(p.get("rope_theta", 10000))
-    c.rope_dim = p.get("rope_dim") or c.head_dim
+    c.rope_dim = rope_dim_of(p)
     c.rope_style = _core.RopeStyle.INTERLEAVED if layout.arch.rope_style == "interleaved" else _core.RopeStyle.HALVES
     inv_freq, c.rope_attention_factor = rope_frequencies(p, c.rope_dim, c.rope_theta)
     c.rope_inv_freq = inv_freq.tolist()
@@ -111,6 +119,7 @@ class Engine:
         self.path = Path(path)
         self.layout = read_layout(self.path)
         self.config = model_config(self.layout, max_seq_len, kv_cache, max_sequences, mtp=draft == "mtp")
+        self.tokenizer_path = Path(tokenizer) if tokenizer else bundle_path(self.path)
         if tokenizer:  # given: it must load
             self.tokenizer: Tokenizer | None = Tokenizer.load(tokenizer)
         else:
@@ -205,7 +214,13 @@ class Engine:
                 f"{len(ids)} tokens at position {self.position} exceed the context of {self.context_length} "
                 f"(raise max_seq_len, up to the model's {self.layout.params.get('max_seq_len')})"
             )
-        return self.scheduler.forward(ids, all_logits)
+        start = self.position
+        logits = self.scheduler.forward(ids, all_logits)
+        if not np.isfinite(logits).all():  # cheap next to the forward step (one row when decoding)
+            self.scheduler.truncate(0, start)
+            raise NonFiniteLogitsError(f"{self.path}: the model produced NaN or infinite logits at position "
+                                       f"{start + len(ids) - 1}; its weights or header values are corrupt")
+        return logits
 
     def reset(self):
         """Empties sequence slot 0."""
@@ -226,7 +241,10 @@ class Engine:
         tok = self._require_tokenizer()
         if not tok.chat_template:
             raise RuntimeError(f"{self.path}: the tokenizer has no chat template")
-        return tok.render_chat(messages, tools=tools, add_generation_prompt=add_generation_prompt, **template_kwargs)
+        try:
+            return tok.render_chat(messages, tools=tools, add_generation_prompt=add_generation_prompt, **template_kwargs)
+        except ChatTemplateError as error:
+            raise ChatTemplateError(f"{self.tokenizer_path}: {error}") from error.__cause__
 
     def generate(self, prompt: str | list[int], max_tokens: int = 256, temperature: float = 0.8, top_p: float = 0.9,
                  top_k: int = 0, seed: int | None = None, stop: list[str] | str | None = None,

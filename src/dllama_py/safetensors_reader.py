@@ -8,13 +8,19 @@ whole checkpoint. bf16 is widened to float32 with integer shifts (numpy has no b
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
+# The dtypes we convert from, as numpy reads their bytes.
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+# Bytes per element of every safetensors dtype: a header may list tensors we never read.
+_ITEM_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
+               "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8}
+MAX_HEADER_BYTES = 100 << 20  # the safetensors library's own limit
 
 
 class CheckpointError(ValueError):
@@ -24,33 +30,36 @@ class CheckpointError(ValueError):
 class _File:
     def __init__(self, path: Path):
         self.path = path
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{path}: not a safetensors file")
-            (n,) = struct.unpack("<Q", head)
-            try:
-                self.header = json.loads(f.read(n))
-            except (json.JSONDecodeError, UnicodeDecodeError, MemoryError, OverflowError):
-                raise CheckpointError(f"{path}: corrupt safetensors header") from None
-            self.data_start = 8 + n
-        self.header.pop("__metadata__", None)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                head = f.read(8)
+                if len(head) < 8:
+                    raise CheckpointError(f"{path}: not a safetensors file ({len(head)} bytes)")
+                (n,) = struct.unpack("<Q", head)
+                if n > min(size - 8, MAX_HEADER_BYTES):
+                    raise CheckpointError(f"{path}: corrupt safetensors header length {n} (the file has {size} bytes)")
+                header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: corrupt safetensors header: {e}") from None
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None
+        self.data_start = 8 + n
+        self.header = _checked_header(path, header, size - self.data_start)
         self._fd = os.open(path, os.O_RDONLY)
-        self._size = os.fstat(self._fd).st_size
 
     def read(self, name: str, row_begin: int = 0, row_end: int | None = None) -> np.ndarray:
         """Rows [row_begin, row_end) of the tensor (all of it by default) as float32."""
         meta = self.header[name]
         dtype, shape = meta["dtype"], meta["shape"]
         if dtype not in _DTYPES:
-            raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {dtype}")
+            raise CheckpointError(f"{self.path}: tensor {name} has dtype {dtype}, which cannot be converted "
+                                  f"(only {', '.join(_DTYPES)})")
         itemsize = np.dtype(_DTYPES[dtype]).itemsize
         row_len = int(np.prod(shape[1:])) if len(shape) > 1 else 1
         n_rows = shape[0] if shape else 1
         row_end = n_rows if row_end is None else row_end
-        begin, end = meta["data_offsets"]
-        if end - begin != n_rows * row_len * itemsize or self.data_start + end > self._size:
-            raise CheckpointError(f"{self.path}: tensor {name} data is truncated or inconsistent with its shape")
+        begin = meta["data_offsets"][0]
         n_bytes = (row_end - row_begin) * row_len * itemsize
         data = os.pread(self._fd, n_bytes, self.data_start + begin + row_begin * row_len * itemsize)
         if len(data) != n_bytes:
@@ -66,6 +75,40 @@ class _File:
         os.close(self._fd)
 
 
+def _checked_header(path: Path, header, data_bytes: int) -> dict:
+    """A safetensors header with every entry checked: known dtype, a shape of non-negative ints, data
+    inside the data section whose size is shape x dtype, no two tensors sharing bytes."""
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header: not a JSON object")
+    header = {k: v for k, v in header.items() if k != "__metadata__"}
+    spans = []
+    for name, meta in header.items():
+        def bad(why: str):
+            raise CheckpointError(f"{path}: tensor {name!r}: {why}")
+
+        if not isinstance(meta, dict) or not {"dtype", "shape", "data_offsets"} <= meta.keys():
+            bad(f"entry {meta!r} lacks dtype, shape or data_offsets")
+        dtype, shape, offsets = meta["dtype"], meta["shape"], meta["data_offsets"]
+        if dtype not in _ITEM_SIZES:
+            bad(f"unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            bad(f"shape {shape!r} is not a list of sizes")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_bytes):
+            bad(f"data_offsets {offsets!r} are not inside the {data_bytes} bytes of data")
+        n_bytes = math.prod(shape) * _ITEM_SIZES[dtype]
+        if offsets[1] - offsets[0] != n_bytes:
+            bad(f"data_offsets {offsets} hold {offsets[1] - offsets[0]} bytes, but shape {shape} of {dtype} "
+                f"needs {n_bytes}")
+        if n_bytes:
+            spans.append((offsets[0], offsets[1], name))
+    spans.sort()
+    for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+        if begin < end:
+            raise CheckpointError(f"{path}: tensors {first!r} and {second!r} share data bytes")
+    return header
+
+
 class Checkpoint:
     """All tensors of an HF checkpoint directory (single file, or shards with an index)."""
 
@@ -73,28 +116,37 @@ class Checkpoint:
         self.directory = Path(directory)
         index = self.directory / "model.safetensors.index.json"
         if index.exists():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = _read_weight_map(index)
             shard_names = sorted(set(weight_map.values()))
         else:
             shard_names = sorted(p.name for p in self.directory.glob("*.safetensors"))
             if not shard_names:
                 raise CheckpointError(f"{self.directory}: no *.safetensors files")
             weight_map = None
-        self._files = {name: _File(self.directory / name) for name in shard_names}
+        self._files = {}
         self._where: dict[str, _File] = {}
-        for f in self._files.values():
-            for tensor in f.header:
-                self._where[tensor] = f
-        if weight_map:
-            missing = [t for t in weight_map if t not in self._where]
+        try:
+            for name in shard_names:
+                self._files[name] = _File(self.directory / name)
+            for f in self._files.values():
+                for tensor in f.header:
+                    self._where[tensor] = f
+            missing = [t for t in weight_map or () if t not in self._where]
             if missing:
                 raise CheckpointError(f"{index}: lists {missing[0]!r} but no shard holds it")
+        except BaseException:
+            self.close()
+            raise
 
     def __contains__(self, name: str) -> bool:
         return name in self._where
 
     def names(self) -> list[str]:
         return list(self._where)
+
+    def n_values(self) -> int:
+        """Values in all tensors together."""
+        return sum(math.prod(meta["shape"]) for f in self._files.values() for meta in f.header.values())
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._where[name].header[name]["shape"])
@@ -108,9 +160,26 @@ class Checkpoint:
     def close(self):
         for f in self._files.values():
             f.close()
+        self._files = {}
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _read_weight_map(index: Path) -> dict[str, str]:
+    """The index's tensor -> shard map; shards must be files in the checkpoint directory itself."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+    except (OSError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{index}: not a safetensors index: {e}") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: weight_map is not an object of tensor -> shard file names")
+    for shard in set(weight_map.values()):
+        if Path(shard).name != shard or shard in ("", ".", ".."):
+            raise CheckpointError(f"{index}: shard {shard!r} is not a file name in the checkpoint directory")
+        if not (index.parent / shard).is_file():
+            raise CheckpointError(f"{index}: shard {shard!r} does not exist")
+    return weight_map

@@ -68,6 +68,11 @@ def head_dim_of(p: dict) -> int:
     return p.get("head_dim") or p["dim"] // p["n_heads"]
 
 
+def rope_dim_of(p: dict) -> int:
+    """Rotated dims per head: rope_dim, else MLA's qk_rope_head_dim, else the whole head."""
+    return p.get("rope_dim") or p.get("qk_rope_head_dim") or head_dim_of(p)
+
+
 _LLAMA_LAYER_NAMES = {
     "attn.q": "self_attn.q_proj.weight", "attn.k": "self_attn.k_proj.weight", "attn.v": "self_attn.v_proj.weight",
     "attn.o": "self_attn.o_proj.weight", "attn.q_bias": "self_attn.q_proj.bias", "attn.k_bias": "self_attn.k_proj.bias",

@@ -27,6 +27,10 @@ BUNDLE_VERSION = 1
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
+class TokenizerError(ValueError):
+    """A tokenizer bundle or checkpoint tokenizer that cannot be used; the message names the file."""
+
+
 def bundle_path(model_path: str | Path) -> Path:
     """Where the tokenizer bundle of a converted model lives: `qwen3.m` -> `qwen3.m.tokenizer.json`."""
     return Path(str(model_path) + TOKENIZER_SUFFIX)
@@ -43,13 +47,19 @@ def build_bundle(hf_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no tokenizer.json in {hf_dir} (expected {tokenizer_file})")
     tokenizer_config = _read_json(hf_dir / "tokenizer_config.json")
     special_tokens = _special_tokens(tokenizer_config, _read_json(hf_dir / "special_tokens_map.json"))
-    backend = tokenizers.Tokenizer.from_file(str(tokenizer_file))
-    added = _add_missing_tokens(backend, tokenizer_config, special_tokens)
+    try:
+        backend = tokenizers.Tokenizer.from_file(str(tokenizer_file))
+    except Exception as error:  # the tokenizers library raises a bare Exception for a bad tokenizer.json
+        raise TokenizerError(f"{tokenizer_file}: cannot be loaded: {error}") from None
+    try:
+        added = _add_missing_tokens(backend, tokenizer_config, special_tokens)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise TokenizerError(f"{hf_dir / 'tokenizer_config.json'}: unusable added tokens: {error!r}") from None
     tokenizer_json = json.loads(backend.to_str()) if added else _read_json(tokenizer_file)
 
     model_configs = [_read_json(hf_dir / "generation_config.json"), _text_config(_read_json(hf_dir / "config.json"))]
     bos_token, eos_token = special_tokens.get("bos_token"), special_tokens.get("eos_token")
-    return {
+    bundle = {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,
         "tokenizer": tokenizer_json,
@@ -62,6 +72,11 @@ def build_bundle(hf_dir: str | Path) -> dict[str, Any]:
         "add_bos_token": bool(tokenizer_config.get("add_bos_token", False)),
         "special_tokens": special_tokens,
     }
+    try:
+        _check_bundle(bundle)  # what the engine will check when it loads the bundle
+    except TokenizerError as error:
+        raise TokenizerError(f"{hf_dir}: the tokenizer files give an unusable bundle: {error}") from None
+    return bundle
 
 
 def write_bundle(bundle: dict[str, Any], path: str | Path) -> None:
@@ -69,12 +84,21 @@ def write_bundle(bundle: dict[str, Any], path: str | Path) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: bad JSON or UTF-8
+        raise TokenizerError(f"{path}: cannot be read as JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise TokenizerError(f"{path}: not a JSON object")
+    return value
 
 
 def _text_config(config: dict[str, Any]) -> dict[str, Any]:
     """Multimodal checkpoints keep the language model's settings under `text_config`."""
-    return {**config.get("text_config", {}), **config}
+    text_config = config.get("text_config")
+    return {**(text_config if isinstance(text_config, dict) else {}), **config}
 
 
 def _token_content(token: Any) -> str | None:
@@ -100,8 +124,12 @@ def _chat_template(hf_dir: Path, tokenizer_config: dict[str, Any]) -> str | None
         return jinja_file.read_text(encoding="utf-8")
     template = tokenizer_config.get("chat_template")
     if isinstance(template, list):
-        named = {entry["name"]: entry["template"] for entry in template}
-        return named.get("default")
+        if not all(isinstance(entry, dict) and isinstance(entry.get("name"), str) for entry in template):
+            raise TokenizerError(f"{hf_dir / 'tokenizer_config.json'}: chat_template is a list without names")
+        template = {entry["name"]: entry.get("template") for entry in template}.get("default")
+    if template is not None and not isinstance(template, str):
+        raise TokenizerError(f"{hf_dir / 'tokenizer_config.json'}: chat_template is {type(template).__name__}, "
+                             "not a string")
     return template
 
 
@@ -134,7 +162,7 @@ def _bos_token_id(backend: tokenizers.Tokenizer, bos_token: str | None, model_co
     tokenizer.json's post-processor)."""
     if bos_token is not None and (token_id := backend.token_to_id(bos_token)) is not None:
         return token_id
-    return next((c["bos_token_id"] for c in model_configs if isinstance(c.get("bos_token_id"), int)), None)
+    return next((ids[0] for c in model_configs if (ids := _as_id_list(c.get("bos_token_id")))), None)
 
 
 def _eos_token_ids(backend: tokenizers.Tokenizer, eos_token: str | None, model_configs: list[dict]) -> list[int]:
@@ -146,9 +174,8 @@ def _eos_token_ids(backend: tokenizers.Tokenizer, eos_token: str | None, model_c
 
 
 def _as_id_list(value: Any) -> list[int]:
-    if isinstance(value, int):
-        return [value]
-    return [v for v in value if isinstance(v, int)] if isinstance(value, list) else []
+    values = value if isinstance(value, list) else [value]
+    return [v for v in values if type(v) is int and 0 <= v < 2**31]
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -158,11 +185,11 @@ class Tokenizer:
     """Encoder/decoder and chat-prompt builder backed by a tokenizer bundle."""
 
     def __init__(self, bundle: dict[str, Any]):
-        if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
-            raise ValueError(f"not a {BUNDLE_FORMAT} bundle")
-        if bundle.get("version") != BUNDLE_VERSION:
-            raise ValueError(f"unsupported tokenizer bundle version {bundle.get('version')!r}")
-        self._backend = tokenizers.Tokenizer.from_str(json.dumps(bundle["tokenizer"]))
+        _check_bundle(bundle)
+        try:
+            self._backend = tokenizers.Tokenizer.from_str(json.dumps(bundle["tokenizer"]))
+        except Exception as error:  # the tokenizers library raises a bare Exception for a bad tokenizer.json
+            raise TokenizerError(f"its tokenizer cannot be loaded: {error}") from None
         self.chat_template: str | None = bundle.get("chat_template")
         self.special_tokens: dict[str, str] = dict(bundle.get("special_tokens", {}))
         self.bos_token: str | None = bundle.get("bos_token")
@@ -187,8 +214,8 @@ class Tokenizer:
             if path.name == "tokenizer.json" and isinstance(data, dict) and "model" in data and "format" not in data:
                 return cls(build_bundle(path.parent))
             return cls(data)
-        except (json.JSONDecodeError, ValueError) as error:
-            raise ValueError(f"{path} is not a valid tokenizer bundle or Hugging Face tokenizer.json: {error}") from error
+        except (OSError, ValueError) as error:  # JSON, UTF-8 and TokenizerError are ValueErrors
+            raise TokenizerError(f"{path} is not a valid tokenizer bundle or Hugging Face tokenizer.json: {error}") from None
 
     @property
     def vocab_size(self) -> int:
@@ -230,6 +257,26 @@ class Tokenizer:
 
     def stream_decoder(self, skip_special_tokens: bool = False) -> StreamDecoder:
         return StreamDecoder(self, skip_special_tokens)
+
+
+def _check_bundle(bundle: Any) -> None:
+    """The bundle's fields have the types the Tokenizer reads them as."""
+    if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+        raise TokenizerError(f"not a {BUNDLE_FORMAT} bundle")
+    if bundle.get("version") != BUNDLE_VERSION:
+        raise TokenizerError(f"unsupported tokenizer bundle version {bundle.get('version')!r}")
+    expected = {"tokenizer": (dict,), "chat_template": (str, type(None)), "bos_token": (str, type(None)),
+                "eos_token": (str, type(None)), "bos_token_id": (int, type(None)), "eos_token_ids": (list,),
+                "special_tokens": (dict,)}
+    for key, types in expected.items():
+        if key in bundle and not isinstance(bundle[key], types) or key == "tokenizer" and key not in bundle:
+            raise TokenizerError(f"field {key!r} is {type(bundle.get(key)).__name__}, expected "
+                                 f"{' or '.join(t.__name__ for t in types)}")
+    ids = bundle.get("eos_token_ids", []) + [bundle.get("bos_token_id") or 0]
+    if any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < 2**31 for i in ids):
+        raise TokenizerError(f"token ids must be int32 values from 0, got {ids}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in bundle.get("special_tokens", {}).items()):
+        raise TokenizerError("special_tokens must map names to strings")
 
 
 class StreamDecoder:
