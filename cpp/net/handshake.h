@@ -8,7 +8,7 @@
 //
 // 1. HELLO, client -> server, 16 bytes
 //      0   8  magic "DLPYNET\0" = 44 4c 50 59 4e 45 54 00
-//      8   4  u32 protocol version (kProtocolVersion = 1)
+//      8   4  u32 protocol version (kProtocolVersion = 3)
 //     12   4  u32 role: 1 = root (opens a session), 2 = peer (a worker joining another worker)
 //    The server checks the magic first and drops the connection without answering if it is wrong.
 // 2. WELCOME, server -> client, 45 bytes
@@ -42,7 +42,7 @@
 
 namespace dllama::net {
 
-constexpr uint32_t kProtocolVersion = 1;
+constexpr uint32_t kProtocolVersion = 3;  // 2: batched steps (rows with slots), max_sequences in SETUP; 3: MTP steps, n_mtp_layers
 constexpr char kMagic[8] = {'D', 'L', 'P', 'Y', 'N', 'E', 'T', '\0'};
 
 enum class Role : uint32_t { Root = 1, Peer = 2 };
