@@ -10,7 +10,7 @@ over a network (the figures of docs/benchmarks.md, "Speculative decoding").
         tokens with the MTP layer, and the speedup they allow at several acceptance rates; measured on the
         file's layers and extrapolated to a 46-layer model with the MTP layer's time per MoE layer.
     python benchmarks/speculative_bench.py distributed /tmp/glm45-air-q40.m --delay-ms 1
-        2 nodes on loopback, the worker behind distributed_bench.py's delaying relay: ms per token of
+        2 nodes on loopback, the worker behind distributed_bench.py's link emulator: ms per token of
         greedy decoding, plainly and with K drafts taken from a previous greedy run (all accepted).
 
 Run from the repository root with PYTHONPATH=src after building (README), or with the package installed.
@@ -203,7 +203,7 @@ def run_distributed(args):
 
     logs = Path(tempfile.mkdtemp(prefix="specbench-"))
     worker, address = start_worker("127.0.0.1", None, logs / "worker.log", args.model, args.threads)
-    relay = Relay("127.0.0.1", [address], args.delay_ms)
+    relay = Relay("127.0.0.1", [address], args.delay_ms, 0)  # rate 0: no bandwidth limit
     try:
         with Engine(args.model, threads=args.threads, workers=relay.addresses, max_seq_len=args.prompt_tokens + 512) as eng:
             rng = np.random.default_rng(0)
