@@ -171,7 +171,10 @@ def cmd_bench(args) -> int:
     from .bench import run_bench, run_parallel_bench
 
     if args.parallel:
-        streams = [int(s) for s in args.parallel.split(",") if s.strip()]
+        try:
+            streams = [int(s) for s in args.parallel.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--parallel takes stream counts such as 1,2,4,8, not {args.parallel!r}") from None
         run_parallel_bench(args.model, streams, threads=args.threads, prompt_tokens=args.prompt_tokens,
                            gen_tokens=args.gen_tokens, max_seq_len=args.max_seq_len, workers=args.workers,
                            secret=args.secret, exchange=args.exchange)
