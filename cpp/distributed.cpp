@@ -51,47 +51,41 @@ private:
     net::Exchange exchange_;
 };
 
-// --- SETUP: every field of the config, the tensor table ----------------------------------------
+// --- SETUP: every field of the config (config.h's table, in order), the tensor table ---------------
+
+void put(net::Writer& w, int v) { w.i32(v); }
+void put(net::Writer& w, bool v) { w.i32(v ? 1 : 0); }
+void put(net::Writer& w, float v) { w.f32(v); }
+void put(net::Writer& w, FloatType v) { w.i32((int32_t)v); }
+void put(net::Writer& w, RopeStyle v) { w.i32((int32_t)v); }
+void put(net::Writer& w, const std::string& v) { w.string(v); }
+void put(net::Writer& w, const std::vector<float>& v) {
+    w.u32((uint32_t)v.size());
+    for (float f : v) w.f32(f);
+}
+
+void get(net::Reader& r, const char* name, int& v) { v = r.i32(name); }
+void get(net::Reader& r, const char* name, bool& v) { v = r.i32(name) != 0; }
+void get(net::Reader& r, const char* name, float& v) { v = r.f32(name); }
+void get(net::Reader& r, const char* name, FloatType& v) { v = (FloatType)r.i32(name); }
+void get(net::Reader& r, const char* name, RopeStyle& v) { v = (RopeStyle)r.i32(name); }
+void get(net::Reader& r, const char* name, std::string& v) { v = r.name(name, 64); }
+void get(net::Reader& r, const char* name, std::vector<float>& v) {
+    v.resize(r.count(name, sizeof(float), kMaxRopeFrequencies));
+    for (float& f : v) f = r.f32(name);
+}
 
 void write_config(net::Writer& w, const ModelConfig& c) {
-    w.string(c.arch);
-    w.i32((int32_t)c.weight_type);
-    for (int v : {c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size, c.seq_len,
-                  c.rope_dim, (int)c.rope_style, (int)c.attention_bias, (int)c.qk_norm, c.n_experts,
-                  c.n_active_experts, c.moe_hidden_dim, c.n_shared_experts, c.n_dense_layers, c.n_expert_groups,
-                  c.topk_groups, (int)c.norm_topk_prob, c.q_lora_rank, c.kv_lora_rank, c.qk_nope_dim, c.qk_rope_dim,
-                  c.v_head_dim, (int)c.attention_out_bias, (int)c.kv_f16})
-        w.i32(v);
-    for (float v : {c.norm_eps, c.rope_theta, c.rope_attention_factor, c.routed_scaling, c.latent_norm_eps,
-                    c.attention_scale})
-        w.f32(v);
-    w.u32((uint32_t)c.rope_inv_freq.size());
-    for (float f : c.rope_inv_freq) w.f32(f);
+#define DLLAMA_WRITE_FIELD(type, name, default_value, header_key) put(w, c.name);
+    DLLAMA_CONFIG_FIELDS(DLLAMA_WRITE_FIELD)
+#undef DLLAMA_WRITE_FIELD
 }
 
 ModelConfig read_config(net::Reader& r) {
     ModelConfig c;
-    c.arch = r.name("arch", 64);
-    c.weight_type = (FloatType)r.i32("weight type");
-    int* ints[] = {&c.dim, &c.hidden_dim, &c.n_layers, &c.n_heads, &c.n_kv_heads, &c.head_dim, &c.vocab_size,
-                   &c.seq_len, &c.rope_dim};
-    for (int* v : ints) *v = r.i32("config");
-    c.rope_style = (RopeStyle)r.i32("rope style");
-    c.attention_bias = r.i32("attention bias") != 0;
-    c.qk_norm = r.i32("qk norm") != 0;
-    int* moe[] = {&c.n_experts, &c.n_active_experts, &c.moe_hidden_dim, &c.n_shared_experts, &c.n_dense_layers,
-                  &c.n_expert_groups, &c.topk_groups};
-    for (int* v : moe) *v = r.i32("moe config");
-    c.norm_topk_prob = r.i32("norm topk") != 0;
-    int* mla[] = {&c.q_lora_rank, &c.kv_lora_rank, &c.qk_nope_dim, &c.qk_rope_dim, &c.v_head_dim};
-    for (int* v : mla) *v = r.i32("mla config");
-    c.attention_out_bias = r.i32("attention out bias") != 0;
-    c.kv_f16 = r.i32("kv cache type") != 0;
-    float* floats[] = {&c.norm_eps, &c.rope_theta, &c.rope_attention_factor, &c.routed_scaling, &c.latent_norm_eps,
-                       &c.attention_scale};
-    for (float* v : floats) *v = r.f32("config");
-    c.rope_inv_freq.resize(r.count("rope frequency count", 4, kMaxRopeFrequencies));
-    for (float& f : c.rope_inv_freq) f = r.f32("rope frequency");
+#define DLLAMA_READ_FIELD(type, name, default_value, header_key) get(r, #name, c.name);
+    DLLAMA_CONFIG_FIELDS(DLLAMA_READ_FIELD)
+#undef DLLAMA_READ_FIELD
     return c;
 }
 

@@ -46,6 +46,8 @@ void validate_config(const ModelConfig& c) {
     in_range("head_dim", c.head_dim, 1, kMaxHeadDim);
     in_range("vocab_size", c.vocab_size, 1, kMaxVocab);
     in_range("seq_len", c.seq_len, 1, kMaxContext);
+    in_range("max_sequences", c.max_sequences, 1, Model::kMaxSequences);
+    in_range("n_mtp_layers", c.n_mtp_layers, 0, 1);
     in_range("rope_dim", c.rope_dim, 0, c.head_dim);
     if (c.rope_dim % 2 != 0) bad("rope_dim " + std::to_string(c.rope_dim) + " is odd");
     if ((int64_t)c.rope_inv_freq.size() * 2 != c.rope_dim)
@@ -86,7 +88,8 @@ void check_memory(const ModelConfig& c, int n_threads, uint64_t weight_bytes) {
     // head), the RoPE table and each thread's attention scores.
     const uint64_t per_position =
         c.kv_lora_rank > 0 ? (uint64_t)c.kv_lora_rank + c.qk_rope_dim : 2ull * c.n_kv_heads * c.head_dim;
-    const uint64_t kv = (uint64_t)c.n_layers * c.seq_len * per_position * (c.kv_f16 ? 2 : 4);
+    const uint64_t kv = (uint64_t)(c.n_layers + c.n_mtp_layers) * c.max_sequences * c.seq_len * per_position *
+                        (c.kv_f16 ? 2 : 4);
     const uint64_t other = (uint64_t)c.seq_len * (c.rope_dim + (uint64_t)n_threads * (c.n_heads / c.n_kv_heads)) * 4;
     struct sysinfo info {};
     if (sysinfo(&info) != 0) return;

@@ -19,7 +19,8 @@ import time
 import numpy as np
 import pytest
 from hf_models import N_PREFILL
-from worker_protocol import (ModelSetup, FakeRoot, WorkerProcess, frame, model_identity, u8, STEP, i32)
+from worker_protocol import (COPY_PREFIX, FORWARD, STEP, FakeRoot, ModelSetup, WorkerProcess, frame, model_identity,
+                             step_header, u8)
 
 from dllama_py import Engine
 
@@ -68,7 +69,7 @@ BAD_SETUPS = {
     "rope_dim over head_dim": (dict(rope_dim=64), "rope_dim is 64, expected 0..32"),
     "huge dim": (dict(dim=2**31 - 1), "dim is 2147483647"),
     "NaN norm epsilon": (dict(norm_eps=float("nan")), "norm_eps is nan"),
-    "2^28 rope frequencies": (dict(rope_count=1 << 28), "rope frequency count is 268435456, but at most"),
+    "2^28 rope frequencies": (dict(rope_count=1 << 28), "rope_inv_freq is 268435456, but at most"),
     "2^24 tensors": (dict(tensor_count=1 << 24), "tensor count is 16777216, but at most"),
     "a KV cache larger than the machine": (dict(seq_len=1 << 22, n_layers=1024), "MiB of memory and swap"),
     "unknown exchange": (dict(exchange=7), "unknown exchange type 7"),
@@ -144,23 +145,25 @@ def test_local_model_offsets_cannot_wrap(llama, setup, reference, tmp_path):
 # --- steps: n and pos against the chunk size and the context ------------------------------------------
 
 BAD_STEPS = {
-    "4096 tokens with a 4 MiB payload": ((4096, 0, 0, 1), 4 << 20),
-    "-1 tokens": ((-1, 0, 0, 1), 0),
-    "position 50,000,000": ((1, 50_000_000, 0, 1), 512),
-    "past the end of the context": ((8, 60, 0, 1), 0),
-    "output rows outside the step": ((2, 0, 1, 5), 0),
+    "4096 rows with a 4 MiB payload": ((FORWARD, 4096, 0, 0), [], 4 << 20, "a step of 4096 rows (1..64 allowed)"),
+    "-1 rows": ((FORWARD, -1, 0, 0), [], 0, "a step of -1 rows"),
+    "position 50,000,000": ((FORWARD, 1, 0, 0), [(0, 50_000_000, 1)], 512, "position 50000000 is outside the context"),
+    "a slot that does not exist": ((FORWARD, 1, 0, 0), [(7, 0, 1)], 512, "slot 7 is not a sequence slot"),
+    "a logits flag of 2": ((FORWARD, 1, 0, 0), [(0, 0, 2)], 512, "logits flag must be 0 or 1"),
+    "copying past the context": ((COPY_PREFIX, 0, 0, 1 << 30), [], 0, "positions of a context of 64"),
+    "an unknown command": ((9, 0, 0, 0), [], 0, "unknown step command 9"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_STEPS, ids=list(BAD_STEPS))
 def test_bad_step_header_ends_the_session(worker, setup, llama, reference, case):
-    (n, pos, first, rows), payload = BAD_STEPS[case]
+    header, rows, payload, message = BAD_STEPS[case]
     with FakeRoot(worker.port) as root:
         root.start_session()
         assert root.setup(setup) == "ready"
         with contextlib.suppress(ConnectionError):  # the worker may hang up before it all went out
-            root.raw(u8(STEP) + i32(n) + i32(pos) + i32(first) + i32(rows) + bytes(payload))
-        assert "bad step from the root" in worker.wait_for("worker: session failed")
+            root.raw(u8(STEP) + step_header(*header, rows=rows) + bytes(payload))
+        assert message in worker.wait_for("worker: session failed")
     serves_a_real_root(worker, llama, reference)
 
 
@@ -403,7 +406,7 @@ def test_cluster_check(llama, capsys):
         stopped.close()
         assert main(["cluster", "check", good.address, wrong.address, stopped.address, "--secret", "s3cret"]) == 1
         lines = capsys.readouterr().out.splitlines()
-        assert lines[0].startswith(f"{good.address}: ok, protocol 2, secret accepted, ")
+        assert lines[0].startswith(f"{good.address}: ok, protocol 4, secret accepted, ")
         assert "cores" in lines[0] and "RAM free" in lines[0] and "round trip" in lines[0]
         assert lines[1] == f"{wrong.address}: NOT READY: {wrong.address}: authentication failed: wrong secret"
         assert lines[2] == f"{stopped.address}: NOT READY: {stopped.address}: connection refused"

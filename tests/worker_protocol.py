@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 MAGIC = b"DLPYNET\0"
-VERSION = 2
+VERSION = 4
 ROLE_ROOT, ROLE_PEER = 1, 2
 # mesh frames
 JOIN, BUILD, READY, FAILED, START = 1, 2, 5, 6, 7
@@ -34,15 +34,22 @@ JOIN, BUILD, READY, FAILED, START = 1, 2, 5, 6, 7
 SETUP, REQUEST, LOADED, LOAD_FAILED, PROGRESS = 1, 2, 3, 4, 5
 # between steps
 STEP, PING, PONG = 1, 2, 3
+# step commands (cpp/model.h)
+STOP, FORWARD, COPY_PREFIX, MTP = 0, 1, 2, 3
 
-# The config fields of SETUP in wire order: (name, struct code).
-CONFIG_INTS = ["dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size", "seq_len",
-               "rope_dim", "rope_style", "attention_bias", "qk_norm", "n_experts", "n_active_experts",
-               "moe_hidden_dim", "n_shared_experts", "n_dense_layers", "n_expert_groups", "topk_groups",
-               "norm_topk_prob", "q_lora_rank", "kv_lora_rank", "qk_nope_dim", "qk_rope_dim", "v_head_dim",
-               "attention_out_bias", "kv_f16"]
-CONFIG_FLOATS = ["norm_eps", "rope_theta", "rope_attention_factor", "routed_scaling", "latent_norm_eps",
-                 "attention_scale"]
+# The config fields of SETUP in wire order (cpp/config.h's table) after arch and weight_type: "i" an
+# i32 (booleans and enums too), "f" an f32, "v" the rope frequencies (u32 count, then f32s).
+CONFIG_FIELDS = [("dim", "i"), ("hidden_dim", "i"), ("n_layers", "i"), ("n_heads", "i"), ("n_kv_heads", "i"),
+                 ("head_dim", "i"), ("vocab_size", "i"), ("seq_len", "i"), ("max_sequences", "i"), ("kv_f16", "i"),
+                 ("norm_eps", "f"), ("rope_theta", "f"), ("rope_dim", "i"), ("rope_style", "i"),
+                 ("rope_inv_freq", "v"), ("rope_attention_factor", "f"), ("attention_bias", "i"), ("qk_norm", "i"),
+                 ("n_experts", "i"), ("n_active_experts", "i"), ("moe_hidden_dim", "i"), ("n_shared_experts", "i"),
+                 ("n_dense_layers", "i"), ("n_expert_groups", "i"), ("topk_groups", "i"), ("routed_scaling", "f"),
+                 ("norm_topk_prob", "i"), ("q_lora_rank", "i"), ("kv_lora_rank", "i"), ("qk_nope_dim", "i"),
+                 ("qk_rope_dim", "i"), ("v_head_dim", "i"), ("latent_norm_eps", "f"), ("attention_scale", "f"),
+                 ("attention_out_bias", "i"), ("n_mtp_layers", "i")]
+CONFIG_INTS = [name for name, kind in CONFIG_FIELDS if kind == "i"]
+CONFIG_FLOATS = [name for name, kind in CONFIG_FIELDS if kind == "f"]
 
 
 def u8(v: int) -> bytes:
@@ -72,6 +79,11 @@ def string(s: bytes | str) -> bytes:
 
 def frame(payload: bytes) -> bytes:
     return u32(len(payload)) + payload
+
+
+def step_header(command: int, a: int = 0, b: int = 0, c: int = 0, rows=()) -> bytes:
+    """A step header (i32 command, a, b, c) and its rows (i32 slot, position, wants logits), no STEP byte."""
+    return i32(command) + i32(a) + i32(b) + i32(c) + b"".join(i32(s) + i32(p) + i32(lg) for s, p, lg in rows)
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -138,10 +150,14 @@ class ModelSetup:
 
     def payload(self) -> bytes:
         out = u8(SETUP) + string(self.identity) + u8(self.exchange) + string(self.arch) + i32(self.weight_type)
-        out += b"".join(i32(self.ints[k]) for k in CONFIG_INTS)
-        out += b"".join(f32(self.floats[k]) for k in CONFIG_FLOATS)
-        rope_count = len(self.rope_inv_freq) if self.rope_count is None else self.rope_count
-        out += u32(rope_count) + b"".join(f32(f) for f in self.rope_inv_freq)
+        for name, kind in CONFIG_FIELDS:
+            if kind == "i":
+                out += i32(self.ints[name])
+            elif kind == "f":
+                out += f32(self.floats[name])
+            else:
+                rope_count = len(self.rope_inv_freq) if self.rope_count is None else self.rope_count
+                out += u32(rope_count) + b"".join(f32(f) for f in self.rope_inv_freq)
         out += u32(len(self.tensors) if self.tensor_count is None else self.tensor_count)
         for name, dtype, rows, cols, offset in self.tensors:
             out += string(name) + i32(dtype) + u64(rows) + u64(cols) + u64(offset)
@@ -254,9 +270,6 @@ class FakeRoot:
             r0, r1, c0, c1 = struct.unpack("<4Q", msg[5 + n:5 + n + 32])
             body = slice_bytes(data, setup, name, r0, r1, c0, c1)
             self.raw(u64(len(body)) + body)
-
-    def step_header(self, n: int, pos: int, head_first: int = 0, head_rows: int = 1) -> bytes:
-        return u8(STEP) + i32(n) + i32(pos) + i32(head_first) + i32(head_rows)
 
     def closed_by_worker(self, timeout: float) -> bool:
         """True when the worker closes the connection within `timeout` seconds (data it sends is read)."""
@@ -451,11 +464,13 @@ def fuzz_cases(setup: ModelSetup, n: int, seed: int = 0):
             n_bytes = rng.choice(U64_EDGES + [1, 100, 4096])
             yield FuzzCase("weights", u64(n_bytes) + os.urandom(rng.choice([0, 8, 100])), f"weight reply of {n_bytes}")
         else:
-            n_tok, pos = rng.choice(INT_EDGES), rng.choice(INT_EDGES)
-            first, rows = rng.choice(INT_EDGES), rng.choice(INT_EDGES)
-            data = u8(rng.choice([STEP, STEP, STEP, PING, 0, 9])) + i32(n_tok) + i32(pos) + i32(first) + i32(rows)
+            command = rng.choice([FORWARD, FORWARD, FORWARD, MTP, COPY_PREFIX, STOP, 9, -1])
+            a, b, c = (rng.choice(INT_EDGES) for _ in range(3))
+            rows = [(rng.choice(INT_EDGES[:8]), rng.choice(INT_EDGES), rng.choice([0, 1, 2, -1]))
+                    for _ in range(rng.choice([0, 1, 2, 64]))]
+            data = u8(rng.choice([STEP, STEP, STEP, PING, 0, 9])) + step_header(command, a, b, c, rows)
             data += os.urandom(rng.choice([0, 4 * dim, 4 * dim * 3]))
-            yield FuzzCase("step", data, f"step n={n_tok} pos={pos} head {first}+{rows}")
+            yield FuzzCase("step", data, f"step command {command} ({a}, {b}, {c}), rows {rows[:2]}")
 
 
 def run_case(worker: WorkerProcess, setup: ModelSetup, case: FuzzCase, timeout: float = 10.0) -> str:

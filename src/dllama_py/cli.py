@@ -20,6 +20,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _draft_tokens(text: str) -> int:
+    from .speculative import MAX_DRAFT_TOKENS
+
+    value = int(text)
+    if not 1 <= value <= MAX_DRAFT_TOKENS:
+        raise argparse.ArgumentTypeError(f"must be in 1..{MAX_DRAFT_TOKENS}, not {value}")
+    return value
+
+
 def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("-m", "--model", required=True, help="the .m model file")
     p.add_argument("--tokenizer", default=None, metavar="PATH",
@@ -33,9 +42,14 @@ def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("--secret", default=None, help=f"the workers' shared secret (default: ${SECRET_ENV})")
     p.add_argument("--exchange", choices=["q80", "f32"], default=None,
                    help="how partial sums travel between nodes (default: f32 for F32 models, else q80)")
+    p.add_argument("--draft", choices=["ngram", "mtp"], default=None,
+                   help="speculative decoding: guess tokens by prompt lookup (ngram) or with the model's "
+                        "multi-token-prediction layer (mtp, GLM-4.5 and later), and check them in one step")
+    p.add_argument("--draft-tokens", type=_draft_tokens, default=4, metavar="K",
+                   help="guesses checked per step with --draft (default 4)")
 
 
-def _engine(args):
+def _engine(args, max_sequences: int = 1):
     from tqdm import tqdm
 
     from .engine import Engine
@@ -48,7 +62,8 @@ def _engine(args):
             bar.update(done - bar.n)
 
         return Engine(args.model, threads=args.threads, max_seq_len=args.max_seq_len, tokenizer=args.tokenizer,
-                      workers=args.workers, secret=args.secret, exchange=args.exchange, load_progress=progress)
+                      workers=args.workers, secret=args.secret, exchange=args.exchange, load_progress=progress,
+                      max_sequences=max_sequences, draft=args.draft, draft_tokens=args.draft_tokens)
 
 
 def _add_sampling_options(p: argparse.ArgumentParser, max_tokens: int):
@@ -63,7 +78,7 @@ def _add_sampling_options(p: argparse.ArgumentParser, max_tokens: int):
 def cmd_convert(args) -> int:
     from .convert import convert
 
-    convert(args.hf_dir, args.output, dtype=args.dtype, progress=not args.quiet)
+    convert(args.hf_dir, args.output, dtype=args.dtype, progress=not args.quiet, mtp=not args.no_mtp)
     return 0
 
 
@@ -115,6 +130,11 @@ def _print_memory_per_node(layout, cfg, context: str):
         print(f"  {n_nodes} node{'s' if n_nodes > 1 else ' '}: root {_fmt_bytes(nodes[0].total)} "
               f"({_fmt_bytes(nodes[0].weights)} weights, {_fmt_bytes(nodes[0].kv_cache)} KV cache, "
               f"{_fmt_bytes(nodes[0].mapped)} embedding){workers}")
+    if layout.params.get("n_mtp_layers"):
+        extra = (node_memory(layout, 0, 1, cfg.seq_len, cfg.kv_f16, mtp=True).total
+                 - node_memory(layout, 0, 1, cfg.seq_len, cfg.kv_f16).total)
+        print(f"multi-token-prediction layer: layers.{layout.params['n_layers']}, {_fmt_bytes(extra)} more on one node "
+              f"(with its KV cache), loaded only with --draft mtp")
 
 
 def cmd_inspect(args) -> int:
@@ -148,11 +168,21 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from .bench import run_bench, run_parallel_bench
 
+    if args.parallel:
+        try:
+            streams = [int(s) for s in args.parallel.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--parallel takes stream counts such as 1,2,4,8, not {args.parallel!r}") from None
+        run_parallel_bench(args.model, streams, threads=args.threads, prompt_tokens=args.prompt_tokens,
+                           gen_tokens=args.gen_tokens, max_seq_len=args.max_seq_len, workers=args.workers,
+                           secret=args.secret, exchange=args.exchange)
+        return 0
     run_bench(args.model, threads=args.threads, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
               bandwidth_gbps=args.bandwidth, max_seq_len=args.max_seq_len, workers=args.workers, secret=args.secret,
-              exchange=args.exchange, tokenizer=args.tokenizer)
+              exchange=args.exchange, tokenizer=args.tokenizer, draft=args.draft, draft_tokens=args.draft_tokens,
+              prompt_text=args.prompt)
     return 0
 
 
@@ -164,7 +194,7 @@ def cmd_serve(args) -> int:
     options = ServerOptions(parallel=args.parallel, max_queue=args.queue_size, api_key=args.api_key or None,
                             cors_origins=args.cors_origin, max_body_bytes=args.max_body_mb << 20,
                             body_timeout=args.body_timeout, model_name=args.model_name)
-    with _engine(args) as eng:
+    with _engine(args, max_sequences=args.parallel) as eng:
         serve(eng, args.host, args.port, options)
     return 0
 
@@ -225,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="the .m file to write")
     p.add_argument("--dtype", default="q40", choices=["f32", "f16", "q80", "q40"], help="weight type (default q40)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-mtp", action="store_true",
+                   help="leave out the multi-token-prediction layer (GLM-4.5 and later; about 2%% of the weights, "
+                        "used only by --draft mtp)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("generate", help="continue a prompt", description="Stream a continuation of PROMPT.")
@@ -312,9 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the machine's memory bandwidth that decode reaches.")
     _add_run_options(p)
     p.add_argument("--prompt-tokens", type=int, default=128, help="prefill length (default 128)")
+    p.add_argument("--prompt", default=None, metavar="TEXT",
+                   help="decode after this text instead of random tokens (speculation needs real text to guess from)")
     p.add_argument("--gen-tokens", type=int, default=32, help="decode steps (default 32)")
     p.add_argument("--bandwidth", type=float, default=None,
                    help="memory bandwidth in GB/s to compare against (default: measured now)")
+    p.add_argument("--parallel", default=None, metavar="N,N,...",
+                   help="decode that many streams at once (e.g. 1,2,4,8,16): aggregate tok/s and per-stream latency")
     p.set_defaults(func=cmd_bench)
     return parser
 

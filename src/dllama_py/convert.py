@@ -114,12 +114,15 @@ def read_config(hf_dir: Path) -> dict:
 
 
 def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str = "q40", progress: bool = True,
-            log=print) -> ConversionReport:
+            log=print, mtp: bool = True) -> ConversionReport:
+    """mtp: keep the multi-token-prediction layer of checkpoints that have one (GLM-4.5 and later), for
+    speculative decoding with draft="mtp". It is one more layer (about 2% of GLM-4.5-Air's or
+    GLM-4.7-Flash's weights), and the engine loads it into memory only when asked to draft with it."""
     hf_dir, out_path = Path(hf_dir), Path(out_path)
     config = read_config(hf_dir)
     weight_type = FloatType.parse(dtype)
     try:
-        plan = plan_conversion(config)
+        plan = plan_conversion(config, mtp)
     except UnsupportedModelError as e:
         raise UnsupportedModelError(f"{hf_dir}: {e}") from None
     with Checkpoint(hf_dir) as ckpt:
@@ -129,6 +132,14 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
                          "bytes in the checkpoint's tensors as F32, counting a tied output head twice")
         except ModelFileError as e:
             raise UnsupportedModelError(f"{hf_dir}: {e}") from None
+        if plan.params.get("n_mtp_layers"):
+            mtp_layer = f"layers.{plan.params['n_layers']}."
+            missing = [t.source for t in plan.tensors(weight_type) if t.name.startswith(mtp_layer) and t.source not in ckpt]
+            if missing:
+                log(f"config.json declares a multi-token-prediction layer but the checkpoint lacks {missing[0]} "
+                    f"(and {len(missing) - 1} more of its tensors): converting without it")
+                plan = plan_conversion(config, mtp=False)
+                params = dict(plan.params, weights_float_type=int(weight_type))
         specs = plan.tensors(weight_type)
         types = [storage_type(spec, weight_type) for spec in specs]
         other_types = {i: t for i, (spec, t) in enumerate(zip(specs, types)) if t != default_tensor_type(spec, weight_type)}
@@ -152,8 +163,12 @@ def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str =
             examples = ", ".join(f"{specs[i].name} as {t.name}" for i, t in list(other_types.items())[:3])
             log(f"{len(other_types)} tensor(s) stored in another type than the rule's (`dllama-py inspect` lists them), "
                 f"e.g. {examples}")
+        kept_layers = plan.params["n_layers"] + plan.params.get("n_mtp_layers", 0)
         extra_layers = sorted({int(m[1]) for m in map(re.compile(r"model\.layers\.(\d+)\.").match, skipped)
-                               if m and int(m[1]) >= plan.params["n_layers"]})
+                               if m and int(m[1]) >= kept_layers})
+        if plan.params.get("n_mtp_layers"):
+            log(f"Keeping layer {plan.params['n_layers']}, the multi-token-prediction layer (for draft='mtp'; "
+                "--no-mtp leaves it out)")
         if extra_layers:
             log(f"Skipping layer(s) {', '.join(map(str, extra_layers))} past num_hidden_layers "
                 f"(multi-token-prediction weights, not used for generation)")
