@@ -1,8 +1,9 @@
-"""Tensor parallelism on one machine: traffic and sync time per token for 1, 2, 4... nodes.
+"""Tensor parallelism on one machine: traffic, sync time and tok/s per token for 1, 2, 4... nodes,
+over loopback or emulated links, next to what benchmarks/time_model.py predicts.
 
     python benchmarks/distributed_bench.py /tmp/llama-1b-q40.m
     python benchmarks/distributed_bench.py /tmp/llama-1b-q40.m --nodes 2 4 --exchange f32
-    python benchmarks/distributed_bench.py /tmp/llama-1b-q40.m --nodes 2 4 --netns-delay-ms 1
+    python benchmarks/distributed_bench.py /tmp/llama-1b-q40.m --nodes 1 2 --latency-ms 0 0.1 0.5 --rate-mbit 1000 10000
 
 It runs the installed package (`pip install .`); in a development checkout built with cmake, prefix
 the commands with PYTHONPATH=src. The workers import the same dllama_py as this script.
@@ -12,28 +13,32 @@ For each node count N it starts N-1 `dllama-py worker`s (1 thread each) as subpr
 tokens/s, kB the root sent and received per decoded token, the share of decode time spent in exchanges
 (and that time in ms per token), next to the bytes the traffic formula predicts (docs/distributed.md):
 
-    root sent     = 2·L·(N−1)·B  +  (N−1)·(16 + 4·dim)         B = dim/32·34 (q80) or 4·dim (f32)
+    root sent     = 2·L·(N−1)·B  +  (N−1)·(1 + 16 + 12 + 4·dim)   B = dim/32·34 (q80) or 4·dim (f32)
     root received = 2·L·(N−1)·B  +  4·(vocab − vocab_share_of_root)
 
 Networks:
 - default: every node on 127.0.0.1 (loopback).
-- --netns-delay-ms X (needs root and `ip netns`): worker i runs in its own network namespace `dlbench-wI`
-  at 10.77.0.(I+1)/24, joined to the default namespace (10.77.0.1/24 on bridge `br-dlbench`) by a veth
-  pair; the root connects over the bridge and the workers reach each other over it. With X > 0 each veth
-  end gets `tc qdisc ... netem delay Xms`, so a root-worker round trip costs 2X ms (and a worker-worker
-  one 4X ms: two veths each way). Kernels without sch_netem get a user-space relay instead (see
-  --relay): one per worker on 10.77.0.1, delaying every chunk by X ms each way, so every hop costs 2X ms
-  round trip. Namespaces, veths and the bridge are removed at the end, and leftovers of an earlier run at
-  the start. Only 10.77.0.0/24 addresses created here and 127.0.0.1 are ever used.
+- --latency-ms X.. [--rate-mbit R..]: for each (X, R) the nodes also run behind the link emulator
+  (benchmarks/link_emulator.cpp, built here with g++ into build/): one relay port per worker, used by the
+  root and by the other workers, so every connection of the mesh crosses it; each direction of each
+  connection is a link of X ms one-way latency and R Mbit/s. Before the runs the script measures and
+  prints what the emulator really adds (64-byte ping-pong through it against direct) and the rate a bulk
+  transfer achieves. The "modelled tok/s" column is the time model fed with the 1-node speed, the
+  loopback overhead per exchange at the same node count and the emulator's measured latency.
+- --netns (needs root and `ip netns`): worker i runs in its own network namespace `dlbench-wI` at
+  10.77.0.(I+1)/24, joined to the default namespace (10.77.0.1/24 on bridge `br-dlbench`) by a veth pair.
+  Links then use `tc netem delay X rate R` on both ends of every veth where the kernel has sch_netem (a
+  root-worker hop X, a worker-worker hop 2X), else the link emulator on 10.77.0.1. Namespaces, veths and
+  the bridge are removed at the end, and leftovers of an earlier run at the start. Only 10.77.0.0/24
+  addresses created here and 127.0.0.1 are ever used.
 
 On a machine with fewer cores than nodes × threads, tokens/s say nothing about scaling; the bytes per
-token and the sync time at X ms against 0 ms are what to read.
+token and the sync time with against without the emulated links are what to read.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import select
 import socket
@@ -58,10 +63,12 @@ def predicted_bytes(dim: int, n_layers: int, vocab: int, nodes: int, exchange: s
     """(sent, received) by the root per decoded token."""
     if nodes < 2:
         return 0, 0
-    b = dim // 32 * 34 if exchange == "q80" else 4 * dim
+    from time_model import partial_bytes
+
+    b = partial_bytes(dim, exchange)
     reduce = 2 * n_layers * (nodes - 1) * b
     root_share = vocab * 1 // nodes  # Partition{0, N}.share(vocab).size()
-    return reduce + (nodes - 1) * (16 + 4 * dim), reduce + 4 * (vocab - root_share)
+    return reduce + (nodes - 1) * (1 + 16 + 12 + 4 * dim), reduce + 4 * (vocab - root_share)  # STEP, header, row, embedding
 
 
 # --- shell helpers ----------------------------------------------------------------------------
@@ -88,10 +95,11 @@ def netem_available() -> bool:
 class NetnsNetwork:
     """The bridge, namespaces and veth pairs of one run; a context manager that always cleans up."""
 
-    def __init__(self, n_workers: int, delay_ms: float, use_netem: bool):
+    def __init__(self, n_workers: int, netem: tuple[float, float] | None):
+        """netem: (one-way latency ms, rate Mbit/s or 0) on both ends of every veth, or None."""
         if n_workers > MAX_WORKERS:
             raise ValueError(f"at most {MAX_WORKERS} workers in {SUBNET}.0/24")
-        self.n, self.delay_ms, self.use_netem = n_workers, delay_ms, use_netem
+        self.n, self.netem = n_workers, netem
 
     @staticmethod
     def cleanup():
@@ -131,10 +139,10 @@ class NetnsNetwork:
                 sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
                 sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{self.worker_ip(i)}/24", "dev", peer)
                 sh("ip", "netns", "exec", ns, "ip", "link", "set", peer, "up")
-                if self.use_netem:
-                    delay = f"{self.delay_ms}ms"
-                    sh("tc", "qdisc", "add", "dev", host, "root", "netem", "delay", delay)
-                    sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", peer, "root", "netem", "delay", delay)
+                if self.netem:
+                    spec = ["netem", "delay", f"{self.netem[0]}ms"] + (["rate", f"{self.netem[1]}mbit"] if self.netem[1] else [])
+                    sh("tc", "qdisc", "add", "dev", host, "root", *spec)
+                    sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", peer, "root", *spec)
         except BaseException:
             self.cleanup()
             raise
@@ -144,79 +152,139 @@ class NetnsNetwork:
         self.cleanup()
 
 
-# --- a user-space delay relay (when the kernel has no netem) ----------------------------------
+# --- the link emulator (benchmarks/link_emulator.cpp) ------------------------------------------
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float):
-    """Copies reader to writer, each chunk delivered delay_s after it arrived, in order."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def deliver():
-        while True:
-            due, data = await queue.get()
-            if data is None:
-                break
-            wait = due - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    task = asyncio.create_task(deliver())
-    try:
-        while True:
-            data = await reader.read(1 << 16)
-            if not data:
-                break
-            queue.put_nowait((loop.time() + delay_s, data))
-    except (ConnectionError, OSError):
-        pass
-    queue.put_nowait((0.0, None))
-    try:
-        await task
-    except (ConnectionError, OSError):
-        pass
+EMULATOR_SRC = Path(__file__).with_name("link_emulator.cpp")
 
 
-async def _relay_main(listen_host: str, targets: list[str], delay_ms: float):
-    delay_s = delay_ms / 1000.0
-    servers = []
-    for target in targets:
-        t_host, t_port = target.rsplit(":", 1)
-
-        async def handle(r, w, t_host=t_host, t_port=int(t_port)):
-            try:
-                ur, uw = await asyncio.open_connection(t_host, t_port)
-            except OSError:
-                w.close()
-                return
-            for s in (w.get_extra_info("socket"), uw.get_extra_info("socket")):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await asyncio.gather(_pump(r, uw, delay_s), _pump(ur, w, delay_s))
-
-        server = await asyncio.start_server(handle, listen_host, 0)
-        servers.append(server)
-    # One line: a buffered reader may take several lines at once, and select() would not see the rest.
-    print("relay " + " ".join(f"{listen_host}:{s.sockets[0].getsockname()[1]}" for s in servers), flush=True)
-    await asyncio.gather(*(s.serve_forever() for s in servers))
+def build_link_emulator() -> Path:
+    """Compiles link_emulator.cpp with g++ into build/ (again only when the source is newer)."""
+    out = Path(__file__).resolve().parent.parent / "build" / "link_emulator"
+    if not out.exists() or out.stat().st_mtime < EMULATOR_SRC.stat().st_mtime:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sh("g++", "-O2", "-std=c++17", "-pthread", "-o", str(out), str(EMULATOR_SRC))
+    return out
 
 
 class Relay:
-    """A child process relaying listen_host:<port i> -> targets[i] with a delay each way."""
+    """A link_emulator child relaying listen_host:<port i> -> targets[i]: one-way latency and a rate limit
+    on each direction of each connection."""
 
-    def __init__(self, listen_host: str, targets: list[str], delay_ms: float):
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--relay-child", listen_host, str(delay_ms), *targets],
-            stdout=subprocess.PIPE, text=True)
+    def __init__(self, listen_host: str, targets: list[str], latency_ms: float, rate_mbit: float):
+        self.proc = subprocess.Popen([str(build_link_emulator()), str(latency_ms * 1000), str(rate_mbit),
+                                      listen_host, *targets], stdout=subprocess.PIPE, text=True)
         try:
-            self.addresses = _readline(self.proc, 20.0, "relay").split()[1:]
+            self.addresses = _readline(self.proc, 20.0, "link emulator").split()[1:]
         except BaseException:
             self.stop()
             raise
 
     def stop(self):
         _stop(self.proc)
+
+
+def _echo_server(sock: socket.socket):
+    """Echoes each connection's bytes back (ping-pong) or, for a connection that starts with b"S", reads
+    a u64 count and that many bytes, then answers one byte (throughput)."""
+    import threading
+
+    def serve(c: socket.socket):
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with c:
+            first = c.recv(1)
+            if first == b"S":
+                count = int.from_bytes(_recv_exact(c, 8), "little")
+                while count > 0:
+                    count -= len(c.recv(min(count, 1 << 20)))
+                c.sendall(b"!")
+                return
+            data = first
+            while data:
+                c.sendall(data)
+                data = c.recv(1 << 16)
+
+    def accept():
+        while True:
+            try:
+                c, _ = sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+
+
+def _recv_exact(c: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        part = c.recv(n - len(buf))
+        if not part:
+            raise ConnectionError("closed")
+        buf += part
+    return buf
+
+
+def _ping_rtts(address: str, rounds: int, size: int = 64) -> list[float]:
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as c:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        msg, rtts = b"p" * size, []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            c.sendall(msg)
+            _recv_exact(c, size)
+            rtts.append(time.perf_counter() - t0)
+    return rtts
+
+
+def _send_seconds(address: str, nbytes: int) -> float:
+    """Seconds from the first byte sent until the sink acknowledged the last one."""
+    host, port = address.rsplit(":", 1)
+    chunk = b"x" * (1 << 16)
+    with socket.create_connection((host, int(port))) as c:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        t0 = time.perf_counter()
+        c.sendall(b"S" + nbytes.to_bytes(8, "little"))
+        left = nbytes
+        while left > 0:
+            left -= c.send(chunk[:min(left, len(chunk))])
+        _recv_exact(c, 1)
+        return time.perf_counter() - t0
+
+
+def calibrate_link(host: str, latency_ms: float, rate_mbit: float, rounds: int = 300) -> dict:
+    """What the emulator really adds: the median round trip of 64-byte ping-pongs through it minus the
+    direct one (to be 2 x latency), and the rate a bulk one-way transfer achieves through it."""
+    with socket.socket() as server:
+        server.bind((host, 0))
+        server.listen(16)
+        _echo_server(server)
+        direct = f"{host}:{server.getsockname()[1]}"
+        relay = Relay(host, [direct], latency_ms, rate_mbit)
+        try:
+            d = statistics.median(_ping_rtts(direct, rounds))
+            r = _ping_rtts(relay.addresses[0], rounds)
+            via = statistics.median(r)
+            result = dict(latency_ms=latency_ms, rate_mbit=rate_mbit, direct_rtt_us=d * 1e6,
+                          added_rtt_us=(via - d) * 1e6, added_rtt_p90_us=(sorted(r)[int(0.9 * len(r))] - d) * 1e6,
+                          throughput_mbit=None)
+            if rate_mbit:
+                nbytes = int(min(rate_mbit * 1e6 / 8 * 0.2, 64e6))  # ~0.2 s of traffic at the set rate
+                t = _send_seconds(relay.addresses[0], nbytes) - via  # the last bits' latency and the ack
+                result["throughput_mbit"] = 8 * nbytes / t / 1e6
+                result["direct_mbit"] = 8 * nbytes / (_send_seconds(direct, nbytes) - d) / 1e6
+            return result
+        finally:
+            relay.stop()
+
+
+def print_calibration(c: dict):
+    rate = f"{c['rate_mbit']:g} Mbit/s" if c["rate_mbit"] else "no rate limit"
+    got = (f", achieved {c['throughput_mbit']:.0f} Mbit/s (direct, without it: {c['direct_mbit']:.0f})"
+           if c["throughput_mbit"] else "")
+    print(f"link emulator at {c['latency_ms']:g} ms one-way, {rate}: adds {c['added_rtt_us']:.0f} us round trip "
+          f"(set {2000 * c['latency_ms']:.0f}; p90 {c['added_rtt_p90_us']:.0f}; direct {c['direct_rtt_us']:.0f} us)"
+          f"{got}", flush=True)
 
 
 # --- workers ----------------------------------------------------------------------------------
@@ -263,32 +331,38 @@ def start_worker(host: str, netns: str | None, log_path: Path, model: str | None
 
 # --- one measurement --------------------------------------------------------------------------
 
-def measure(model: str, nodes: int, exchange: str, args, layout) -> dict:
+def measure(model: str, nodes: int, exchange: str, args, layout, link: tuple[float, float] | None) -> dict:
+    """One run of `nodes` nodes; link = (one-way latency ms, rate Mbit/s) puts the link emulator between
+    every pair of nodes (None: plain loopback or, with --netns, the bridge)."""
     from dllama_py.bench import run_bench
 
     workers, procs, relay, net = [], [], None, None
     logs = Path(tempfile.mkdtemp(prefix="dlbench-"))
     mode = "loopback"
     try:
-        if nodes > 1 and args.netns_delay_ms is not None:
-            delay = args.netns_delay_ms
-            use_netem = delay > 0 and not args.relay and args.netem
-            use_relay = args.relay or (delay > 0 and not use_netem)
-            net = NetnsNetwork(nodes - 1, delay, use_netem).__enter__()
+        if nodes > 1 and args.netns:
+            use_netem = link is not None and link != (0, 0) and args.netem
+            net = NetnsNetwork(nodes - 1, link if use_netem else None).__enter__()
             for i in range(1, nodes):
                 proc, addr = start_worker(net.worker_ip(i), net.worker_ns(i), logs / f"worker{i}.log",
                                           args.worker_model, args.threads)
                 procs.append(proc)
                 workers.append(addr)
-            mode = f"netns, {'netem' if use_netem else 'relay' if use_relay else 'bridge'} {delay:g} ms"
-            if use_relay:
-                relay = Relay(f"{SUBNET}.1", workers, delay)
+            mode = "netns, " + ("netem" if use_netem else "emulator" if link else "bridge")
+            if link and not use_netem:
+                relay = Relay(f"{SUBNET}.1", workers, *link)
                 workers = relay.addresses
         else:
             for i in range(1, nodes):
                 proc, addr = start_worker("127.0.0.1", None, logs / f"worker{i}.log", args.worker_model, args.threads)
                 procs.append(proc)
                 workers.append(addr)
+            if nodes > 1 and link:
+                relay = Relay("127.0.0.1", workers, *link)
+                workers = relay.addresses
+                mode = "emulator"
+        if link and nodes > 1:
+            mode += f" {link[0]:g} ms, " + (f"{link[1]:g} Mbit/s" if link[1] else "no rate limit")
         r = run_bench(model, threads=args.threads, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
                       bandwidth_gbps=1.0, max_seq_len=args.prompt_tokens + args.gen_tokens + 16, print_table=False,
                       workers=workers or None, exchange=exchange)
@@ -307,18 +381,49 @@ def measure(model: str, nodes: int, exchange: str, args, layout) -> dict:
             net.__exit__(None, None, None)
     p = layout.params
     sent, received = predicted_bytes(p["dim"], p["n_layers"], p["vocab_size"], nodes, exchange)
-    return dict(nodes=nodes, exchange=exchange if nodes > 1 else "-", network=mode if nodes > 1 else "-",
-                decode=r.decode_tokens_per_s, prefill=r.prefill_tokens_per_s,
+    return dict(nodes=nodes, exchange=exchange if nodes > 1 else "-", network=mode if nodes > 1 else "-", link=link,
+                decode=r.decode_tokens_per_s, prefill=r.prefill_tokens_per_s, weight_bytes=r.weight_bytes_per_token,
                 sent=r.net_bytes_sent_per_token, received=r.net_bytes_received_per_token,
                 sync=r.sync_share, sync_ms=r.sync_share / r.decode_tokens_per_s * 1e3,
                 pred_sent=sent, pred_received=received)
 
 
+def add_model(rows: list[dict], calibration: dict, layout):
+    """Adds the time model's tok/s (benchmarks/time_model.py) to each row: compute = the 1-node token time
+    scaled by the root's share of the weight bytes; overhead per exchange = what loopback at the same node
+    count spent beyond that compute; latency = what the emulator was measured to add (half its added
+    round trip), so its own cost is counted; one link per pair of nodes, as the emulator has."""
+    from time_model import Link, token_seconds
+
+    p = layout.params
+    one = next((r for r in rows if r["nodes"] == 1), None)
+    if one is None:
+        return
+    for r in rows:
+        exchanges = 2 * p["n_layers"] + 2
+        compute = one["weight_bytes"] and r["weight_bytes"] / one["weight_bytes"] / one["decode"]
+        loop = next((x for x in rows if x["nodes"] == r["nodes"] and x["link"] is None
+                     and x["exchange"] == r["exchange"]), None)
+        if r["nodes"] == 1 or loop is None:
+            continue
+        overhead = max(0.0, (1 / loop["decode"] - compute) / exchanges)
+        r["overhead_us"] = overhead * 1e6
+        if r["link"] is None:
+            continue
+        c = calibration.get(r["link"])  # none under netem: take the set latency
+        latency = max(0.0, c["added_rtt_us"]) / 2e6 if c else r["link"][0] / 1e3
+        link = Link(latency, r["link"][1] * 1e6, shared_nic=False)
+        t = token_seconds(compute, r["nodes"], p["n_layers"], p["dim"], p["vocab_size"], r["exchange"], link, overhead)
+        r["model"] = 1 / t["total"]
+
+
 def print_table(rows: list[dict]):
-    head = ["nodes", "exchange", "network", "decode tok/s", "prefill tok/s", "sent kB/tok", "recv kB/tok",
-            "sync", "sync ms/tok", "predicted sent/recv kB"]
-    body = [[str(r["nodes"]), r["exchange"], r["network"], f"{r['decode']:.2f}", f"{r['prefill']:.1f}",
+    head = ["nodes", "exchange", "network", "decode tok/s", "modelled tok/s", "prefill tok/s", "sent kB/tok",
+            "recv kB/tok", "sync", "sync ms/tok", "overhead us/exchange", "predicted sent/recv kB"]
+    body = [[str(r["nodes"]), r["exchange"], r["network"], f"{r['decode']:.2f}",
+             f"{r['model']:.2f}" if "model" in r else "", f"{r['prefill']:.1f}",
              f"{r['sent'] / 1e3:.1f}", f"{r['received'] / 1e3:.1f}", f"{r['sync']:.0%}", f"{r['sync_ms']:.1f}",
+             f"{r['overhead_us']:.0f}" if "overhead_us" in r else "",
              f"{r['pred_sent'] / 1e3:.1f} / {r['pred_received'] / 1e3:.1f}"] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
@@ -329,9 +434,6 @@ def print_table(rows: list[dict]):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--relay-child"]:
-        asyncio.run(_relay_main(argv[1], argv[3:], float(argv[2])))
-        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model", help="the .m model file")
     ap.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4], help="node counts (default 1 2 4)")
@@ -340,12 +442,16 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="threads per node (default 1)")
     ap.add_argument("--prompt-tokens", type=int, default=16, help="prefill length (default 16)")
     ap.add_argument("--gen-tokens", type=int, default=24, help="decode steps (default 24)")
-    ap.add_argument("--repeats", type=int, default=1, help="runs per row; the table shows medians (default 1)")
-    ap.add_argument("--netns-delay-ms", type=float, default=None,
-                    help="run workers in network namespaces behind a bridge with this one-way delay per veth")
-    ap.add_argument("--relay", action="store_true",
-                    help="with --netns-delay-ms: delay in a user-space relay even where netem exists (also at 0 ms)")
-    ap.add_argument("--no-netem", dest="netem", action="store_false", help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=1, help="rounds over all rows; the table shows medians (default 1)")
+    ap.add_argument("--latency-ms", type=float, nargs="+", default=None,
+                    help="one-way latencies (ms) of emulated links between the nodes, e.g. 0 0.1 0.5")
+    ap.add_argument("--rate-mbit", type=float, nargs="+", default=[0.0],
+                    help="with --latency-ms: link rates in Mbit/s, e.g. 1000 10000 (default 0: no limit)")
+    ap.add_argument("--netns", action="store_true",
+                    help="workers in network namespaces behind a bridge (needs root); links via netem if the "
+                         "kernel has it, else via the link emulator on the bridge")
+    ap.add_argument("--no-netem", dest="netem", action="store_false",
+                    help="with --netns: use the link emulator even where netem exists")
     ap.add_argument("--worker-model", default=None,
                     help="workers load their share from this local copy instead of from the root")
     args = ap.parse_args(argv)
@@ -358,13 +464,15 @@ def main(argv=None) -> int:
         ap.error("--repeats: 1..9")
     if args.gen_tokens < 1 or args.gen_tokens > 256 or args.prompt_tokens < 1 or args.prompt_tokens > 512:
         ap.error("keep runs short: 1..256 decode tokens, 1..512 prompt tokens")
-    if args.netns_delay_ms is not None:
+    if any(not 0 <= x <= 1000 for x in args.latency_ms or []) or any(not 0 <= x <= 1e5 for x in args.rate_mbit):
+        ap.error("--latency-ms: 0..1000, --rate-mbit: 0..100000")
+    if args.netns:
         if os.geteuid() != 0:
-            ap.error("--netns-delay-ms needs root (ip netns, tc)")
+            ap.error("--netns needs root (ip netns, tc)")
         if sh("ip", "netns", "list", check=False).returncode != 0:
             ap.error("`ip netns` does not work here")
-        if args.netns_delay_ms > 0 and not args.relay and args.netem and not netem_available():
-            print("note: this kernel has no sch_netem; delaying in a user-space relay instead", file=sys.stderr)
+        if args.latency_ms and args.netem and not netem_available():
+            print("note: this kernel has no sch_netem; using the link emulator instead", file=sys.stderr)
             args.netem = False
 
     from dllama_py.architectures import read_layout
@@ -372,25 +480,37 @@ def main(argv=None) -> int:
     layout = read_layout(args.model)
     p = layout.params
     print(f"{args.model}: {layout.arch.builder}, dim {p['dim']}, {p['n_layers']} layers, vocab {p['vocab_size']}, "
-          f"{args.threads} thread(s) per node, {args.prompt_tokens}-token prompt, {args.gen_tokens} decode steps",
-          flush=True)
-    rows = []
+          f"{args.threads} thread(s) per node, {args.prompt_tokens}-token prompt, {args.gen_tokens} decode steps, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+    links = [(lat, rate) for lat in args.latency_ms for rate in args.rate_mbit] if args.latency_ms else []
+    calibration = {}
+    if links and not (args.netns and args.netem):
+        for link in links:
+            calibration[link] = calibrate_link("127.0.0.1", *link)
+            print_calibration(calibration[link])
+    configs = [(exchange, nodes, link) for exchange in args.exchange for nodes in args.nodes
+               for link in [None] + (links if nodes > 1 else [])]
+    configs = [c for i, c in enumerate(configs) if c[1] > 1 or not any(x[1] == 1 for x in configs[:i])]
+    runs: dict = {c: [] for c in configs}
     try:
-        for exchange in args.exchange:
-            for nodes in args.nodes:
-                if nodes == 1 and any(r["nodes"] == 1 for r in rows):
-                    continue
-                t0 = time.perf_counter()
-                runs = [measure(args.model, nodes, exchange, args, layout) for _ in range(args.repeats)]
-                r = dict(runs[0])
-                for key in ("decode", "prefill", "sent", "received", "sync", "sync_ms"):
-                    r[key] = statistics.median(x[key] for x in runs)
-                rows.append(r)
-                print(f"  {nodes} node(s) {exchange}: {r['decode']:.2f} tok/s, sent {r['sent'] / 1e3:.1f} kB/tok, "
-                      f"sync {r['sync']:.0%} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+        # Repeats are rounds over every configuration, so a load that comes and goes hits them alike.
+        for _ in range(args.repeats):
+            for c in configs:
+                exchange, nodes, link = c
+                r = measure(args.model, nodes, exchange, args, layout, link)
+                runs[c].append(r)
+                print(f"  {nodes} node(s) {exchange} {r['network']}: {r['decode']:.2f} tok/s, "
+                      f"sent {r['sent'] / 1e3:.1f} kB/tok, sync {r['sync']:.0%}", file=sys.stderr, flush=True)
     finally:
-        if args.netns_delay_ms is not None:
+        if args.netns:
             NetnsNetwork.cleanup()
+    rows = []
+    for c in configs:
+        r = dict(runs[c][0])
+        for key in ("decode", "prefill", "sent", "received", "sync", "sync_ms"):
+            r[key] = statistics.median(x[key] for x in runs[c])
+        rows.append(r)
+    add_model(rows, calibration, layout)
     print_table(rows)
     return 0
 

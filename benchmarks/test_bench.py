@@ -19,6 +19,7 @@ from make_model import PRESETS, write_checkpoint  # noqa: E402
 
 THREADS = 2
 PROMPT = 128
+STREAMS = 8  # sequences decoded together in test_batched_decode_step
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +37,7 @@ def engine(request, checkpoint, tmp_path_factory):
 
     path = tmp_path_factory.mktemp("bench-m") / f"model-{request.param}.m"
     convert(checkpoint, path, dtype=request.param, progress=False, log=lambda *a, **k: None)
-    eng = Engine(path, threads=THREADS, max_seq_len=1024)
+    eng = Engine(path, threads=THREADS, max_seq_len=1024, max_sequences=STREAMS)
     eng.forward([1, 2, 3, 4], all_logits=False)  # page in the weights, start the threads
     eng.reset()
     yield eng
@@ -68,3 +69,24 @@ def test_decode_step(benchmark, engine):
     benchmark.pedantic(step, rounds=60, warmup_rounds=3)
     benchmark.extra_info["tokens_per_s"] = 1 / benchmark.stats.stats.median
     benchmark.extra_info["weight_bytes_per_token"] = engine.model.weight_bytes_per_token
+
+
+def test_batched_decode_step(benchmark, engine):
+    """One step decoding a token of each of STREAMS sequences (every weight read once for all of them)."""
+    model = engine.model
+    prompt = np.asarray(_prompt(engine), dtype=np.int32)
+    slots = np.arange(STREAMS, dtype=np.int32)
+    wants = np.ones(STREAMS, dtype=bool)
+
+    def setup():
+        for s in range(STREAMS):
+            model.truncate(s, 0)
+            model.forward(prompt, False, s)
+
+    def step():
+        model.step(np.full(STREAMS, 7, dtype=np.int32), slots, np.array([model.length(s) for s in slots], np.int32),
+                   wants)
+
+    benchmark.pedantic(step, setup=setup, rounds=20, warmup_rounds=2)
+    benchmark.extra_info["streams"] = STREAMS
+    benchmark.extra_info["tokens_per_s"] = STREAMS / benchmark.stats.stats.median

@@ -62,6 +62,35 @@ static py::bytes quantize_to_bytes(py::array_t<float, py::array::c_style | py::a
     return py::bytes(out);
 }
 
+using IdArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using FlagArray = py::array_t<bool, py::array::c_style | py::array::forcecast>;
+
+// The rows of a step from its per-row arrays.
+static std::vector<StepRow> step_rows(const IdArray& tokens, const IdArray& slots, const IdArray& positions,
+                                      const FlagArray& logits) {
+    const py::ssize_t n = tokens.size();
+    if (slots.size() != n || positions.size() != n || logits.size() != n)
+        throw std::invalid_argument("step: tokens, slots, positions and logits must have one entry per row");
+    std::vector<StepRow> rows(n);
+    for (py::ssize_t r = 0; r < n; r++) rows[r] = StepRow{slots.data()[r], positions.data()[r], logits.data()[r] ? 1 : 0};
+    return rows;
+}
+
+// What a step returns: the logits of the rows that want them, and optionally every row's hidden state.
+struct StepOutput {
+    py::array_t<float> logits, hidden;
+    bool with_hidden;
+    StepOutput(const Model& model, const std::vector<StepRow>& rows, bool with_hidden) : with_hidden(with_hidden) {
+        py::ssize_t n_logits = 0;
+        for (const StepRow& r : rows) n_logits += r.logits;
+        logits = py::array_t<float>(std::vector<py::ssize_t>{n_logits, model.config().vocab_size});
+        if (with_hidden) hidden = py::array_t<float>(std::vector<py::ssize_t>{(py::ssize_t)rows.size(), model.config().dim});
+    }
+    float* logits_data() { return logits.mutable_data(); }
+    float* hidden_data() { return with_hidden ? hidden.mutable_data() : nullptr; }
+    py::object result() const { return with_hidden ? py::object(py::make_tuple(logits, hidden)) : py::object(logits); }
+};
+
 PYBIND11_MODULE(_core, m) {
     m.doc() = "dllama_py C++ core";
 
@@ -72,44 +101,22 @@ PYBIND11_MODULE(_core, m) {
         .value("Q80", FloatType::Q80);
     py::enum_<RopeStyle>(m, "RopeStyle").value("INTERLEAVED", RopeStyle::Interleaved).value("HALVES", RopeStyle::Halves);
 
-    py::class_<ModelConfig>(m, "ModelConfig")
-        .def(py::init<>())
-        .def_readwrite("arch", &ModelConfig::arch)
-        .def_readwrite("weight_type", &ModelConfig::weight_type)
-        .def_readwrite("dim", &ModelConfig::dim)
-        .def_readwrite("hidden_dim", &ModelConfig::hidden_dim)
-        .def_readwrite("n_layers", &ModelConfig::n_layers)
-        .def_readwrite("n_heads", &ModelConfig::n_heads)
-        .def_readwrite("n_kv_heads", &ModelConfig::n_kv_heads)
-        .def_readwrite("head_dim", &ModelConfig::head_dim)
-        .def_readwrite("vocab_size", &ModelConfig::vocab_size)
-        .def_readwrite("seq_len", &ModelConfig::seq_len)
-        .def_readwrite("kv_f16", &ModelConfig::kv_f16)
-        .def_readwrite("norm_eps", &ModelConfig::norm_eps)
-        .def_readwrite("rope_theta", &ModelConfig::rope_theta)
-        .def_readwrite("rope_dim", &ModelConfig::rope_dim)
-        .def_readwrite("rope_style", &ModelConfig::rope_style)
-        .def_readwrite("rope_inv_freq", &ModelConfig::rope_inv_freq)
-        .def_readwrite("rope_attention_factor", &ModelConfig::rope_attention_factor)
-        .def_readwrite("attention_bias", &ModelConfig::attention_bias)
-        .def_readwrite("n_experts", &ModelConfig::n_experts)
-        .def_readwrite("n_active_experts", &ModelConfig::n_active_experts)
-        .def_readwrite("moe_hidden_dim", &ModelConfig::moe_hidden_dim)
-        .def_readwrite("qk_norm", &ModelConfig::qk_norm)
-        .def_readwrite("n_shared_experts", &ModelConfig::n_shared_experts)
-        .def_readwrite("n_dense_layers", &ModelConfig::n_dense_layers)
-        .def_readwrite("n_expert_groups", &ModelConfig::n_expert_groups)
-        .def_readwrite("topk_groups", &ModelConfig::topk_groups)
-        .def_readwrite("routed_scaling", &ModelConfig::routed_scaling)
-        .def_readwrite("norm_topk_prob", &ModelConfig::norm_topk_prob)
-        .def_readwrite("q_lora_rank", &ModelConfig::q_lora_rank)
-        .def_readwrite("kv_lora_rank", &ModelConfig::kv_lora_rank)
-        .def_readwrite("qk_nope_dim", &ModelConfig::qk_nope_dim)
-        .def_readwrite("qk_rope_dim", &ModelConfig::qk_rope_dim)
-        .def_readwrite("v_head_dim", &ModelConfig::v_head_dim)
-        .def_readwrite("latent_norm_eps", &ModelConfig::latent_norm_eps)
-        .def_readwrite("attention_scale", &ModelConfig::attention_scale)
-        .def_readwrite("attention_out_bias", &ModelConfig::attention_out_bias);
+    py::class_<ModelConfig> config(m, "ModelConfig");
+    config.def(py::init<>());
+#define DLLAMA_BIND_FIELD(type, name, default_value, header_key) config.def_readwrite(#name, &ModelConfig::name);
+    DLLAMA_CONFIG_FIELDS(DLLAMA_BIND_FIELD)
+#undef DLLAMA_BIND_FIELD
+    config.def_static(
+        "fields",
+        [] {
+            std::vector<std::pair<std::string, std::string>> fields;
+#define DLLAMA_LIST_FIELD(type, name, default_value, header_key) fields.emplace_back(#name, header_key);
+            DLLAMA_CONFIG_FIELDS(DLLAMA_LIST_FIELD)
+#undef DLLAMA_LIST_FIELD
+            return fields;
+        },
+        "(name, header key) of every field, in order; the header key is the .m header parameter copied into "
+        "the field as is, or '' when the field is derived");
 
     py::class_<TensorInfo>(m, "TensorInfo")
         .def(py::init([](std::string name, FloatType type, int64_t rows, int64_t cols, uint64_t offset) {
@@ -120,7 +127,8 @@ PYBIND11_MODULE(_core, m) {
     py::class_<Model>(m, "Model")
         .def(py::init([](const std::string& path, const ModelConfig& cfg, const std::vector<TensorInfo>& tensors,
                          int n_threads, const std::vector<std::string>& workers, const std::string& secret,
-                         const std::string& exchange, int timeout_ms, py::object progress) {
+                         const std::string& exchange, int timeout_ms, int heartbeat_ms, py::object progress,
+                         const py::object& workers_progress) {
                  py::gil_scoped_release release;
                  if (workers.empty() && progress.is_none())
                      return build_model(cfg, std::make_shared<TensorStore>(path, tensors), n_threads);
@@ -142,11 +150,21 @@ PYBIND11_MODULE(_core, m) {
                  options.secret = secret;
                  options.exchange = exchange == "f32" ? net::Exchange::F32 : net::Exchange::Q80;
                  options.timeout_ms = timeout_ms;
+                 options.heartbeat_ms = heartbeat_ms;
+                 if (!workers_progress.is_none()) {
+                     options.progress = [&workers_progress](const std::vector<std::pair<uint64_t, uint64_t>>& status) {
+                         py::gil_scoped_acquire gil;
+                         workers_progress(status);
+                     };
+                 }
                  return build_root_model(cfg, path, tensors, n_threads, options);
              }),
              py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_threads"),
              py::arg("workers") = std::vector<std::string>{}, py::arg("secret") = "", py::arg("exchange") = "q80",
-             py::arg("timeout_ms") = 10000, py::arg("progress") = py::none())
+             py::arg("timeout_ms") = net::kDefaultTimeoutMs, py::arg("heartbeat_ms") = net::kDefaultHeartbeatMs,
+             py::arg("progress") = py::none(), py::arg("workers_progress") = py::none(),
+             "progress(bytes read): while the weights load here; workers_progress(status): while workers load, "
+             "status = [(bytes loaded, bytes expected) per worker]")
         .def("stop_workers", &Model::stop_workers, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("n_nodes", [](const Model& m) { return m.partition().n_nodes; })
         .def("net_stats",
@@ -164,7 +182,8 @@ PYBIND11_MODULE(_core, m) {
         })
         .def(
             "forward",
-            [](Model& model, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens, bool all_logits) {
+            [](Model& model, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens, bool all_logits,
+               int slot) {
                 const int n = (int)tokens.size();
                 const int vocab = model.config().vocab_size;
                 py::array_t<float> logits(std::vector<py::ssize_t>{all_logits ? n : 1, vocab});
@@ -172,13 +191,58 @@ PYBIND11_MODULE(_core, m) {
                 float* out = logits.mutable_data();
                 {
                     py::gil_scoped_release release;
-                    model.forward(ids.data(), n, all_logits, out);
+                    model.forward(ids.data(), n, all_logits, out, slot);
                 }
                 return logits;
             },
-            py::arg("tokens"), py::arg("all_logits") = true)
-        .def_property_readonly("position", &Model::position)
-        .def("set_position", &Model::set_position)
+            py::arg("tokens"), py::arg("all_logits") = true, py::arg("slot") = 0,
+            "Logits for tokens appended to one slot's sequence: every token's, or (1, vocab) for the last")
+        .def(
+            "step",
+            [](Model& model, IdArray tokens, IdArray slots, IdArray positions, FlagArray logits, bool hidden) {
+                const std::vector<StepRow> rows = step_rows(tokens, slots, positions, logits);
+                StepOutput out(model, rows, hidden);
+                {
+                    py::gil_scoped_release release;
+                    model.step(tokens.data(), rows.data(), (int)rows.size(), out.logits_data(), out.hidden_data());
+                }
+                return out.result();
+            },
+            py::arg("tokens"), py::arg("slots"), py::arg("positions"), py::arg("logits"), py::arg("hidden") = false,
+            "One forward step over rows (token, sequence slot, position, wants logits); returns the logits of "
+            "the rows that want them, in row order, or with hidden=True (logits, every row's final hidden state)")
+        .def(
+            "mtp_step",
+            [](Model& model, IdArray tokens, py::array_t<float, py::array::c_style | py::array::forcecast> hidden,
+               IdArray slots, IdArray positions, FlagArray logits) {
+                const std::vector<StepRow> rows = step_rows(tokens, slots, positions, logits);
+                const int dim = model.config().dim;
+                if (hidden.ndim() != 2 || hidden.shape(0) != (py::ssize_t)rows.size() || hidden.shape(1) != dim)
+                    throw std::invalid_argument("mtp_step: hidden must be rows x dim (" + std::to_string(rows.size()) +
+                                                " x " + std::to_string(dim) + ")");
+                StepOutput out(model, rows, true);
+                {
+                    py::gil_scoped_release release;
+                    model.mtp_step(tokens.data(), hidden.data(), rows.data(), (int)rows.size(), out.logits_data(),
+                                   out.hidden_data());
+                }
+                return out.result();
+            },
+            py::arg("tokens"), py::arg("hidden"), py::arg("slots"), py::arg("positions"), py::arg("logits"),
+            "The MTP layer over rows (token, the hidden state it continues, slot, MTP position, wants logits); "
+            "returns (logits of the rows that want them, every row's output hidden state)")
+        .def_property_readonly("has_mtp", &Model::has_mtp)
+        .def("mtp_length", &Model::mtp_length, py::arg("slot"), "Positions of the slot's MTP sequence")
+        .def("truncate_mtp", &Model::truncate_mtp, py::arg("slot"), py::arg("n"),
+             "Keeps only the first n positions of the slot's MTP sequence")
+        .def_property_readonly("n_slots", &Model::n_slots)
+        .def("length", &Model::length, py::arg("slot"), "Positions of the slot's sequence in the KV cache")
+        .def("truncate", &Model::truncate, py::arg("slot"), py::arg("n"),
+             "Keeps only the first n positions of the slot's sequence")
+        .def("copy_prefix", &Model::copy_prefix, py::arg("src"), py::arg("dst"), py::arg("n"),
+             py::call_guard<py::gil_scoped_release>(), "Makes slot dst hold the first n positions of slot src")
+        .def_property_readonly("position", [](const Model& m) { return m.length(0); })
+        .def("set_position", [](Model& m, int pos) { m.truncate(0, pos); })
         .def_property_readonly("n_threads", &Model::n_threads)
         .def_property_readonly("kv_cache_bytes", &Model::kv_cache_bytes)
         .def_property_readonly("weight_bytes_per_token", &Model::weight_bytes_per_token)
@@ -186,12 +250,42 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("config", &Model::config);
 
     py::class_<Worker>(m, "Worker")
-        .def(py::init<const std::string&, int, int, std::string, std::string, int>(), py::arg("host"), py::arg("port"),
-             py::arg("n_threads"), py::arg("secret") = "", py::arg("local_model") = "", py::arg("timeout_ms") = 10000)
+        .def(py::init([](const std::string& host, int port, int n_threads, std::string secret, std::string local_model,
+                         int timeout_ms, std::string cache_dir, uint64_t cache_max_bytes) {
+                 return std::make_unique<Worker>(host, port, n_threads, std::move(secret), std::move(local_model),
+                                                 timeout_ms, CacheOptions{std::move(cache_dir), cache_max_bytes});
+             }),
+             py::arg("host"), py::arg("port"), py::arg("n_threads"), py::arg("secret") = "", py::arg("local_model") = "",
+             py::arg("timeout_ms") = net::kDefaultTimeoutMs, py::arg("cache_dir") = "",
+             py::arg("cache_max_bytes") = uint64_t(0))
         .def("serve_one", &Worker::serve_one, py::arg("wait_ms"), py::call_guard<py::gil_scoped_release>(),
              "Serves one root's session if one arrives within wait_ms; False if none came")
         .def_property_readonly("port", &Worker::port);
 
+    m.def(
+        "probe_worker",
+        [](const std::string& address, const std::string& secret, int timeout_ms, size_t echo_bytes) {
+            net::ProbeResult r;
+            {
+                py::gil_scoped_release release;
+                r = net::probe_worker(address, secret, timeout_ms, echo_bytes);
+            }
+            py::dict d;
+            d["cores"] = r.info.cores;
+            d["ram_bytes"] = r.info.ram_bytes;
+            d["available_ram_bytes"] = r.info.available_ram_bytes;
+            d["read_bandwidth"] = r.info.read_bandwidth;
+            d["model_identity"] = r.info.model_identity;
+            d["round_trip_ms"] = r.round_trip_ms;
+            d["bytes_per_second"] = r.bytes_per_second;
+            return d;
+        },
+        py::arg("address"), py::arg("secret") = "", py::arg("timeout_ms") = net::kDefaultTimeoutMs,
+        py::arg("echo_bytes") = size_t(4) << 20,
+        "Asks a waiting worker about itself without starting a session; RuntimeError if it cannot");
+    m.def("protocol_version", [] { return net::kProtocolVersion; });
+    m.def("validate_config", &validate_config, py::arg("config"),
+          "ValueError naming the field when a config is inconsistent or beyond any model (what every build checks)");
     m.def("quantize_q40", &quantize_to_bytes<BlockQ40, quantize_q40>, "Quantize float32 values to Q40 blocks (bytes)");
     m.def(
         "quantize_q40_best_fit",

@@ -35,6 +35,14 @@ class TinyModels:
         return self._converted[key]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def worker_cache(tmp_path_factory):
+    """Workers started by tests keep their weight slices here, not in the user's cache."""
+    import os
+
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> TinyModels:
     return TinyModels(tmp_path_factory.mktemp("tiny_models"))

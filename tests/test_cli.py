@@ -19,6 +19,14 @@ def test_convert_inspect_bench(tiny_models, tmp_path, capsys):
     assert main(["bench", "-m", str(out), "-t", "1", "--prompt-tokens", "8", "--gen-tokens", "4", "--bandwidth", "20"]) == 0
     text = capsys.readouterr().out
     assert "decode" in text and "bytes read per token" in text and "bandwidth reached" in text
+    assert main(["bench", "-m", str(out), "-t", "1", "--prompt-tokens", "4", "--gen-tokens", "3", "--parallel", "1,3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["streams", "aggregate", "tok/s"]
+    assert [line.split()[0] for line in lines[1:]] == ["1", "3"] and lines[1].split()[4] == "1.00x"
+    assert main(["bench", "-m", str(out), "--parallel", "0,2"]) == 1
+    assert "stream counts >= 1" in capsys.readouterr().err
+    assert main(["bench", "-m", str(out), "--parallel", "eight"]) == 1
+    assert "--parallel takes stream counts such as 1,2,4,8, not 'eight'" in capsys.readouterr().err
 
 
 def test_generate_without_a_tokenizer_says_so(tmp_path, capsys):

@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 import pytest
-from hf_models import N_PREFILL
+from batch_schedules import alone, make_sequences, max_error, run_batched
+from hf_models import CONFIGS, N_PREFILL
 
 from dllama_py import Engine, _core
 
@@ -76,6 +77,32 @@ def test_q80_exchange_within_q80_bound(tiny_models, workers, name, n_workers):
     split = run(tiny_models.converted(name, "f32"), ids, workers.addresses[:n_workers], exchange="q80")
     assert np.abs(split - ref).max() <= 0.08 * ref.std()
     assert (split.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("n_workers", [1, 3])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_batched_steps_with_workers_equal_each_sequence_alone(tiny_models, workers, name, n_workers):
+    """Sequences joining and leaving slots at different positions, with prefix copies, on 2 and 4 nodes."""
+    path = tiny_models.converted(name, "f32")
+    with Engine(path, threads=1, max_sequences=3, max_seq_len=128) as eng:
+        seqs = make_sequences(eng.config.vocab_size, seed=len(name) + 100)
+        references = [alone(eng.model, s) for s in seqs]
+    with Engine(path, threads=2, max_sequences=3, max_seq_len=128, workers=workers.addresses[:n_workers],
+                exchange="f32") as eng:
+        batched = run_batched(eng.model, seqs, seed=n_workers)
+    assert max_error(batched, references) <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["qwen3_moe", "glm4_moe_lite"])
+def test_scheduled_generations_with_workers_equal_one_at_a_time(tiny_models, workers, name):
+    """Greedy generations sharing steps on 2 nodes against the same prompts run one at a time there."""
+    path = tiny_models.converted(name, "q40")
+    prompts = make_sequences(384, seed=21, n=5)
+    with Engine(path, threads=1, max_sequences=3, workers=workers.addresses[:1]) as eng:
+        alone_tokens = [list(eng.scheduler.submit(p, max_tokens=8)) for p in prompts]
+        requests = [eng.scheduler.submit(p, max_tokens=8) for p in prompts]
+        together = [list(r) for r in requests]
+    assert together == alone_tokens
 
 
 @pytest.mark.parametrize("n_workers", [1, 2, 3])

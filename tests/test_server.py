@@ -38,7 +38,7 @@ HI = [{"role": "user", "content": "Hi"}]
 @pytest.fixture(scope="module")
 def scripted_engine(tmp_path_factory):
     path = build_scripted_glm(tmp_path_factory.mktemp("server_glm"), CHAINS, words=sorted(set(CALL)))
-    with Engine(path) as eng:
+    with Engine(path, max_sequences=2) as eng:  # the server's two slots
         yield eng
 
 

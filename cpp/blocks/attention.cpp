@@ -11,6 +11,7 @@ Attention::Attention(const WeightSource& weights, const std::string& prefix, con
     : group_(cfg.n_heads / cfg.n_kv_heads), head_dim_(cfg.head_dim), dim_(cfg.dim), eps_(cfg.norm_eps), options_(options),
       rope_(rope) {
     const Range q = UnitSplit::of(weights, prefix + "o", cfg.n_heads, "heads").share(part);
+    output_ = q.size() < cfg.n_heads ? BlockOutput::PartialSum : BlockOutput::Complete;
     q_first_ = (int)q.begin;
     n_q_ = (int)q.size();
     kv_first_ = (int)q.begin / group_;
@@ -31,14 +32,15 @@ Attention::Attention(const WeightSource& weights, const std::string& prefix, con
         v_bias_ = weights.vector(prefix + "v_bias", kv_rows);
     }
     if (options.qk_norm) {
-        q_norm_ = weights.vector(prefix + "q_norm");
-        k_norm_ = weights.vector(prefix + "k_norm");
+        q_norm_ = weights.vector(prefix + "q_norm", Range::all(head_dim_));
+        k_norm_ = weights.vector(prefix + "k_norm", Range::all(head_dim_));
     }
-    k_cache_ = KvCache(cfg.seq_len, n_kv_, head_dim_, cfg.kv_f16, KvCache::Layout::PositionBlocks);
-    v_cache_ = KvCache(cfg.seq_len, n_kv_, head_dim_, cfg.kv_f16);
 }
 
-void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, float* out) {
+void Attention::forward(BlockContext& ctx, const float* xn, KvCache::Layer& cache, float* out) {
+    const Batch& batch = ctx.batch;
+    const int n = batch.n;
+    KvTensor &keys = cache[0], &values = cache[1];
     const int q_dim = n_q_ * head_dim_, kv_dim = n_kv_ * head_dim_, qkv_dim = q_dim + 2 * kv_dim;
     ensure_size(qkv_, (size_t)n * qkv_dim);
     ensure_size(att_, (size_t)n * q_dim);
@@ -71,14 +73,16 @@ void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, floa
                 for (int h = 0; h < n_q_; h++) rms_norm(q + h * head_dim_, q_norm_.data(), head_dim_, eps_, q + h * head_dim_);
                 for (int h = 0; h < n_kv_; h++) rms_norm(k + h * head_dim_, k_norm_.data(), head_dim_, eps_, k + h * head_dim_);
             }
-            rope_.apply(q, n_q_, head_dim_, pos + (int)t);
-            rope_.apply(k, n_kv_, head_dim_, pos + (int)t);
-            k_cache_.put(pos + (int)t, k);
-            v_cache_.put(pos + (int)t, v);
+            const StepRow& row = batch[(int)t];
+            rope_.apply(q, n_q_, head_dim_, row.pos);
+            rope_.apply(k, n_kv_, head_dim_, row.pos);
+            keys.put(row.slot, row.pos, k);
+            values.put(row.slot, row.pos, v);
         }
     });
 
-    // Work items are (token, run of query heads sharing one KV head): each cached key and value row is
+    // Every row's keys and values are in the cache before any row attends: a prompt's rows see each other.
+    // Work items are (row, run of query heads sharing one KV head): each cached key and value row is
     // read once per run, not once per query head. Runs are split only as far as needed to give every
     // thread work (decode with few local KV heads).
     std::vector<std::pair<int, int>> runs;  // [first, last) local query heads
@@ -99,17 +103,19 @@ void Attention::forward(BlockContext& ctx, const float* xn, int n, int pos, floa
             const int t = (int)(i / runs.size());
             const auto [first, last] = runs[i % runs.size()];
             const int kvh = (q_first_ + first) / group_ - kv_first_;
-            const int n_ctx = pos + t + 1;
+            const StepRow& row = batch[t];
+            const int n_ctx = row.pos + 1;
             const float* q = &qkv_[(size_t)t * qkv_dim];
             float* o = &att_[(size_t)t * q_dim];
             const int heads = last - first;
-            k_cache_.scores(kvh, n_ctx, q + first * head_dim_, head_dim_, heads, scratch.data(), n_ctx);
+            attention_scores(keys.head(row.slot, kvh), n_ctx, q + first * head_dim_, head_dim_, heads, scratch.data(), n_ctx);
             for (int h = 0; h < heads; h++) {
                 float* sc = &scratch[(size_t)h * n_ctx];
                 for (int s = 0; s < n_ctx; s++) sc[s] *= scale;
                 softmax(sc, n_ctx);
             }
-            v_cache_.weighted_sum(kvh, n_ctx, scratch.data(), n_ctx, heads, o + first * head_dim_, head_dim_);
+            attention_weighted_sum(values.head(row.slot, kvh), n_ctx, scratch.data(), n_ctx, heads, o + first * head_dim_,
+                                   head_dim_);
         }
     });
 

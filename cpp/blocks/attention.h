@@ -5,7 +5,6 @@
 #include <vector>
 
 #include "blocks/block.h"
-#include "blocks/kv_cache.h"
 
 namespace dllama {
 
@@ -22,20 +21,24 @@ public:
     Attention(const WeightSource& weights, const std::string& prefix, const ModelConfig& cfg, Options options,
               const Partition& part, const RopeTable& rope);
 
-    void forward(BlockContext& ctx, const float* xn, int n, int pos, float* out) override;
+    // Keys (in position blocks, for scores) and values (in rows, for weighted sums) of the local KV heads.
+    std::vector<KvShape> cache_shapes() const override {
+        return {{n_kv_, head_dim_, KvLayout::PositionBlocks}, {n_kv_, head_dim_, KvLayout::Rows}};
+    }
+    void forward(BlockContext& ctx, const float* xn, KvCache::Layer& cache, float* out) override;
     size_t weight_bytes() const override { return wqkv_.bytes() + wq_.bytes() + wkv_.bytes() + wo_.bytes(); }
-    size_t kv_bytes_per_position() const override { return k_cache_.bytes_per_row() + v_cache_.bytes_per_row(); }
+    BlockOutput output() const override { return output_; }
 
 private:
     int n_q_, n_kv_, kv_first_, group_, head_dim_, q_first_;  // local heads; first global q/kv head
     int64_t dim_;
     float eps_;
     Options options_;
+    BlockOutput output_;
     const RopeTable& rope_;
     Matrix wqkv_, wo_;  // q, k and v rows stacked: one product gives [q | k | v] per token
     Matrix wq_, wkv_;   // instead, when q is stored in another type than k and v (Q40 files keep k, v at Q80)
     std::vector<float> q_bias_, k_bias_, v_bias_, q_norm_, k_norm_;
-    KvCache k_cache_, v_cache_;           // n_kv heads of head_dim
     std::vector<float> qkv_, att_, q_, kv_;  // per chunk
     Activations in_, att_in_;
 };

@@ -9,6 +9,7 @@ FeedForward::FeedForward(const WeightSource& weights, const std::string& prefix,
                          const Partition& part) {
     const Range rows = UnitSplit::of(weights, prefix + "down", hidden, "hidden rows").share(part);
     hidden_ = (int)rows.size();
+    output_ = hidden_ < hidden ? BlockOutput::PartialSum : BlockOutput::Complete;
     gate_up_ = weights.stacked({{prefix + "gate", rows}, {prefix + "up", rows}}, Range::all(dim));
     down_ = weights.matrix(prefix + "down", Range::all(dim), rows);
 }

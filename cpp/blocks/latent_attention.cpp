@@ -14,29 +14,29 @@ LatentAttention::LatentAttention(const WeightSource& weights, const std::string&
       rope_(rope) {
     const Range heads = UnitSplit::of(weights, prefix + "o", cfg.n_heads, "heads").share(part);
     n_heads_ = (int)heads.size();
+    output_ = heads.size() < cfg.n_heads ? BlockOutput::PartialSum : BlockOutput::Complete;
     const int qk = nope_ + rope_dim_;
     const Range dim = Range::all(cfg.dim);
     const Range q_rows{heads.begin * qk, heads.end * qk};
+    const Range q_lora = Range::all(q_lora_), kv_lora = Range::all(kv_lora_), kv_a = Range::all(kv_lora_ + rope_dim_);
     if (q_lora_ > 0) {
-        wq_a_ = weights.matrix(prefix + "q_a");
-        q_a_norm_ = weights.vector(prefix + "q_a_norm");
-        wq_b_ = weights.matrix(prefix + "q_b", q_rows, Range::all(q_lora_));
-        if (weights.has(prefix + "q_a_bias")) q_a_bias_ = weights.vector(prefix + "q_a_bias");
+        wq_a_ = weights.matrix(prefix + "q_a", q_lora, dim);
+        q_a_norm_ = weights.vector(prefix + "q_a_norm", q_lora);
+        wq_b_ = weights.matrix(prefix + "q_b", q_rows, q_lora);
+        if (weights.has(prefix + "q_a_bias")) q_a_bias_ = weights.vector(prefix + "q_a_bias", q_lora);
     } else {
         wq_ = weights.matrix(prefix + "q", q_rows, dim);
     }
-    wkv_a_ = weights.matrix(prefix + "kv_a");
-    kv_a_norm_ = weights.vector(prefix + "kv_a_norm");
-    if (weights.has(prefix + "kv_a_bias")) kv_a_bias_ = weights.vector(prefix + "kv_a_bias");
+    wkv_a_ = weights.matrix(prefix + "kv_a", kv_a, dim);
+    kv_a_norm_ = weights.vector(prefix + "kv_a_norm", kv_lora);
+    if (weights.has(prefix + "kv_a_bias")) kv_a_bias_ = weights.vector(prefix + "kv_a_bias", kv_a);
     for (int64_t h = heads.begin; h < heads.end; h++) {
         k_b_.push_back(weights.matrix(prefix + "k_b", Range{h * kv_lora_, (h + 1) * kv_lora_}, Range::all(nope_)));
         v_b_.push_back(weights.matrix(prefix + "v_b", Range{h * v_dim_, (h + 1) * v_dim_}, Range::all(kv_lora_)));
     }
     wo_ = weights.matrix(prefix + "o", dim, Range{heads.begin * v_dim_, heads.end * v_dim_});
     // A bias after the head-split output projection is added once, by node 0, before the sum.
-    if (cfg.attention_out_bias && part.node == 0) o_bias_ = weights.vector(prefix + "o_bias");
-    latent_cache_ = KvCache(cfg.seq_len, 1, kv_lora_, cfg.kv_f16, KvCache::Layout::PositionBlocks);
-    rope_cache_ = KvCache(cfg.seq_len, 1, rope_dim_, cfg.kv_f16, KvCache::Layout::PositionBlocks);
+    if (cfg.attention_out_bias && part.node == 0) o_bias_ = weights.vector(prefix + "o_bias", dim);
 }
 
 size_t LatentAttention::weight_bytes() const {
@@ -45,7 +45,10 @@ size_t LatentAttention::weight_bytes() const {
     return total;
 }
 
-void LatentAttention::forward(BlockContext& ctx, const float* xn, int n, int pos, float* out) {
+void LatentAttention::forward(BlockContext& ctx, const float* xn, KvCache::Layer& cache, float* out) {
+    const Batch& batch = ctx.batch;
+    const int n = batch.n;
+    KvTensor &latents = cache[0], &rope_keys = cache[1];
     const int dim = ctx.cfg.dim, qk = nope_ + rope_dim_, kv_width = kv_lora_ + rope_dim_;
     const int q_width = n_heads_ * qk;
     ensure_size(q_, (size_t)n * q_width);
@@ -71,11 +74,12 @@ void LatentAttention::forward(BlockContext& ctx, const float* xn, int n, int pos
     for (int t = 0; t < n; t++) {
         float* kv = &kv_[(size_t)t * kv_width];
         if (!kv_a_bias_.empty()) add(kv, kv_a_bias_.data(), kv_width);
+        const StepRow& row = batch[t];
         rms_norm(kv, kv_a_norm_.data(), kv_lora_, latent_eps_, latent_.data());
-        latent_cache_.put(pos + t, latent_.data());
-        rope_.apply(kv + kv_lora_, 1, rope_dim_, pos + t);
-        rope_cache_.put(pos + t, kv + kv_lora_);
-        for (int h = 0; h < n_heads_; h++) rope_.apply(&q_[(size_t)t * q_width + h * qk + nope_], 1, rope_dim_, pos + t);
+        latents.put(row.slot, row.pos, latent_.data());
+        rope_.apply(kv + kv_lora_, 1, rope_dim_, row.pos);
+        rope_keys.put(row.slot, row.pos, kv + kv_lora_);
+        for (int h = 0; h < n_heads_; h++) rope_.apply(&q_[(size_t)t * q_width + h * qk + nope_], 1, rope_dim_, row.pos);
     }
 
     // Absorb: each head's no-RoPE query into latent space, q_lat = k_b(h) . q_nope.
@@ -107,20 +111,23 @@ void LatentAttention::forward(BlockContext& ctx, const float* xn, int n, int pos
         ensure_size(sc, (size_t)2 * std::min(run, n_heads_) * seq_len);
         for (size_t i = i0; i < i1; i++) {
             const int t = (int)(i / runs_per_token), h0 = (int)(i % runs_per_token) * run;
-            const int heads = std::min(run, n_heads_ - h0), n_ctx = pos + t + 1;
+            const StepRow& row = batch[t];
+            const int heads = std::min(run, n_heads_ - h0), n_ctx = row.pos + 1;
             float* latent_scores = sc.data();
             float* rope_scores = sc.data() + (size_t)heads * seq_len;
-            latent_cache_.scores(0, n_ctx, &q_lat_[((size_t)t * n_heads_ + h0) * kv_lora_], kv_lora_, heads,
-                                 latent_scores, seq_len);
-            rope_cache_.scores(0, n_ctx, &q_[(size_t)t * q_width + h0 * qk + nope_], qk, heads, rope_scores, seq_len);
+            const KvHistory history = latents.head(row.slot, 0);
+            attention_scores(history, n_ctx, &q_lat_[((size_t)t * n_heads_ + h0) * kv_lora_], kv_lora_, heads,
+                             latent_scores, seq_len);
+            attention_scores(rope_keys.head(row.slot, 0), n_ctx, &q_[(size_t)t * q_width + h0 * qk + nope_], qk, heads,
+                             rope_scores, seq_len);
             for (int h = 0; h < heads; h++) {
                 float* s = latent_scores + (size_t)h * seq_len;
                 const float* r = rope_scores + (size_t)h * seq_len;
                 for (int j = 0; j < n_ctx; j++) s[j] = (s[j] + r[j]) * scale_;
                 softmax(s, n_ctx);
             }
-            latent_cache_.weighted_sum(0, n_ctx, latent_scores, seq_len, heads,
-                                       &lat_[((size_t)t * n_heads_ + h0) * kv_lora_], kv_lora_);
+            attention_weighted_sum(history, n_ctx, latent_scores, seq_len, heads,
+                                   &lat_[((size_t)t * n_heads_ + h0) * kv_lora_], kv_lora_);
         }
     });
 

@@ -5,7 +5,6 @@
 #include <vector>
 
 #include "blocks/block.h"
-#include "blocks/kv_cache.h"
 
 namespace dllama {
 
@@ -21,18 +20,22 @@ class LatentAttention : public AttentionBlock {
 public:
     LatentAttention(const WeightSource& weights, const std::string& prefix, const ModelConfig& cfg,
                     const Partition& part, const RopeTable& rope);
-    void forward(BlockContext& ctx, const float* xn, int n, int pos, float* out) override;
+    // One head of kv_lora normed latents and one of rope_dim rotated keys, both in position blocks.
+    std::vector<KvShape> cache_shapes() const override {
+        return {{1, kv_lora_, KvLayout::PositionBlocks}, {1, rope_dim_, KvLayout::PositionBlocks}};
+    }
+    void forward(BlockContext& ctx, const float* xn, KvCache::Layer& cache, float* out) override;
     size_t weight_bytes() const override;
-    size_t kv_bytes_per_position() const override { return latent_cache_.bytes_per_row() + rope_cache_.bytes_per_row(); }
+    BlockOutput output() const override { return output_; }
 
 private:
     int n_heads_, kv_lora_, nope_, rope_dim_, v_dim_, q_lora_;
     float latent_eps_, scale_;
+    BlockOutput output_;
     const RopeTable& rope_;
     Matrix wq_, wq_a_, wq_b_, wkv_a_, wo_;
     std::vector<Matrix> k_b_, v_b_;  // per local head
     std::vector<float> q_a_bias_, q_a_norm_, kv_a_bias_, kv_a_norm_, o_bias_;
-    KvCache latent_cache_, rope_cache_;  // one head of kv_lora, one of rope_dim (position blocks)
     std::vector<std::vector<float>> scores_;  // per thread: [heads of a task][2][seq_len]
     std::vector<float> qa_, q_, kv_, latent_, head_in_, head_out_, q_lat_, lat_, att_;
     Activations in_, qa_in_, head_act_, att_in_;

@@ -18,6 +18,8 @@ public:
                    const Partition& part);
     void forward(BlockContext& ctx, const float* xn, int n, float* out) override;
     size_t weight_bytes_per_token() const override;
+    // The experts' rows are shared out like a dense FFN's; the router runs whole on every node.
+    BlockOutput output() const override { return experts_[0]->output(); }
 
     // The experts and weights for one token's router logits (exposed for tests).
     void route(const float* logits, int* experts, float* weights) const;

@@ -1,6 +1,8 @@
 // The decoder every architecture here shares: a residual stream through layers of
 // norm -> attention -> [post-norm] -> add, norm -> feed-forward -> [post-norm] -> add. The builders in
 // this directory choose the blocks (dense or MoE feed-forward, GQA or latent attention) and options.
+// A block whose output is a partial sum (split across nodes) is summed across the nodes before its
+// post-norm and the residual add.
 #pragma once
 #include <functional>
 #include <memory>
@@ -22,18 +24,24 @@ public:
     using Model::Model;
     // Called by builders once the layers are made. `rope` is shared by the attention blocks.
     void add_layer(DecoderLayer layer) { layers_.push_back(std::move(layer)); }
+    // The multi-token-prediction layer, when the config loads it (its KV cache follows the layers').
+    void set_mtp_layer(DecoderLayer layer) { mtp_layer_ = std::make_unique<DecoderLayer>(std::move(layer)); }
+    // Reserves the KV cache for every slot, as the layers' attention blocks declare it.
+    void allocate_cache();
     RopeTable& rope() { return rope_; }
 
     // The norms of layer l ("layers.l.attn_norm", "ffn_norm", and the sandwich norms when asked).
     DecoderLayer layer_norms(int l, bool sandwich) const;
 
 protected:
-    void run_layers(float* x, int n, int pos) override;
-    size_t kv_bytes_per_position() const override;
+    void run_layers(float* x, const Batch& batch) override;
+    void run_mtp_layer(float* x, const Batch& batch) override;
     size_t layer_weight_bytes_per_token() const override;
 
 private:
+    void run_layer(DecoderLayer& layer, KvCache::Layer& cache, float* x, BlockContext& ctx);
     std::vector<DecoderLayer> layers_;
+    std::unique_ptr<DecoderLayer> mtp_layer_;
     RopeTable rope_;
 };
 

@@ -37,7 +37,8 @@ def _glm4_moe(hidden, ffn, layers, experts, moe_ffn, dense, scaling, qk_norm, **
                 partial_rotary_factor=0.5, attention_bias=True, use_qk_norm=qk_norm, rms_norm_eps=1e-5,
                 rope_theta=1e6, max_position_embeddings=131072, n_routed_experts=experts, n_shared_experts=1,
                 num_experts_per_tok=8, moe_intermediate_size=moe_ffn, first_k_dense_replace=dense, n_group=1,
-                topk_group=1, routed_scaling_factor=scaling, norm_topk_prob=True, tie_word_embeddings=False) | extra
+                topk_group=1, routed_scaling_factor=scaling, norm_topk_prob=True, num_nextn_predict_layers=1,
+                tie_word_embeddings=False) | extra
 
 
 def _qwen3(hidden, ffn, layers, heads, tie, **extra) -> dict:
@@ -68,7 +69,7 @@ _GLM47_FLASH = dict(model_type="glm4_moe_lite", hidden_size=2048, intermediate_s
                     n_routed_experts=64, n_shared_experts=1, num_experts_per_tok=4, moe_intermediate_size=1536,
                     mlp_layer_types=["dense"] + ["sparse"] * 46, n_group=1, topk_group=1, routed_scaling_factor=1.8,
                     norm_topk_prob=True, rms_norm_eps=1e-5, rope_theta=1e6, max_position_embeddings=202752,
-                    attention_bias=False, tie_word_embeddings=False)
+                    attention_bias=False, num_nextn_predict_layers=1, tie_word_embeddings=False)
 _FP8 = {"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}
 
 KNOWN_MODELS: tuple[KnownModel, ...] = (
@@ -168,10 +169,13 @@ def model_sizes(config: dict, dtypes=("q40", "q80"), ram_dtype: str = "q40", max
     plan = plans[ram_dtype]
     p = plan.conversion.params
     total = experts = 0
+    mtp_layer = f"layers.{p['n_layers']}."
     for pt in plan.placed:
         n = pt.spec.rows * pt.spec.cols
         if pt.spec.name == "lm_head" and config.get("tie_word_embeddings"):
             continue  # the embedding again
+        if pt.spec.name.startswith((mtp_layer, "mtp.")):
+            continue  # the multi-token-prediction layer (in the file, for drafting): not counted, as published
         total += n
         experts += n if ".moe.experts." in pt.spec.name else 0
     active = total - experts + experts * p.get("n_active_experts", 0) // max(p.get("n_experts", 0), 1)

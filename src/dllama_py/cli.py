@@ -31,6 +31,15 @@ def _resolve_model(args):
     args.model = resolve_model(args.model, notice=lambda line: print(line, file=sys.stderr, flush=True))
 
 
+def _draft_tokens(text: str) -> int:
+    from .speculative import MAX_DRAFT_TOKENS
+
+    value = int(text)
+    if not 1 <= value <= MAX_DRAFT_TOKENS:
+        raise argparse.ArgumentTypeError(f"must be in 1..{MAX_DRAFT_TOKENS}, not {value}")
+    return value
+
+
 def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("-m", "--model", default=None, help=MODEL_HELP)
     p.add_argument("--tokenizer", default=None, metavar="PATH",
@@ -44,9 +53,14 @@ def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("--secret", default=None, help=f"the workers' shared secret (default: ${SECRET_ENV})")
     p.add_argument("--exchange", choices=["q80", "f32"], default=None,
                    help="how partial sums travel between nodes (default: f32 for F32 models, else q80)")
+    p.add_argument("--draft", choices=["ngram", "mtp"], default=None,
+                   help="speculative decoding: guess tokens by prompt lookup (ngram) or with the model's "
+                        "multi-token-prediction layer (mtp, GLM-4.5 and later), and check them in one step")
+    p.add_argument("--draft-tokens", type=_draft_tokens, default=4, metavar="K",
+                   help="guesses checked per step with --draft (default 4)")
 
 
-def _engine(args):
+def _engine(args, max_sequences: int = 1):
     from tqdm import tqdm
 
     from .engine import Engine
@@ -60,7 +74,8 @@ def _engine(args):
             bar.update(done - bar.n)
 
         return Engine(args.model, threads=args.threads, max_seq_len=args.max_seq_len, tokenizer=args.tokenizer,
-                      workers=args.workers, secret=args.secret, exchange=args.exchange, load_progress=progress)
+                      workers=args.workers, secret=args.secret, exchange=args.exchange, load_progress=progress,
+                      max_sequences=max_sequences, draft=args.draft, draft_tokens=args.draft_tokens)
 
 
 def _add_sampling_options(p: argparse.ArgumentParser, max_tokens: int):
@@ -75,7 +90,7 @@ def _add_sampling_options(p: argparse.ArgumentParser, max_tokens: int):
 def cmd_convert(args) -> int:
     from .convert import convert
 
-    convert(args.hf_dir, args.output, dtype=args.dtype, progress=not args.quiet, pure=args.pure)
+    convert(args.hf_dir, args.output, dtype=args.dtype, progress=not args.quiet, pure=args.pure, mtp=not args.no_mtp)
     return 0
 
 
@@ -127,6 +142,11 @@ def _print_memory_per_node(layout, cfg, context: str):
         print(f"  {n_nodes} node{'s' if n_nodes > 1 else ' '}: root {_fmt_bytes(nodes[0].total)} "
               f"({_fmt_bytes(nodes[0].weights)} weights, {_fmt_bytes(nodes[0].kv_cache)} KV cache, "
               f"{_fmt_bytes(nodes[0].mapped)} embedding){workers}")
+    if layout.params.get("n_mtp_layers"):
+        extra = (node_memory(layout, 0, 1, cfg.seq_len, cfg.kv_f16, mtp=True).total
+                 - node_memory(layout, 0, 1, cfg.seq_len, cfg.kv_f16).total)
+        print(f"multi-token-prediction layer: layers.{layout.params['n_layers']}, {_fmt_bytes(extra)} more on one node "
+              f"(with its KV cache), loaded only with --draft mtp")
 
 
 def cmd_inspect(args) -> int:
@@ -161,12 +181,22 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from .bench import run_bench, run_parallel_bench
 
     _resolve_model(args)
+    if args.parallel:
+        try:
+            streams = [int(s) for s in args.parallel.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--parallel takes stream counts such as 1,2,4,8, not {args.parallel!r}") from None
+        run_parallel_bench(args.model, streams, threads=args.threads, prompt_tokens=args.prompt_tokens,
+                           gen_tokens=args.gen_tokens, max_seq_len=args.max_seq_len, workers=args.workers,
+                           secret=args.secret, exchange=args.exchange)
+        return 0
     run_bench(args.model, threads=args.threads, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
               bandwidth_gbps=args.bandwidth, max_seq_len=args.max_seq_len, workers=args.workers, secret=args.secret,
-              exchange=args.exchange, tokenizer=args.tokenizer)
+              exchange=args.exchange, tokenizer=args.tokenizer, draft=args.draft, draft_tokens=args.draft_tokens,
+              prompt_text=args.prompt)
     return 0
 
 
@@ -174,7 +204,7 @@ def cmd_pull(args) -> int:
     from .hub import pull
 
     pull(args.repo, dtype=args.dtype, revision=args.revision, output=args.output, pure=args.pure,
-         progress=not args.quiet)
+         progress=not args.quiet, mtp=not args.no_mtp)
     return 0
 
 
@@ -208,19 +238,27 @@ def cmd_serve(args) -> int:
     options = ServerOptions(parallel=args.parallel, max_queue=args.queue_size, api_key=args.api_key or None,
                             cors_origins=args.cors_origin, max_body_bytes=args.max_body_mb << 20,
                             body_timeout=args.body_timeout, model_name=args.model_name)
-    with _engine(args) as eng:
+    with _engine(args, max_sequences=args.parallel) as eng:
         serve(eng, args.host, args.port, options)
     return 0
+
+
+def _default_cache_dir():
+    import platformdirs
+
+    return platformdirs.user_cache_path("dllama-py") / "slices"
 
 
 def cmd_worker(args) -> int:
     import os
 
     from . import _core
-    from .engine import default_threads
+    from .engine import NET_TIMEOUT_ENV, _milliseconds, default_threads
 
     secret = args.secret or os.environ.get(SECRET_ENV, "")
-    worker = _core.Worker(args.host, args.port, args.threads or default_threads(), secret, args.model or "")
+    cache_dir = "" if args.no_cache or args.model else str(args.cache_dir or _default_cache_dir())
+    worker = _core.Worker(args.host, args.port, args.threads or default_threads(), secret, args.model or "",
+                          _milliseconds(None, NET_TIMEOUT_ENV, 5.0), cache_dir, int(args.cache_max_gb * 1e9))
     print(f"dllama-py worker listening on {args.host}:{worker.port}", flush=True)
     if not secret:
         print(f"warning: no --secret (or ${SECRET_ENV}): anyone who can reach this port can use this worker",
@@ -230,6 +268,14 @@ def cmd_worker(args) -> int:
             worker.serve_one(500)
     except KeyboardInterrupt:
         return 0
+
+
+def cmd_cluster_check(args) -> int:
+    import os
+
+    from .cluster import check
+
+    return check(args.workers, args.secret or os.environ.get(SECRET_ENV, ""), args.model, args.threads)
 
 
 def _version() -> str:
@@ -257,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="q40: quantize the output head to Q40 too and use distributed-llama's quantizer "
                         "(default: head at Q80, each block's scale fitted; the file is then for dllama-py only)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-mtp", action="store_true",
+                   help="leave out the multi-token-prediction layer (GLM-4.5 and later; about 2%% of the weights, "
+                        "used only by --draft mtp)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("pull", help="download a Hugging Face model and convert it, one shard at a time",
@@ -270,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None,
                    help="the .m file to write (default: REPO-DTYPE.m in the cache directory, where -m NAME finds it)")
     p.add_argument("--pure", action="store_true", help="as for convert")
+    p.add_argument("--no-mtp", action="store_true", help="as for convert")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pull)
 
@@ -331,7 +381,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--secret", default=None, help=f"shared secret the root must prove (default: ${SECRET_ENV})")
     p.add_argument("--model", default=None, help="a local copy of the root's .m file, to load from disk")
+    p.add_argument("--cache-dir", default=None,
+                   help="keep the weight slices roots send here, so that the next session with the same model "
+                        "and split needs none of them again (default: the user cache folder's dllama-py/slices)")
+    p.add_argument("--cache-max-gb", type=float, default=100.0,
+                   help="size limit of the cache; the least recently used models go first (default 100)")
+    p.add_argument("--no-cache", action="store_true", help="keep no slices on disk")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("cluster", help="check workers before using them")
+    cluster = p.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
+    p = cluster.add_parser("check", help="probe workers; with -m, plan a model's split",
+                           description="Ask each worker (without starting a session) whether it is reachable, "
+                                       "speaks this protocol and accepts the secret, and about its cores, RAM, "
+                                       "memory bandwidth and link; with -m, whether the model fits this split and "
+                                       "about how many tokens/s it would decode.")
+    p.add_argument("workers", nargs="+", metavar="HOST:PORT")
+    p.add_argument("-m", "--model", default=None, help="a .m file to plan the split of")
+    p.add_argument("--secret", default=None, help=f"the workers' shared secret (default: ${SECRET_ENV})")
+    p.add_argument("-t", "--threads", type=int, default=None, help="this machine's threads (for its bandwidth)")
+    p.set_defaults(func=cmd_cluster_check)
 
     p = sub.add_parser("inspect", help="show a .m file's header, tensors and memory per node")
     p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
@@ -345,9 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the machine's memory bandwidth that decode reaches.")
     _add_run_options(p)
     p.add_argument("--prompt-tokens", type=int, default=128, help="prefill length (default 128)")
+    p.add_argument("--prompt", default=None, metavar="TEXT",
+                   help="decode after this text instead of random tokens (speculation needs real text to guess from)")
     p.add_argument("--gen-tokens", type=int, default=32, help="decode steps (default 32)")
     p.add_argument("--bandwidth", type=float, default=None,
                    help="memory bandwidth in GB/s to compare against (default: measured now)")
+    p.add_argument("--parallel", default=None, metavar="N,N,...",
+                   help="decode that many streams at once (e.g. 1,2,4,8,16): aggregate tok/s and per-stream latency")
     p.set_defaults(func=cmd_bench)
     return parser
 

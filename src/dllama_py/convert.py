@@ -200,13 +200,14 @@ class FilePlan:
 
 
 def plan_file(config: dict, dtype: str, pure: bool = False, where: str = "config.json",
-              tensor_bytes: tuple[int, str] | None = None) -> FilePlan:
+              tensor_bytes: tuple[int, str] | None = None, mtp: bool = True) -> FilePlan:
     """The file for `config` at `dtype`. tensor_bytes: (the most bytes the tensors can take, what that
     is): the header's counts are checked against it by the loader's own rules before a list with one
-    entry per tensor is built (a hostile config cannot make that list huge)."""
+    entry per tensor is built (a hostile config cannot make that list huge). mtp: keep the
+    multi-token-prediction layer the config declares (see convert)."""
     weight_type = FloatType.parse(dtype)
     try:
-        conversion = plan_conversion(config)
+        conversion = plan_conversion(config, mtp)
         params = dict(conversion.params, weights_float_type=int(weight_type))
         check_header(params, conversion.arch, "the .m header it gives", *(tensor_bytes or ()))
     except (UnsupportedModelError, ModelFileError) as e:
@@ -218,14 +219,31 @@ def plan_file(config: dict, dtype: str, pure: bool = False, where: str = "config
     return FilePlan(config, conversion, weight_type, pure, header, place_tensors(specs, types, len(header)), other_types)
 
 
+def without_missing_mtp(plan: FilePlan, has, log, **plan_args) -> FilePlan:
+    """The plan again without its multi-token-prediction layer when the checkpoint (`has(name)`) lacks it."""
+    p = plan.conversion.params
+    if not p.get("n_mtp_layers"):
+        return plan
+    mtp_layer = f"layers.{p['n_layers']}."
+    missing = [pt.spec.source for pt in plan.placed if pt.spec.name.startswith(mtp_layer) and not has(pt.spec.source)]
+    if not missing:
+        return plan
+    log(f"config.json declares a multi-token-prediction layer but the checkpoint lacks {missing[0]} "
+        f"(and {len(missing) - 1} more of its tensors): converting without it")
+    return plan_file(plan.config, plan.weight_type.name.lower(), plan.pure, mtp=False, **plan_args)
+
+
 def describe_skipped(plan: FilePlan, skipped: list[str], log):
     """Says which checkpoint tensors a conversion leaves out (multi-token-prediction layers, others)."""
     if plan.other_types:
         examples = ", ".join(f"{plan.placed[i].spec.name} as {t.name}" for i, t in list(plan.other_types.items())[:3])
         log(f"{len(plan.other_types)} tensor(s) stored in another type than the rule's (`dllama-py inspect` lists "
             f"them), e.g. {examples}")
+    p = plan.conversion.params
     extra_layers = sorted({layer for n in skipped if (layer := _layer_of(n)) is not None
-                           and layer >= plan.conversion.params["n_layers"]})
+                           and layer >= p["n_layers"] + p.get("n_mtp_layers", 0)})
+    if p.get("n_mtp_layers"):
+        log(f"Keeping layer {p['n_layers']}, the multi-token-prediction layer (for draft='mtp'; --no-mtp leaves it out)")
     if extra_layers:
         log(f"Skipping layer(s) {', '.join(map(str, extra_layers))} past num_hidden_layers "
             f"(multi-token-prediction weights, not used for generation)")
@@ -234,18 +252,23 @@ def describe_skipped(plan: FilePlan, skipped: list[str], log):
 
 
 def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str = "q40", progress: bool = True,
-            log=print, pure: bool = False) -> ConversionReport:
+            log=print, pure: bool = False, mtp: bool = True) -> ConversionReport:
     """Convert an HF checkpoint directory or a GGUF file to a .m file at `dtype`. `pure`: every matrix at
-    `dtype` with distributed-llama's quantizer (see storage_type and encode_tensor)."""
+    `dtype` with distributed-llama's quantizer (see storage_type and encode_tensor). mtp: keep the
+    multi-token-prediction layer of checkpoints that have one (GLM-4.5 and later), for speculative
+    decoding with draft="mtp". It is one more layer (about 2% of GLM-4.5-Air's or GLM-4.7-Flash's
+    weights), and the engine loads it into memory only when asked to draft with it."""
     hf_dir, out_path = Path(hf_dir), Path(out_path)
     source = open_source(hf_dir)
     try:  # an unsupported model is refused before its tensors are opened
-        plan_conversion(source.config)
+        plan_conversion(source.config, mtp)
     except UnsupportedModelError as e:
         raise UnsupportedModelError(f"{hf_dir}: {e}") from None
     with source.open_tensors() as ckpt:
-        plan = plan_file(source.config, dtype, pure, str(hf_dir), (
+        bound = dict(where=str(hf_dir), tensor_bytes=(
             8 * ckpt.n_values(), "bytes in the checkpoint's tensors as F32, counting a tied output head twice"))
+        plan = plan_file(source.config, dtype, pure, mtp=mtp, **bound)
+        plan = without_missing_mtp(plan, lambda name: name in ckpt, log, **bound)
         specs = [pt.spec for pt in plan.placed]
         # The tokenizer before the long part: a checkpoint whose tokenizer fails is refused at once.
         bundle = source.tokenizer_bundle()

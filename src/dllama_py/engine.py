@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -13,11 +11,13 @@ import numpy as np
 from . import _core
 from .architectures import ModelLayout, read_layout
 from .chat_template import ChatTemplateError
-from .model_file import NORM_EPSILON_CODES, FloatType
+from .model_file import NORM_EPSILON_CODES, FloatType, ModelFileError
 from .node_memory import node_memory
 from .reasoning import ThinkingSplitter, prompt_starts_in_thinking
 from .rope import rope_frequencies
 from .sampling import Sampler
+from .scheduler import GenerationStats, Scheduler
+from .speculative import check_draft
 from .tensor_lists import head_dim_of, rope_dim_of
 from .text_stream import TextStream
 from .tokenizer import Tokenizer, bundle_path
@@ -25,6 +25,9 @@ from .tool_calls import split_tool_calls
 
 DEFAULT_CONTEXT = 4096  # positions allocated unless asked for more: 128k-context models stay small
 SECRET_ENV = "DLLAMA_SECRET"  # the shared secret of root and workers, when not given
+# Seconds a step may wait on a silent peer, and between heartbeats to idle workers (a worker gives up
+# on a root silent for 2 intervals plus the timeout). Environment variables, so that tests can shorten them for the CLI.
+NET_TIMEOUT_ENV, HEARTBEAT_ENV = "DLLAMA_NET_TIMEOUT", "DLLAMA_HEARTBEAT"
 
 
 class NonFiniteLogitsError(RuntimeError):
@@ -38,19 +41,26 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | None = None) -> "_core.ModelConfig":
-    """The C++ graph's configuration from a .m header and its architecture-table entry."""
+def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | None = None,
+                 max_sequences: int = 1, mtp: bool = False) -> "_core.ModelConfig":
+    """The C++ graph's configuration from a .m header and its architecture-table entry; mtp: load the
+    file's multi-token-prediction layer.
+
+    The fields and their order are the C++ table's (cpp/config.h): fields named after a header key are
+    copied as they are; the rest are derived here."""
     p = layout.params
     c = _core.ModelConfig()
+    for name, key in _core.ModelConfig.fields():
+        if key and key in p:
+            setattr(c, name, type(getattr(c, name))(p[key]))
     c.arch = layout.arch.builder
     c.weight_type = _core.FloatType(int(layout.weight_type))
-    c.dim, c.hidden_dim, c.n_layers = p["dim"], p["hidden_dim"], p["n_layers"]
-    c.n_heads, c.n_kv_heads, c.vocab_size = p["n_heads"], p["n_kv_heads"], p["vocab_size"]
     c.head_dim = head_dim_of(p)
     model_ctx = p.get("max_seq_len") or DEFAULT_CONTEXT
     if max_seq_len is not None and max_seq_len < 1:
         raise ValueError(f"max_seq_len must be at least 1, not {max_seq_len}")
     c.seq_len = min(model_ctx, max_seq_len if max_seq_len else DEFAULT_CONTEXT)
+    c.max_sequences = max_sequences
     if kv_cache not in (None, "f16", "f32"):
         raise ValueError(f"kv_cache must be 'f16' or 'f32', not {kv_cache!r}")
     # f16 halves the cache; F32 models keep an f32 cache so they stay exact.
@@ -61,22 +71,47 @@ def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | N
     c.rope_style = _core.RopeStyle.INTERLEAVED if layout.arch.rope_style == "interleaved" else _core.RopeStyle.HALVES
     inv_freq, c.rope_attention_factor = rope_frequencies(p, c.rope_dim, c.rope_theta)
     c.rope_inv_freq = inv_freq.tolist()
-    c.attention_bias = bool(p.get("attention_bias", 0))
-    c.qk_norm = bool(p.get("qk_norm", 0))
-    c.n_experts, c.n_active_experts = p.get("n_experts", 0), p.get("n_active_experts", 0)
-    c.moe_hidden_dim = p.get("moe_hidden_dim", 0)
-    c.n_shared_experts = p.get("n_shared_experts", 0)
-    c.n_dense_layers = p.get("n_dense_layers", 0)
-    c.n_expert_groups, c.topk_groups = p.get("n_expert_groups", 1), p.get("topk_groups", 1)
-    c.routed_scaling = p.get("routed_scaling_factor_f32", 1.0)
-    c.norm_topk_prob = bool(p.get("norm_topk_prob", 1))
-    c.q_lora_rank, c.kv_lora_rank = p.get("q_lora_rank", 0), p.get("kv_lora_rank", 0)
-    c.qk_nope_dim, c.qk_rope_dim = p.get("qk_nope_head_dim", 0), p.get("qk_rope_head_dim", 0)
-    c.v_head_dim = p.get("v_head_dim", 0)
-    c.latent_norm_eps = p.get("latent_norm_epsilon_f32", 1e-6)
-    c.attention_scale = p.get("attention_scale_f32", 0.0)
     c.attention_out_bias = c.attention_bias and c.kv_lora_rank > 0
+    if mtp and not c.n_mtp_layers:
+        raise ValueError(f"{layout.path} has no multi-token-prediction layer (GLM-4.5 and later have one; "
+                         "convert the checkpoint again without --no-mtp), so it cannot draft with draft='mtp'")
+    c.n_mtp_layers = c.n_mtp_layers if mtp else 0
+    try:  # the C++ core's rules for a config, whatever it comes from (a file here, a root on a worker)
+        _core.validate_config(c)
+    except ValueError as error:
+        raise ModelFileError(f"{layout.path}: {error}") from None
     return c
+
+
+class _WorkerLoadBar:
+    """A tqdm bar of the weight bytes the workers load (total, rate, ETA; MB per worker), from the
+    status the C++ core reports every 200 ms: [(bytes loaded, bytes expected) per worker]."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, status: list[tuple[int, int]]):
+        from tqdm import tqdm
+
+        loaded = sum(done for done, _ in status)
+        expected = max(sum(total for _, total in status), loaded)
+        if self.bar is None:
+            self.bar = tqdm(total=expected, unit="B", unit_scale=True, desc="workers loading", delay=1.0)
+        self.bar.total = expected
+        self.bar.set_postfix_str("  ".join(f"node {i + 1}: {done / 1e6:,.0f}/~{total / 1e6:,.0f} MB"
+                                           for i, (done, total) in enumerate(status)), refresh=False)
+        self.bar.update(loaded - self.bar.n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _milliseconds(seconds: float | None, env: str, default: float) -> int:
+    value = seconds if seconds is not None else float(os.environ.get(env) or default)
+    if not value > 0:
+        raise ValueError(f"{env.lower().removeprefix('dllama_')} must be a positive number of seconds, got {value}")
+    return int(value * 1000)
 
 
 class ChatPiece(str):
@@ -90,20 +125,6 @@ class ChatPiece(str):
         return piece
 
 
-@dataclass
-class GenerationStats:
-    prompt_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens reused from the KV cache
-    generated_tokens: int = 0
-    prefill_seconds: float = 0.0
-    decode_seconds: float = 0.0
-    finish_reason: str = ""  # "stop", "length" or "context"
-
-    @property
-    def decode_tokens_per_second(self) -> float:
-        return self.generated_tokens / self.decode_seconds if self.decode_seconds else 0.0
-
-
 class Engine:
     """A model ready to run: `forward` for logits, `generate`/`chat` for text.
 
@@ -114,19 +135,32 @@ class Engine:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, max_seq_len: int | None = None,
                  tokenizer: str | os.PathLike | None = None, workers: list[str] | None = None,
-                 secret: str | None = None, exchange: str | None = None, net_timeout: float = 10.0,
-                 kv_cache: str | None = None, load_progress: Callable[[int, int], None] | None = None):
+                 secret: str | None = None, exchange: str | None = None, net_timeout: float | None = None,
+                 kv_cache: str | None = None, load_progress: Callable[[int, int], None] | None = None,
+                 max_sequences: int = 1, draft: str | None = None, draft_tokens: int = 4,
+                 heartbeat: float | None = None):
         """kv_cache: "f16" or "f32" (default: f32 for F32 models, else f16).
+        max_sequences: sequences the KV cache holds at once (each up to the context length); generations
+        running at the same time (generate/chat from several threads, or scheduler.submit) share forward
+        steps, so they cost little more than one.
         workers: "host:port" of `dllama-py worker`s to split the model with (tensor parallelism);
         secret: their shared secret (default: $DLLAMA_SECRET); exchange: "q80" or "f32" for the partial
-        sums sent between nodes (default: f32 for F32 models, else q80).
+        sums sent between nodes (default: f32 for F32 models, else q80); net_timeout: seconds a step
+        waits on a silent peer (default 5, or $DLLAMA_NET_TIMEOUT); heartbeat: seconds between pings to
+        idle workers (default 10, or $DLLAMA_HEARTBEAT). Sessions may idle for hours. While workers
+        load their shares, a progress bar shows their bytes (rate, ETA) on stderr.
         tokenizer: a tokenizer bundle, or a Hugging Face checkpoint directory or its tokenizer.json
         (default: the bundle beside the model, `<model>.tokenizer.json`).
         load_progress: called with (bytes of weights loaded, bytes in all) every 0.1 s while the weights load
-        on this machine, and once at the end; an exception it raises (KeyboardInterrupt) stops the load."""
+        on this machine, and once at the end; an exception it raises (KeyboardInterrupt) stops the load.
+        draft: speculative decoding for generate/chat unless they say otherwise: "ngram" (prompt lookup:
+        guesses copied from earlier in the prompt or output) or "mtp" (the model's multi-token-prediction
+        layer, GLM-4.5 and later, which is loaded only then); draft_tokens: guesses checked per step."""
+        check_draft(draft, draft_tokens)
+        self.draft, self.draft_tokens = draft, draft_tokens
         self.path = Path(path)
         self.layout = read_layout(self.path)
-        self.config = model_config(self.layout, max_seq_len, kv_cache)
+        self.config = model_config(self.layout, max_seq_len, kv_cache, max_sequences, mtp=draft == "mtp")
         self.tokenizer_path = Path(tokenizer) if tokenizer else bundle_path(self.path)
         if tokenizer:  # given: it must load
             self.tokenizer: Tokenizer | None = Tokenizer.load(tokenizer)
@@ -143,15 +177,25 @@ class Engine:
             exchange = "f32" if self.layout.weight_type == FloatType.F32 else "q80"
         report = None
         if load_progress is not None and not workers:
-            total = node_memory(self.layout, 0, 1, self.config.seq_len, self.config.kv_f16).weights
+            total = node_memory(self.layout, 0, 1, self.config.seq_len, self.config.kv_f16,
+                                mtp=self.config.n_mtp_layers > 0).weights
             report = lambda done: load_progress(min(done, total), total)  # noqa: E731
-        self._model = _core.Model(str(self.path), self.config, tensors, threads or default_threads(),
-                                  workers=list(workers or []), secret=secret or os.environ.get(SECRET_ENV, ""),
-                                  exchange=exchange, timeout_ms=int(net_timeout * 1000), progress=report)
+        workers_bar = _WorkerLoadBar() if workers else None
+        try:
+            self._model = _core.Model(str(self.path), self.config, tensors, threads or default_threads(),
+                                      workers=list(workers or []), secret=secret or os.environ.get(SECRET_ENV, ""),
+                                      exchange=exchange, timeout_ms=_milliseconds(net_timeout, NET_TIMEOUT_ENV, 5.0),
+                                      heartbeat_ms=_milliseconds(heartbeat, HEARTBEAT_ENV, 10.0), progress=report,
+                                      workers_progress=workers_bar)
+        finally:
+            if workers_bar is not None:
+                workers_bar.close()
         if report is not None:
             report(total)
-        self._model.reset_net_stats()  # count inference traffic, not the weights sent to the workers
-        self._cached: list[int] = []  # tokens whose keys/values are in the cache, in order
+        # Count inference traffic, not the weights sent to the workers (those stay in load_net_stats).
+        self.load_net_stats = self._model.net_stats()
+        self._model.reset_net_stats()
+        self.scheduler = Scheduler(self._model)
         self.last_stats = GenerationStats()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -182,7 +226,12 @@ class Engine:
 
     @property
     def position(self) -> int:
-        return self.model.position
+        """Positions of sequence slot 0 (the one `forward` runs on) in the KV cache."""
+        return self.model.length(0)
+
+    @property
+    def max_sequences(self) -> int:
+        return self.model.n_slots
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -206,28 +255,27 @@ class Engine:
 
     # -- raw model ---------------------------------------------------------------------------
     def forward(self, token_ids: Iterable[int], all_logits: bool = True) -> np.ndarray:
-        """Logits (n, vocab) for tokens appended at the current position (or (1, vocab) for the
-        last one only when all_logits is False)."""
-        ids = np.asarray(list(token_ids), dtype=np.int32)
-        if ids.size == 0:
+        """Logits (n, vocab) for tokens appended at the current position of sequence slot 0 (or (1, vocab)
+        for the last one only when all_logits is False)."""
+        ids = [int(i) for i in token_ids]
+        if not ids:
             raise ValueError("forward needs at least one token")
-        if self.position + ids.size > self.context_length:
+        if self.position + len(ids) > self.context_length:
             raise ValueError(
-                f"{ids.size} tokens at position {self.position} exceed the context of {self.context_length} "
+                f"{len(ids)} tokens at position {self.position} exceed the context of {self.context_length} "
                 f"(raise max_seq_len, up to the model's {self.layout.params.get('max_seq_len')})"
             )
         start = self.position
-        logits = self.model.forward(ids, all_logits)
+        logits = self.scheduler.forward(ids, all_logits)
         if not np.isfinite(logits).all():  # cheap next to the forward step (one row when decoding)
-            self.model.set_position(start)
+            self.scheduler.truncate(0, start)
             raise NonFiniteLogitsError(f"{self.path}: the model produced NaN or infinite logits at position "
-                                       f"{start + ids.size - 1}; its weights or header values are corrupt")
-        self._cached.extend(int(i) for i in ids)
+                                       f"{start + len(ids) - 1}; its weights or header values are corrupt")
         return logits
 
     def reset(self):
-        self.model.set_position(0)
-        self._cached.clear()
+        """Empties sequence slot 0."""
+        self.scheduler.reset(0)
 
     # -- text --------------------------------------------------------------------------------
     def _require_tokenizer(self) -> Tokenizer:
@@ -250,15 +298,21 @@ class Engine:
             raise ChatTemplateError(f"{self.tokenizer_path}: {error}") from error.__cause__
 
     def generate(self, prompt: str | list[int], max_tokens: int = 256, temperature: float = 0.8, top_p: float = 0.9,
-                 top_k: int = 0, seed: int | None = None, stop: list[str] | str | None = None) -> Iterator[str]:
-        """Streams the continuation of a prompt (text, or token ids) as text pieces."""
+                 top_k: int = 0, seed: int | None = None, stop: list[str] | str | None = None,
+                 draft: str | None = None, draft_tokens: int | None = None) -> Iterator[str]:
+        """Streams the continuation of a prompt (text, or token ids) as text pieces.
+
+        draft, draft_tokens: speculative decoding ("ngram" or "mtp", up to draft_tokens guesses checked per
+        step; default: the engine's `draft` and `draft_tokens`). The text is what plain decoding gives:
+        the same tokens when greedy, the same distribution when sampling; `last_stats` tells how many
+        guesses were kept."""
         tok = self._require_tokenizer()
         ids = tok.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
-        return self._generate_ids(ids, max_tokens, Sampler(temperature, top_p, top_k, seed), stop)
+        return self._generate_ids(ids, max_tokens, Sampler(temperature, top_p, top_k, seed), stop, draft, draft_tokens)
 
     def chat(self, messages: list[dict], max_tokens: int = 1024, temperature: float = 0.8, top_p: float = 0.9,
              top_k: int = 0, seed: int | None = None, stop: list[str] | str | None = None, tools: list | None = None,
-             **template_kwargs) -> Iterator["ChatPiece"]:
+             draft: str | None = None, draft_tokens: int | None = None, **template_kwargs) -> Iterator["ChatPiece"]:
         """Streams the assistant's reply to a conversation, rendered with the model's chat template.
 
         Pieces are strings; `piece.kind` is "reasoning" for the model's <think> text and "answer" for the
@@ -268,7 +322,8 @@ class Engine:
         tok = self._require_tokenizer()
         text = self.apply_chat_template(messages, tools=tools, **template_kwargs)
         splitter = ThinkingSplitter(prompt_starts_in_thinking(text))
-        for piece in self._generate_ids(tok.encode_chat(text), max_tokens, Sampler(temperature, top_p, top_k, seed), stop):
+        for piece in self._generate_ids(tok.encode_chat(text), max_tokens, Sampler(temperature, top_p, top_k, seed), stop,
+                                        draft, draft_tokens):
             for kind, part in splitter.push(piece):
                 yield ChatPiece(part, kind)
         for kind, part in splitter.flush():
@@ -285,49 +340,26 @@ class Engine:
             reply["tool_calls"] = calls
         return reply
 
-    def _prefill(self, ids: list[int]) -> np.ndarray:
-        """Logits after the prompt, reusing the cached prefix the prompt shares with the last call."""
-        if not ids:
-            raise ValueError("the prompt is empty")
+    def _generate_ids(self, ids: list[int], max_tokens: int, sampler: Sampler, stop, draft=None,
+                      draft_tokens=None) -> Iterator[str]:
+        """Text pieces of one generation, run by the scheduler (with whatever else runs at the time)."""
+        tok = self._require_tokenizer()
         if len(ids) > self.context_length:
             raise ValueError(f"the prompt has {len(ids)} tokens but the context holds {self.context_length} "
                              f"(raise max_seq_len, up to the model's {self.layout.params.get('max_seq_len')})")
-        common = 0
-        for a, b in zip(self._cached, ids[:-1]):
-            if a != b:
-                break
-            common += 1
-        self.model.set_position(common)
-        del self._cached[common:]
-        self.last_stats.cached_tokens = common
-        return self.forward(ids[common:], all_logits=False)[-1]
-
-    def _generate_ids(self, ids: list[int], max_tokens: int, sampler: Sampler, stop) -> Iterator[str]:
-        tok = self._require_tokenizer()
-        eos = set(tok.eos_token_ids)
-        stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
-        t0 = time.perf_counter()
-        logits = self._prefill(ids)
-        stats.prefill_seconds = time.perf_counter() - t0
+        request = self.scheduler.submit(ids, sampler, max_tokens, stop_tokens=tok.eos_token_ids,
+                                        draft=draft or self.draft, draft_tokens=draft_tokens or self.draft_tokens)
+        self.last_stats = request.stats
         stream = TextStream(tok, stop)
-        t0 = time.perf_counter()
-        stats.finish_reason = "length"
-        for _ in range(max_tokens):
-            token = sampler.sample(logits)
-            if token in eos:
-                stats.finish_reason = "stop"
-                break
-            stats.generated_tokens += 1
-            if text := stream.push(token):
+        try:
+            for token in request:
+                if text := stream.push(token):
+                    yield text
+                if stream.stopped:
+                    request.cancel()
+                    request.stats.finish_reason = "stop"
+                    break
+            if text := stream.flush():
                 yield text
-            if stream.stopped:
-                stats.finish_reason = "stop"
-                break
-            if self.position >= self.context_length:
-                stats.finish_reason = "context"
-                break
-            logits = self.forward([token], all_logits=False)[-1]
-        text = stream.flush()
-        stats.decode_seconds = time.perf_counter() - t0
-        if text:
-            yield text
+        finally:
+            request.cancel()  # frees the slot when the caller stops iterating early

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import tokenizer as tokenizer_bundle
 from .catalog import pulled_path
-from .convert import describe_skipped, fp8_block_size, install, plan_file, write_tensor
+from .convert import describe_skipped, fp8_block_size, install, plan_file, without_missing_mtp, write_tensor
 from .safetensors_reader import SCALE_SUFFIX, Checkpoint, CheckpointError
 
 INDEX = "model.safetensors.index.json"
@@ -67,8 +67,9 @@ def _hub_errors(repo: str):
 
 
 def pull(repo: str, dtype: str = "q40", revision: str | None = None, output: str | os.PathLike | None = None,
-         pure: bool = False, progress: bool = True, log=print) -> Path:
-    """Downloads and converts REPO to `output` (default: the models directory); returns the .m path."""
+         pure: bool = False, progress: bool = True, log=print, mtp: bool = True) -> Path:
+    """Downloads and converts REPO to `output` (default: the models directory); returns the .m path.
+    pure, mtp: as for convert."""
     from huggingface_hub import HfApi
 
     explain = _hub_errors(repo)
@@ -97,10 +98,13 @@ def pull(repo: str, dtype: str = "q40", revision: str | None = None, output: str
     block = fp8_block_size(config, f"{repo}/config.json")
     shards = _shards(work, sizes, repo)
     checkpoint_bytes = sum(sizes.get(s, 0) for s in shards)
-    plan = plan_file(config, dtype, pure, repo, (8 * checkpoint_bytes, "bytes: 8 per byte of the repo's safetensors files"))
+    bound = dict(where=repo, tensor_bytes=(8 * checkpoint_bytes, "bytes: 8 per byte of the repo's safetensors files"))
+    plan = plan_file(config, dtype, pure, mtp=mtp, **bound)
     bundle = tokenizer_bundle.build_bundle(work) if (work / "tokenizer.json").is_file() else None
 
     weight_map = _weight_map(work, shards)
+    if weight_map is not None:
+        plan = without_missing_mtp(plan, lambda name: name in weight_map, log, **bound)
     for name in SMALL_FILES:  # read: from here on the disk holds the output and the shard in use (and
         (work / name).unlink(missing_ok=True)  # huggingface_hub's part of an interrupted one, to resume)
     state = PullState(repo, revision, commit, dtype, pure, plan.size)

@@ -35,7 +35,7 @@ from ..engine import Engine
 from ..reasoning import THINK_END, ThinkingSplitter, prompt_starts_in_thinking
 from ..tool_calls import ToolCallStream, forced_call_prefix, tool_call_format
 from .protocol import ApiError, ChatRequest, CompletionRequest, NamedToolChoice, validation_error
-from .scheduler import Finished, Generation, QueueFull, SamplingParams, Scheduler, SequentialBackend, TokenEvent
+from .scheduler import Finished, Generation, QueueFull, SamplingParams, Scheduler, TokenEvent
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_TEMPERATURE, DEFAULT_TOP_P = 0.8, 0.9  # as `generate` and `chat`; OpenAI's 1.0 / 1.0 ramble on small models
@@ -58,7 +58,11 @@ class _State:
             raise RuntimeError(f"{engine.path} has no tokenizer bundle: the server needs one")
         self.engine, self.options, self.tokenizer = engine, options, engine.tokenizer
         self.model_name = options.model_name or Path(engine.path).stem
-        self.scheduler = Scheduler(SequentialBackend(engine), engine.tokenizer, options.parallel, options.max_queue)
+        if options.parallel > engine.max_sequences:
+            raise ValueError(f"{options.parallel} server slots need an Engine with max_sequences >= {options.parallel} "
+                             f"(it has {engine.max_sequences})")
+        self.scheduler = Scheduler(engine.scheduler, engine.tokenizer, options.parallel, options.max_queue,
+                                   draft=engine.draft, draft_tokens=engine.draft_tokens)
         self.tool_format = tool_call_format(engine.tokenizer.chat_template)
         self.started = int(time.time())
 
@@ -196,8 +200,13 @@ async def _merged(gens: list[Generation]) -> AsyncIterator[tuple[int, TokenEvent
 
 def _usage(prompt_tokens: int, finished: list[Finished]) -> dict:
     completion = sum(f.completion_tokens for f in finished)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion,
-            "prompt_tokens_details": {"cached_tokens": min((f.cached_tokens for f in finished), default=0)}}
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion,
+             "prompt_tokens_details": {"cached_tokens": min((f.cached_tokens for f in finished), default=0)}}
+    drafted, accepted = sum(f.drafted_tokens for f in finished), sum(f.accepted_tokens for f in finished)
+    if drafted:  # serve --draft: the guesses in OpenAI's fields for predicted outputs
+        usage["completion_tokens_details"] = {"accepted_prediction_tokens": accepted,
+                                              "rejected_prediction_tokens": drafted - accepted}
+    return usage
 
 
 # ---------------------------------------------------------------------------------------------------- chat
@@ -469,6 +478,10 @@ async def metrics(request: Request, state: _State) -> Response:
             yield CounterMetricFamily("dllama_prompt_tokens", "Prompt tokens computed (not reused from a cache)",
                                       value=s.prompt_tokens)
             yield CounterMetricFamily("dllama_requests", "Generations finished", value=s.requests_finished)
+            yield CounterMetricFamily("dllama_draft_tokens", "Speculative guesses checked (serve --draft)",
+                                      value=s.drafted_tokens)
+            yield CounterMetricFamily("dllama_draft_tokens_accepted", "Speculative guesses kept",
+                                      value=s.accepted_tokens)
 
     registry = CollectorRegistry()
     registry.register(Collector())

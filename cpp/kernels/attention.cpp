@@ -1,6 +1,7 @@
-#include "blocks/kv_cache.h"
+#include "kernels/attention.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "kernels/ops.h"
 #include "quants.h"
@@ -13,44 +14,13 @@
 
 namespace dllama {
 
-KvCache::KvCache(int rows, int n_heads, int head_width, bool f16, Layout layout)
-    : rows_(rows), padded_rows_((rows + kBlock - 1) / kBlock * kBlock), n_heads_(n_heads), width_(head_width),
-      f16_(f16), layout_(layout) {
-    const size_t n = (size_t)padded_rows_ * n_heads * head_width;
-    if (f16) half_.assign(n, 0);
-    else f32_.assign(n, 0.0f);
-}
-
-size_t KvCache::index(int head, int row, int d) const {
-    if (layout_ == Layout::Rows) return at(head, row) + d;
-    return ((size_t)head * padded_rows_ + (size_t)(row / kBlock) * kBlock) * width_ + (size_t)d * kBlock + row % kBlock;
-}
-
-float KvCache::value(int head, int row, int d) const {
-    const size_t i = index(head, row, d);
-    return f16_ ? f16_to_f32(half_[i]) : f32_[i];
-}
-
-void KvCache::put(int row, const float* values) {
-    for (int h = 0; h < n_heads_; h++)
-        for (int d = 0; d < width_; d++) {
-            const float v = values[(size_t)h * width_ + d];
-            if (f16_) half_[index(h, row, d)] = f32_to_f16(v);
-            else f32_[index(h, row, d)] = v;
-        }
-}
-
-float KvCache::dot(int head, int row, const float* q) const {
-    return f16_ ? dot_f16(q, &half_[at(head, row)], width_) : dllama::dot(q, &f32_[at(head, row)], width_);
-}
-
-void KvCache::axpy(float* y, float a, int head, int row) const {
-    if (f16_) axpy_f16(y, a, &half_[at(head, row)], width_);
-    else dllama::axpy(y, a, &f32_[at(head, row)], width_);
+static float value(const KvHistory& h, int row, int d) {
+    const size_t i = kv_index(h.layout, h.width, row, d);
+    return h.f16 ? f16_to_f32(h.f16[i]) : h.f32[i];
 }
 
 #if defined(__AVX512F__)
-// 16 values of the cache as f32.
+// 16 values of the history as f32.
 static inline __m512 load16(const float* f32, const uint16_t* half, size_t i) {
     return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(half + i))) : _mm512_loadu_ps(f32 + i);
 }
@@ -68,15 +38,15 @@ static void block_scores(const float* f32, const uint16_t* half, size_t base, in
     for (int i = 0; i < NQ; i++) _mm512_mask_storeu_ps(out + (size_t)i * out_stride, mask, acc[i]);
 }
 
-// Two weightings over n_rows rows of up to 128 values (8 vectors kept in registers per weighting).
+// NQ weightings over n_rows rows of up to 128 values (NV vectors kept in registers per weighting).
 template <int NQ, int NV>
-static void rows_weighted_sum(const float* f32, const uint16_t* half, size_t base, int width, int n_rows, const float* p,
+static void rows_weighted_sum(const float* f32, const uint16_t* half, int width, int n_rows, const float* p,
                               int p_stride, float* y, int y_stride) {
     __m512 acc[NQ][NV];
     for (int i = 0; i < NQ; i++)
         for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_ps();
     for (int s = 0; s < n_rows; s++) {
-        const size_t row = base + (size_t)s * width;
+        const size_t row = (size_t)s * width;
         __m512 x[NV];
         for (int v = 0; v < NV; v++) x[v] = load16(f32, half, row + v * 16);
         for (int i = 0; i < NQ; i++) {
@@ -91,14 +61,14 @@ static void rows_weighted_sum(const float* f32, const uint16_t* half, size_t bas
 // NQ weightings over position blocks, for DD dimensions starting at d0: each accumulator holds 16
 // positions of one dimension, summed across lanes once at the end.
 template <int NQ, int DD>
-static void blocks_weighted_sum(const float* f32, const uint16_t* half, size_t head_base, int width, int n_rows,
-                                const float* p, int p_stride, float* y, int y_stride, int d0) {
+static void blocks_weighted_sum(const float* f32, const uint16_t* half, int width, int n_rows, const float* p,
+                                int p_stride, float* y, int y_stride, int d0) {
     __m512 acc[NQ][DD];
     for (int i = 0; i < NQ; i++)
         for (int dd = 0; dd < DD; dd++) acc[i][dd] = _mm512_setzero_ps();
     for (int b = 0; b * 16 < n_rows; b++) {
         const __mmask16 mask = (__mmask16)((1u << std::min(16, n_rows - b * 16)) - 1);
-        const size_t base = head_base + (size_t)b * 16 * width;
+        const size_t base = (size_t)b * 16 * width;
         __m512 w[NQ];
         for (int i = 0; i < NQ; i++) w[i] = _mm512_maskz_loadu_ps(mask, p + (size_t)i * p_stride + b * 16);
         for (int dd = 0; dd < DD; dd++) {
@@ -111,63 +81,68 @@ static void blocks_weighted_sum(const float* f32, const uint16_t* half, size_t h
 }
 #endif
 
-void KvCache::scores(int head, int n_rows, const float* q, int q_stride, int n_q, float* out, int out_stride) const {
+void attention_scores(const KvHistory& keys, int n_rows, const float* q, int q_stride, int n_q, float* out,
+                      int out_stride) {
+    const int width = keys.width;
 #if defined(__AVX512F__)
-    if (layout_ == Layout::PositionBlocks) {
-        const uint16_t* half = f16_ ? half_.data() : nullptr;
-        for (int b = 0; b * kBlock < n_rows; b++) {
-            const size_t base = ((size_t)head * padded_rows_ + (size_t)b * kBlock) * width_;
-            const int left = std::min(kBlock, n_rows - b * kBlock);
+    if (keys.layout == KvLayout::PositionBlocks) {
+        for (int b = 0; b * kPositionBlock < n_rows; b++) {
+            const size_t base = (size_t)b * kPositionBlock * width;
+            const int left = std::min(kPositionBlock, n_rows - b * kPositionBlock);
             const __mmask16 mask = (__mmask16)((1u << left) - 1);
+            float* o = out + b * kPositionBlock;
             int i = 0;
             for (; i + 4 <= n_q; i += 4)
-                block_scores<4>(f32_.data(), half, base, width_, q + i * q_stride, q_stride, out + (size_t)i * out_stride + b * kBlock, out_stride, mask);
+                block_scores<4>(keys.f32, keys.f16, base, width, q + i * q_stride, q_stride, o + (size_t)i * out_stride, out_stride, mask);
             for (; i < n_q; i++)
-                block_scores<1>(f32_.data(), half, base, width_, q + i * q_stride, q_stride, out + (size_t)i * out_stride + b * kBlock, out_stride, mask);
+                block_scores<1>(keys.f32, keys.f16, base, width, q + i * q_stride, q_stride, o + (size_t)i * out_stride, out_stride, mask);
         }
         return;
     }
 #endif
-    for (int i = 0; i < n_q; i++)
+    for (int i = 0; i < n_q; i++) {
+        const float* qi = q + i * q_stride;
         for (int s = 0; s < n_rows; s++) {
             float sum = 0.0f;
-            if (layout_ == Layout::Rows) {
-                sum = dot(head, s, q + i * q_stride);
+            if (keys.layout == KvLayout::Rows) {
+                const size_t row = (size_t)s * width;
+                sum = keys.f16 ? dot_f16(qi, keys.f16 + row, width) : dot(qi, keys.f32 + row, width);
             } else {
-                for (int d = 0; d < width_; d++) sum += q[i * q_stride + d] * value(head, s, d);
+                for (int d = 0; d < width; d++) sum += qi[d] * value(keys, s, d);
             }
             out[(size_t)i * out_stride + s] = sum;
         }
+    }
 }
 
-void KvCache::weighted_sum(int head, int n_rows, const float* p, int p_stride, int n_q, float* y, int y_stride) const {
+void attention_weighted_sum(const KvHistory& values, int n_rows, const float* p, int p_stride, int n_q, float* y,
+                            int y_stride) {
+    const int width = values.width;
 #if defined(__AVX512F__)
-    if (layout_ == Layout::PositionBlocks && width_ % 8 == 0) {
-        const uint16_t* half = f16_ ? half_.data() : nullptr;
-        const size_t base = (size_t)head * padded_rows_ * width_;
-        for (int d0 = 0; d0 < width_; d0 += 8) {
+    const float* f32 = values.f32;
+    const uint16_t* half = values.f16;
+    if (values.layout == KvLayout::PositionBlocks && width % 8 == 0) {
+        for (int d0 = 0; d0 < width; d0 += 8) {
             int i = 0;
             for (; i + 2 <= n_q; i += 2)
-                blocks_weighted_sum<2, 8>(f32_.data(), half, base, width_, n_rows, p + (size_t)i * p_stride, p_stride,
+                blocks_weighted_sum<2, 8>(f32, half, width, n_rows, p + (size_t)i * p_stride, p_stride,
                                           y + (size_t)i * y_stride, y_stride, d0);
             for (; i < n_q; i++)
-                blocks_weighted_sum<1, 8>(f32_.data(), half, base, width_, n_rows, p + (size_t)i * p_stride, p_stride,
+                blocks_weighted_sum<1, 8>(f32, half, width, n_rows, p + (size_t)i * p_stride, p_stride,
                                           y + (size_t)i * y_stride, y_stride, d0);
         }
         return;
     }
-    if (layout_ == Layout::Rows && width_ % 16 == 0 && width_ <= 128) {
-        const uint16_t* half = f16_ ? half_.data() : nullptr;
-        const size_t base = at(head, 0);
+    if (values.layout == KvLayout::Rows && width % 16 == 0 && width <= 128) {
         auto run = [&](auto nv) {
             constexpr int NV = decltype(nv)::value;
             int i = 0;
             for (; i + 2 <= n_q; i += 2)
-                rows_weighted_sum<2, NV>(f32_.data(), half, base, width_, n_rows, p + (size_t)i * p_stride, p_stride, y + (size_t)i * y_stride, y_stride);
+                rows_weighted_sum<2, NV>(f32, half, width, n_rows, p + (size_t)i * p_stride, p_stride, y + (size_t)i * y_stride, y_stride);
             for (; i < n_q; i++)
-                rows_weighted_sum<1, NV>(f32_.data(), half, base, width_, n_rows, p + (size_t)i * p_stride, p_stride, y + (size_t)i * y_stride, y_stride);
+                rows_weighted_sum<1, NV>(f32, half, width, n_rows, p + (size_t)i * p_stride, p_stride, y + (size_t)i * y_stride, y_stride);
         };
-        switch (width_ / 16) {
+        switch (width / 16) {
             case 1: run(std::integral_constant<int, 1>{}); return;
             case 2: run(std::integral_constant<int, 2>{}); return;
             case 3: run(std::integral_constant<int, 3>{}); return;
@@ -181,13 +156,15 @@ void KvCache::weighted_sum(int head, int n_rows, const float* p, int p_stride, i
 #endif
     for (int i = 0; i < n_q; i++) {
         float* yi = y + (size_t)i * y_stride;
-        std::fill(yi, yi + width_, 0.0f);
+        std::fill(yi, yi + width, 0.0f);
         for (int s = 0; s < n_rows; s++) {
             const float w = p[(size_t)i * p_stride + s];
-            if (layout_ == Layout::Rows) {
-                axpy(yi, w, head, s);
+            if (values.layout == KvLayout::Rows) {
+                const size_t row = (size_t)s * width;
+                if (values.f16) axpy_f16(yi, w, values.f16 + row, width);
+                else axpy(yi, w, values.f32 + row, width);
             } else {
-                for (int d = 0; d < width_; d++) yi[d] += w * value(head, s, d);
+                for (int d = 0; d < width; d++) yi[d] += w * value(values, s, d);
             }
         }
     }
