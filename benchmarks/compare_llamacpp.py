@@ -2,7 +2,7 @@
 
     # 1. a random checkpoint with real widths, converted by both tools
     python benchmarks/make_model.py llama-1b /tmp/llama-1b
-    dllama-py convert /tmp/llama-1b -o /tmp/llama-1b-q40.m --dtype q40
+    dllama-py convert /tmp/llama-1b -o /tmp/llama-1b-q40.m --dtype q40 --pure
     dllama-py convert /tmp/llama-1b -o /tmp/llama-1b-q80.m --dtype q80
     python benchmarks/compare_llamacpp.py gguf /tmp/llama-1b --llama-cpp-src /tmp/lcp/src -o /tmp/llama-1b
 
@@ -119,7 +119,7 @@ def convert_to_gguf(hf_dir: Path, llama_cpp_src: Path, out_prefix: Path, quants:
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = ftypes[q]
         params.nthread = 2
-        params.pure = True  # every matrix in `q`, the output head included, as in our .m files
+        params.pure = True  # every matrix in `q`, the output head included, as in our --pure .m files
         t0 = time.perf_counter()
         rc = llama_cpp.llama_model_quantize(str(f16).encode(), str(out).encode(), params)
         if rc != 0:

@@ -13,7 +13,7 @@ For each node count N it starts N-1 `dllama-py worker`s (1 thread each) as subpr
 tokens/s, kB the root sent and received per decoded token, the share of decode time spent in exchanges
 (and that time in ms per token), next to the bytes the traffic formula predicts (docs/distributed.md):
 
-    root sent     = 2·L·(N−1)·B  +  (N−1)·(16 + 12 + 4·dim)    B = dim/32·34 (q80) or 4·dim (f32)
+    root sent     = 2·L·(N−1)·B  +  (N−1)·(1 + 16 + 12 + 4·dim)   B = dim/32·34 (q80) or 4·dim (f32)
     root received = 2·L·(N−1)·B  +  4·(vocab − vocab_share_of_root)
 
 Networks:
@@ -68,7 +68,7 @@ def predicted_bytes(dim: int, n_layers: int, vocab: int, nodes: int, exchange: s
     b = partial_bytes(dim, exchange)
     reduce = 2 * n_layers * (nodes - 1) * b
     root_share = vocab * 1 // nodes  # Partition{0, N}.share(vocab).size()
-    return reduce + (nodes - 1) * (16 + 12 + 4 * dim), reduce + 4 * (vocab - root_share)  # header, row, embedding
+    return reduce + (nodes - 1) * (1 + 16 + 12 + 4 * dim), reduce + 4 * (vocab - root_share)  # STEP, header, row, embedding
 
 
 # --- shell helpers ----------------------------------------------------------------------------

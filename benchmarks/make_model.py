@@ -54,7 +54,10 @@ def tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
     q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
     shapes = {"model.embed_tokens.weight": (v, h)}
-    for l in range(cfg["num_hidden_layers"]):
+    n_layers = cfg["num_hidden_layers"]
+    # Published GLM-4.5 checkpoints carry a multi-token-prediction layer after the last: a full MoE layer
+    # plus its input norms, input projection and head norm.
+    for l in range(n_layers + cfg.get("num_nextn_predict_layers", 0)):
         p = f"model.layers.{l}."
         shapes |= {p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)}
         if cfg.get("kv_lora_rank"):  # multi-head latent attention
@@ -74,7 +77,10 @@ def tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
                        p + "self_attn.v_proj.bias": (kv,)}
         if cfg["model_type"] == "qwen3":
             shapes |= {p + "self_attn.q_norm.weight": (hd,), p + "self_attn.k_norm.weight": (hd,)}
-        if l < cfg.get("first_k_dense_replace", cfg["num_hidden_layers"]):
+        if l >= n_layers:
+            shapes |= {p + "eh_proj.weight": (h, 2 * h), p + "enorm.weight": (h,), p + "hnorm.weight": (h,),
+                       p + "shared_head.norm.weight": (h,)}
+        if l < cfg.get("first_k_dense_replace", n_layers):
             shapes |= mlp_shapes(p + "mlp.", h, ff)
             continue
         e, mff = cfg["n_routed_experts"], cfg["moe_intermediate_size"]
@@ -82,9 +88,6 @@ def tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
         for i in range(e):
             shapes |= mlp_shapes(f"{p}mlp.experts.{i}.", h, mff)
         shapes |= mlp_shapes(p + "mlp.shared_experts.", h, mff * cfg["n_shared_experts"])
-    if cfg.get("num_nextn_predict_layers"):  # published GLM-4.5 checkpoints carry an MTP layer
-        p = f"model.layers.{cfg['num_hidden_layers']}."
-        shapes |= {p + "eh_proj.weight": (h, 2 * h), p + "enorm.weight": (h,), p + "hnorm.weight": (h,)}
     shapes["model.norm.weight"] = (h,)
     if not cfg.get("tie_word_embeddings"):
         shapes["lm_head.weight"] = (v, h)

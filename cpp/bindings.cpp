@@ -62,6 +62,35 @@ static py::bytes quantize_to_bytes(py::array_t<float, py::array::c_style | py::a
     return py::bytes(out);
 }
 
+using IdArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using FlagArray = py::array_t<bool, py::array::c_style | py::array::forcecast>;
+
+// The rows of a step from its per-row arrays.
+static std::vector<StepRow> step_rows(const IdArray& tokens, const IdArray& slots, const IdArray& positions,
+                                      const FlagArray& logits) {
+    const py::ssize_t n = tokens.size();
+    if (slots.size() != n || positions.size() != n || logits.size() != n)
+        throw std::invalid_argument("step: tokens, slots, positions and logits must have one entry per row");
+    std::vector<StepRow> rows(n);
+    for (py::ssize_t r = 0; r < n; r++) rows[r] = StepRow{slots.data()[r], positions.data()[r], logits.data()[r] ? 1 : 0};
+    return rows;
+}
+
+// What a step returns: the logits of the rows that want them, and optionally every row's hidden state.
+struct StepOutput {
+    py::array_t<float> logits, hidden;
+    bool with_hidden;
+    StepOutput(const Model& model, const std::vector<StepRow>& rows, bool with_hidden) : with_hidden(with_hidden) {
+        py::ssize_t n_logits = 0;
+        for (const StepRow& r : rows) n_logits += r.logits;
+        logits = py::array_t<float>(std::vector<py::ssize_t>{n_logits, model.config().vocab_size});
+        if (with_hidden) hidden = py::array_t<float>(std::vector<py::ssize_t>{(py::ssize_t)rows.size(), model.config().dim});
+    }
+    float* logits_data() { return logits.mutable_data(); }
+    float* hidden_data() { return with_hidden ? hidden.mutable_data() : nullptr; }
+    py::object result() const { return with_hidden ? py::object(py::make_tuple(logits, hidden)) : py::object(logits); }
+};
+
 PYBIND11_MODULE(_core, m) {
     m.doc() = "dllama_py C++ core";
 
@@ -98,7 +127,8 @@ PYBIND11_MODULE(_core, m) {
     py::class_<Model>(m, "Model")
         .def(py::init([](const std::string& path, const ModelConfig& cfg, const std::vector<TensorInfo>& tensors,
                          int n_threads, const std::vector<std::string>& workers, const std::string& secret,
-                         const std::string& exchange, int timeout_ms, py::object progress) {
+                         const std::string& exchange, int timeout_ms, int heartbeat_ms, py::object progress,
+                         const py::object& workers_progress) {
                  py::gil_scoped_release release;
                  if (workers.empty() && progress.is_none())
                      return build_model(cfg, std::make_shared<TensorStore>(path, tensors), n_threads);
@@ -120,11 +150,21 @@ PYBIND11_MODULE(_core, m) {
                  options.secret = secret;
                  options.exchange = exchange == "f32" ? net::Exchange::F32 : net::Exchange::Q80;
                  options.timeout_ms = timeout_ms;
+                 options.heartbeat_ms = heartbeat_ms;
+                 if (!workers_progress.is_none()) {
+                     options.progress = [&workers_progress](const std::vector<std::pair<uint64_t, uint64_t>>& status) {
+                         py::gil_scoped_acquire gil;
+                         workers_progress(status);
+                     };
+                 }
                  return build_root_model(cfg, path, tensors, n_threads, options);
              }),
              py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_threads"),
              py::arg("workers") = std::vector<std::string>{}, py::arg("secret") = "", py::arg("exchange") = "q80",
-             py::arg("timeout_ms") = 10000, py::arg("progress") = py::none())
+             py::arg("timeout_ms") = net::kDefaultTimeoutMs, py::arg("heartbeat_ms") = net::kDefaultHeartbeatMs,
+             py::arg("progress") = py::none(), py::arg("workers_progress") = py::none(),
+             "progress(bytes read): while the weights load here; workers_progress(status): while workers load, "
+             "status = [(bytes loaded, bytes expected) per worker]")
         .def("stop_workers", &Model::stop_workers, py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("n_nodes", [](const Model& m) { return m.partition().n_nodes; })
         .def("net_stats",
@@ -159,31 +199,42 @@ PYBIND11_MODULE(_core, m) {
             "Logits for tokens appended to one slot's sequence: every token's, or (1, vocab) for the last")
         .def(
             "step",
-            [](Model& model, py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
-               py::array_t<int32_t, py::array::c_style | py::array::forcecast> slots,
-               py::array_t<int32_t, py::array::c_style | py::array::forcecast> positions,
-               py::array_t<bool, py::array::c_style | py::array::forcecast> logits) {
-                const py::ssize_t n = tokens.size();
-                if (slots.size() != n || positions.size() != n || logits.size() != n)
-                    throw std::invalid_argument("step: tokens, slots, positions and logits must have one entry per row");
-                std::vector<int32_t> ids(tokens.data(), tokens.data() + n);
-                std::vector<StepRow> rows(n);
-                int n_logits = 0;
-                for (py::ssize_t r = 0; r < n; r++) {
-                    rows[r] = StepRow{slots.data()[r], positions.data()[r], logits.data()[r] ? 1 : 0};
-                    n_logits += rows[r].logits;
-                }
-                py::array_t<float> out(std::vector<py::ssize_t>{n_logits, model.config().vocab_size});
-                float* dst = out.mutable_data();
+            [](Model& model, IdArray tokens, IdArray slots, IdArray positions, FlagArray logits, bool hidden) {
+                const std::vector<StepRow> rows = step_rows(tokens, slots, positions, logits);
+                StepOutput out(model, rows, hidden);
                 {
                     py::gil_scoped_release release;
-                    model.step(ids.data(), rows.data(), (int)n, dst);
+                    model.step(tokens.data(), rows.data(), (int)rows.size(), out.logits_data(), out.hidden_data());
                 }
-                return out;
+                return out.result();
             },
-            py::arg("tokens"), py::arg("slots"), py::arg("positions"), py::arg("logits"),
+            py::arg("tokens"), py::arg("slots"), py::arg("positions"), py::arg("logits"), py::arg("hidden") = false,
             "One forward step over rows (token, sequence slot, position, wants logits); returns the logits of "
-            "the rows that want them, in row order")
+            "the rows that want them, in row order, or with hidden=True (logits, every row's final hidden state)")
+        .def(
+            "mtp_step",
+            [](Model& model, IdArray tokens, py::array_t<float, py::array::c_style | py::array::forcecast> hidden,
+               IdArray slots, IdArray positions, FlagArray logits) {
+                const std::vector<StepRow> rows = step_rows(tokens, slots, positions, logits);
+                const int dim = model.config().dim;
+                if (hidden.ndim() != 2 || hidden.shape(0) != (py::ssize_t)rows.size() || hidden.shape(1) != dim)
+                    throw std::invalid_argument("mtp_step: hidden must be rows x dim (" + std::to_string(rows.size()) +
+                                                " x " + std::to_string(dim) + ")");
+                StepOutput out(model, rows, true);
+                {
+                    py::gil_scoped_release release;
+                    model.mtp_step(tokens.data(), hidden.data(), rows.data(), (int)rows.size(), out.logits_data(),
+                                   out.hidden_data());
+                }
+                return out.result();
+            },
+            py::arg("tokens"), py::arg("hidden"), py::arg("slots"), py::arg("positions"), py::arg("logits"),
+            "The MTP layer over rows (token, the hidden state it continues, slot, MTP position, wants logits); "
+            "returns (logits of the rows that want them, every row's output hidden state)")
+        .def_property_readonly("has_mtp", &Model::has_mtp)
+        .def("mtp_length", &Model::mtp_length, py::arg("slot"), "Positions of the slot's MTP sequence")
+        .def("truncate_mtp", &Model::truncate_mtp, py::arg("slot"), py::arg("n"),
+             "Keeps only the first n positions of the slot's MTP sequence")
         .def_property_readonly("n_slots", &Model::n_slots)
         .def("length", &Model::length, py::arg("slot"), "Positions of the slot's sequence in the KV cache")
         .def("truncate", &Model::truncate, py::arg("slot"), py::arg("n"),
@@ -199,13 +250,67 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("config", &Model::config);
 
     py::class_<Worker>(m, "Worker")
-        .def(py::init<const std::string&, int, int, std::string, std::string, int>(), py::arg("host"), py::arg("port"),
-             py::arg("n_threads"), py::arg("secret") = "", py::arg("local_model") = "", py::arg("timeout_ms") = 10000)
+        .def(py::init([](const std::string& host, int port, int n_threads, std::string secret, std::string local_model,
+                         int timeout_ms, std::string cache_dir, uint64_t cache_max_bytes) {
+                 return std::make_unique<Worker>(host, port, n_threads, std::move(secret), std::move(local_model),
+                                                 timeout_ms, CacheOptions{std::move(cache_dir), cache_max_bytes});
+             }),
+             py::arg("host"), py::arg("port"), py::arg("n_threads"), py::arg("secret") = "", py::arg("local_model") = "",
+             py::arg("timeout_ms") = net::kDefaultTimeoutMs, py::arg("cache_dir") = "",
+             py::arg("cache_max_bytes") = uint64_t(0))
         .def("serve_one", &Worker::serve_one, py::arg("wait_ms"), py::call_guard<py::gil_scoped_release>(),
              "Serves one root's session if one arrives within wait_ms; False if none came")
         .def_property_readonly("port", &Worker::port);
 
+    m.def(
+        "probe_worker",
+        [](const std::string& address, const std::string& secret, int timeout_ms, size_t echo_bytes) {
+            net::ProbeResult r;
+            {
+                py::gil_scoped_release release;
+                r = net::probe_worker(address, secret, timeout_ms, echo_bytes);
+            }
+            py::dict d;
+            d["cores"] = r.info.cores;
+            d["ram_bytes"] = r.info.ram_bytes;
+            d["available_ram_bytes"] = r.info.available_ram_bytes;
+            d["read_bandwidth"] = r.info.read_bandwidth;
+            d["model_identity"] = r.info.model_identity;
+            d["round_trip_ms"] = r.round_trip_ms;
+            d["bytes_per_second"] = r.bytes_per_second;
+            return d;
+        },
+        py::arg("address"), py::arg("secret") = "", py::arg("timeout_ms") = net::kDefaultTimeoutMs,
+        py::arg("echo_bytes") = size_t(4) << 20,
+        "Asks a waiting worker about itself without starting a session; RuntimeError if it cannot");
+    m.def("protocol_version", [] { return net::kProtocolVersion; });
+    m.def("validate_config", &validate_config, py::arg("config"),
+          "ValueError naming the field when a config is inconsistent or beyond any model (what every build checks)");
     m.def("quantize_q40", &quantize_to_bytes<BlockQ40, quantize_q40>, "Quantize float32 values to Q40 blocks (bytes)");
+    m.def(
+        "quantize_q40_best_fit",
+        [](py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+            if (x.ndim() != 2) throw std::invalid_argument("quantize_q40_best_fit takes a 2-D array of rows");
+            const size_t rows = (size_t)x.shape(0), cols = (size_t)x.shape(1);
+            if (cols % kBlockSize != 0) throw std::invalid_argument("rows must be whole 32-value blocks, got " + std::to_string(cols));
+            std::string out(rows * cols / kBlockSize * sizeof(BlockQ40), '\0');
+            py::gil_scoped_release release;
+            // Rows are independent: split them across the cores.
+            const size_t n_threads = std::max<size_t>(1, std::min<size_t>(std::thread::hardware_concurrency(), rows * cols / (4096 * kBlockSize)));
+            std::vector<std::thread> threads;
+            for (size_t t = 0; t < n_threads; t++) {
+                const size_t r0 = rows * t / n_threads, r1 = rows * (t + 1) / n_threads;
+                threads.emplace_back([&, r0, r1] {
+                    quantize_q40_best_fit(x.data() + r0 * cols, (r1 - r0) * cols, cols,
+                                          reinterpret_cast<BlockQ40*>(&out[0]) + r0 * cols / kBlockSize);
+                });
+            }
+            for (auto& th : threads) th.join();
+            py::gil_scoped_acquire acquire;
+            return py::bytes(out);
+        },
+        "Quantize rows of float32 values (a 2-D array) to Q40 blocks (bytes), each block's scale chosen to minimise "
+        "its error weighted by sqrt(row mean square + value^2)");
     m.def("quantize_q80", &quantize_to_bytes<BlockQ80, quantize_q80>, "Quantize float32 values to Q80 blocks (bytes)");
     m.def("builder_names", &builder_names);
     m.def(

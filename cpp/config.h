@@ -50,7 +50,9 @@ namespace dllama {
     X(int, v_head_dim, 0, "v_head_dim")                                                                             \
     X(float, latent_norm_eps, 1e-6f, "latent_norm_epsilon_f32")                                                     \
     X(float, attention_scale, 0.0f, "attention_scale_f32") /* softmax scale; 0: 1/sqrt(head_dim) */               \
-    X(bool, attention_out_bias, false, "")
+    X(bool, attention_out_bias, false, "")                                                                         \
+    /* GLM's multi-token prediction: a layer after the last that drafts the token after next */                   \
+    X(int, n_mtp_layers, 0, "n_mtp_layers")           /* 0 or 1: loaded only when drafting with it */
 
 struct ModelConfig {
 #define DLLAMA_DECLARE_FIELD(type, name, default_value, header_key) type name = default_value;

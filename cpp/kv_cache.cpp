@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -77,10 +78,11 @@ void KvCache::copy_prefix(int src, int dst, int n) {
         for (KvTensor& t : layer) t.copy_rows(src, dst, n);
 }
 
-size_t KvCache::bytes_per_position() const {
+size_t KvCache::bytes_per_position(int n_layers) const {
     size_t total = 0;
-    for (const Layer& layer : layers_)
-        for (const KvTensor& t : layer) total += t.bytes_per_position();
+    const size_t n = n_layers < 0 ? layers_.size() : std::min(layers_.size(), (size_t)n_layers);
+    for (size_t l = 0; l < n; l++)
+        for (const KvTensor& t : layers_[l]) total += t.bytes_per_position();
     return total;
 }
 

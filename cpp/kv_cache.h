@@ -59,8 +59,8 @@ public:
     Layer& layer(int l) { return layers_[l]; }
     // Positions 0..n-1 of every layer's tensors, from slot src into slot dst.
     void copy_prefix(int src, int dst, int n);
-    // Bytes one position of one slot takes (all layers).
-    size_t bytes_per_position() const;
+    // Bytes one position of one slot takes in the first n_layers layers (-1: all).
+    size_t bytes_per_position(int n_layers = -1) const;
     // Bytes reserved for all slots.
     size_t bytes() const { return bytes_per_position() * (size_t)seq_len_ * n_slots_; }
 

@@ -12,13 +12,16 @@ namespace dllama {
 Model::Model(const ModelConfig& config, std::shared_ptr<const WeightSource> weights, int n_threads, Partition partition,
              std::shared_ptr<Collective> collective)
     : cfg_(config), weights_(std::move(weights)), part_(partition), collective_(std::move(collective)), pool_(n_threads) {
+    validate_config(cfg_);
+    check_memory(cfg_, pool_.size(), 0);
     if (part_.node == 0) {
         const TensorInfo& emb = weights_->info("embedding");
         if (emb.rows != cfg_.vocab_size || emb.cols != cfg_.dim)
             throw std::runtime_error(weights_->describe() + ": embedding is " + std::to_string(emb.rows) + "x" +
                                      std::to_string(emb.cols) + ", expected vocab x dim");
     }
-    final_norm_ = weights_->vector("final_norm");
+    const Range dim = Range::all(cfg_.dim);
+    final_norm_ = weights_->vector("final_norm", dim);
     vocab_share_ = part_.share(cfg_.vocab_size);
     lm_head_ = weights_->matrix("lm_head", vocab_share_, Range::all(cfg_.dim));
     scratch_.x.resize((size_t)kMaxChunk * cfg_.dim);
@@ -27,10 +30,19 @@ Model::Model(const ModelConfig& config, std::shared_ptr<const WeightSource> weig
     // Attention scores: one row of the context per query head sharing a KV head.
     const int group = cfg_.n_kv_heads > 0 ? std::max(1, cfg_.n_heads / cfg_.n_kv_heads) : 1;
     scratch_.per_thread.assign(pool_.size(), std::vector<float>((size_t)cfg_.seq_len * group));
-    if (cfg_.max_sequences < 1 || cfg_.max_sequences > kMaxSequences)
-        throw std::invalid_argument("max_sequences must be 1.." + std::to_string(kMaxSequences) + ", not " +
-                                    std::to_string(cfg_.max_sequences));
     lengths_.assign(cfg_.max_sequences, 0);
+    mtp_lengths_.assign(cfg_.max_sequences, 0);
+    if (cfg_.n_mtp_layers < 0 || cfg_.n_mtp_layers > 1)
+        throw std::invalid_argument("n_mtp_layers must be 0 or 1, not " + std::to_string(cfg_.n_mtp_layers));
+    if (has_mtp()) {
+        const std::string p = "layers." + std::to_string(cfg_.n_layers) + ".mtp.";
+        mtp_head_norm_ = weights_->vector(p + "head_norm", dim);
+        if (part_.node == 0) {
+            mtp_enorm_ = weights_->vector(p + "enorm", dim);
+            mtp_hnorm_ = weights_->vector(p + "hnorm", dim);
+            mtp_proj_ = weights_->matrix(p + "eh_proj", Range::all(cfg_.dim), Range::all(2 * (int64_t)cfg_.dim));
+        }
+    }
 }
 
 void Model::check_slot(int slot, const char* what) const {
@@ -50,6 +62,20 @@ void Model::truncate(int slot, int n) {
         throw std::invalid_argument("slot " + std::to_string(slot) + " can only be cut back, to 0.." +
                                     std::to_string(lengths_[slot]) + " positions, not " + std::to_string(n));
     lengths_[slot] = n;
+    mtp_lengths_[slot] = std::min(mtp_lengths_[slot], n);
+}
+
+int Model::mtp_length(int slot) const {
+    check_slot(slot, "slot");
+    return mtp_lengths_[slot];
+}
+
+void Model::truncate_mtp(int slot, int n) {
+    check_slot(slot, "slot");
+    if (n < 0 || n > mtp_lengths_[slot])
+        throw std::invalid_argument("the MTP sequence of slot " + std::to_string(slot) + " can only be cut back, to 0.." +
+                                    std::to_string(mtp_lengths_[slot]) + " positions, not " + std::to_string(n));
+    mtp_lengths_[slot] = n;
 }
 
 void Model::copy_prefix(int src, int dst, int n) {
@@ -59,11 +85,13 @@ void Model::copy_prefix(int src, int dst, int n) {
         throw std::invalid_argument("slot " + std::to_string(src) + " holds " + std::to_string(lengths_[src]) +
                                     " positions, cannot copy " + std::to_string(n));
     if (collective_) {
+        StepScope scope(collective_.get());
         StepHeader header{kCopyPrefix, src, dst, n};
         broadcast_header(header);
     }
     cache_.copy_prefix(src, dst, n);
     lengths_[dst] = n;
+    mtp_lengths_[dst] = std::min(mtp_lengths_[src], n);
 }
 
 void Model::check_rows(const StepRow* rows, int n) const {
@@ -79,11 +107,11 @@ void Model::check_rows(const StepRow* rows, int n) const {
     }
 }
 
-void Model::step(const int32_t* tokens, const StepRow* rows, int n, float* logits) {
+void Model::check_sequences(const int32_t* tokens, const StepRow* rows, int n, const std::vector<int>& lengths) const {
     if (part_.node != 0) throw std::logic_error("steps run on node 0; workers serve()");
     if (n <= 0) throw std::invalid_argument("a step needs at least one row");
     check_rows(rows, n);
-    std::vector<int> next(lengths_);
+    std::vector<int> next(lengths);
     for (int r = 0; r < n; r++) {
         if (tokens[r] < 0 || tokens[r] >= cfg_.vocab_size)
             throw std::out_of_range("token id " + std::to_string(tokens[r]) + " is outside the vocabulary (0.." +
@@ -95,15 +123,52 @@ void Model::step(const int32_t* tokens, const StepRow* rows, int n, float* logit
                                         std::to_string(rows[r].pos));
         len++;
     }
+}
+
+void Model::step(const int32_t* tokens, const StepRow* rows, int n, float* logits, float* hidden) {
+    check_sequences(tokens, rows, n, lengths_);
     for (int done = 0; done < n;) {
         const int chunk = std::min(kMaxChunk, n - done);
-        run_chunk(tokens + done, rows + done, chunk, logits);
+        float* x = scratch_.x.data();
+        for (int t = 0; t < chunk; t++) weights_->row("embedding", tokens[done + t], x + (size_t)t * cfg_.dim);
+        run_chunk(Pass::Main, x, rows + done, chunk, logits, hidden ? hidden + (size_t)done * cfg_.dim : nullptr);
         for (int r = done; r < done + chunk; r++) {
             lengths_[rows[r].slot] = rows[r].pos + 1;
             if (rows[r].logits) logits += cfg_.vocab_size;
         }
         done += chunk;
     }
+}
+
+void Model::mtp_step(const int32_t* tokens, const float* hidden, const StepRow* rows, int n, float* logits,
+                     float* hidden_out) {
+    if (!has_mtp()) throw std::logic_error("this model was loaded without its MTP layer");
+    check_sequences(tokens, rows, n, mtp_lengths_);
+    for (int done = 0; done < n;) {
+        const int chunk = std::min(kMaxChunk, n - done);
+        float* x = scratch_.x.data();
+        mtp_input(tokens + done, hidden + (size_t)done * cfg_.dim, chunk, x);
+        run_chunk(Pass::Mtp, x, rows + done, chunk, logits, hidden_out ? hidden_out + (size_t)done * cfg_.dim : nullptr);
+        for (int r = done; r < done + chunk; r++) {
+            mtp_lengths_[rows[r].slot] = rows[r].pos + 1;
+            if (rows[r].logits) logits += cfg_.vocab_size;
+        }
+        done += chunk;
+    }
+}
+
+void Model::mtp_input(const int32_t* tokens, const float* hidden, int n, float* x) {
+    const int dim = cfg_.dim;
+    mtp_cat_.resize((size_t)kMaxChunk * 2 * dim);
+    float* e = scratch_.xn.data();
+    for (int t = 0; t < n; t++) {
+        float* cat = mtp_cat_.data() + (size_t)t * 2 * dim;
+        weights_->row("embedding", tokens[t], e);
+        rms_norm(e, mtp_enorm_.data(), dim, cfg_.norm_eps, cat);
+        rms_norm(hidden + (size_t)t * dim, mtp_hnorm_.data(), dim, cfg_.norm_eps, cat + dim);
+    }
+    mtp_in_.set(mtp_cat_.data(), n, 2 * dim);
+    matmul(mtp_proj_, mtp_in_, x, pool_);
 }
 
 void Model::forward(const int32_t* tokens, int n, bool all_logits, float* logits, int slot) {
@@ -126,19 +191,24 @@ void Model::broadcast_header(StepHeader& header) {
 
 void Model::serve() {
     for (;;) {
+        StepScope scope(collective_.get());  // waits, idle, for the root's next step
         StepHeader header;
         broadcast_header(header);
         switch (header.command) {
             case kStop:
                 return;
             case kForward:
+            case kMtp:
                 if (header.a < 1 || header.a > kMaxChunk)
                     throw std::runtime_error("node 0 sent a step of " + std::to_string(header.a) + " rows (1.." +
                                              std::to_string(kMaxChunk) + " allowed)");
+                if (header.command == kMtp && !has_mtp())
+                    throw std::runtime_error("node 0 sent an MTP step, but the model was loaded without its MTP layer");
                 rows_.resize(header.a);
                 collective_->broadcast(rows_.data(), sizeof(StepRow) * rows_.size());
                 check_rows(rows_.data(), header.a);
-                run_chunk(nullptr, rows_.data(), header.a, nullptr);
+                run_chunk(header.command == kMtp ? Pass::Mtp : Pass::Main, scratch_.x.data(), rows_.data(), header.a,
+                          nullptr, nullptr);
                 break;
             case kCopyPrefix:
                 check_slot(header.a, "source slot");
@@ -156,31 +226,37 @@ void Model::serve() {
 
 void Model::stop_workers() {
     if (!collective_) return;
+    StepScope scope(collective_.get());
     StepHeader stop;
     broadcast_header(stop);
 }
 
-void Model::run_chunk(const int32_t* tokens, const StepRow* rows, int n, float* logits) {
+void Model::run_chunk(Pass pass, float* x, const StepRow* rows, int n, float* logits, float* hidden_out) {
     const int dim = cfg_.dim;
-    float* x = scratch_.x.data();
-    if (part_.node == 0)
-        for (int t = 0; t < n; t++) weights_->row("embedding", tokens[t], x + (size_t)t * dim);
+    StepScope scope(part_.node == 0 ? collective_.get() : nullptr);  // a worker's serve() holds its own
     if (collective_) {
         if (part_.node == 0) {
-            StepHeader header{kForward, n, 0, 0};
+            StepHeader header{pass == Pass::Mtp ? kMtp : kForward, n, 0, 0};
             broadcast_header(header);
             rows_.assign(rows, rows + n);
             collective_->broadcast(rows_.data(), sizeof(StepRow) * n);
         }
         collective_->broadcast(x, sizeof(float) * n * dim);
     }
-    run_layers(x, Batch{n, rows});
+    const Batch batch{n, rows};
+    if (pass == Pass::Mtp) run_mtp_layer(x, batch);
+    else run_layers(x, batch);
 
     // The output head runs on the rows that ask for logits.
+    const std::vector<float>& norm = pass == Pass::Mtp ? mtp_head_norm_ : final_norm_;
     float* xn = scratch_.xn.data();
     int n_out = 0;
-    for (int t = 0; t < n; t++)
-        if (rows[t].logits) rms_norm(x + (size_t)t * dim, final_norm_.data(), dim, cfg_.norm_eps, xn + (size_t)n_out++ * dim);
+    for (int t = 0; t < n; t++) {
+        float* out = hidden_out ? hidden_out + (size_t)t * dim : xn + (size_t)n_out * dim;
+        if (hidden_out || rows[t].logits) rms_norm(x + (size_t)t * dim, norm.data(), dim, cfg_.norm_eps, out);
+        if (rows[t].logits && hidden_out) std::memcpy(xn + (size_t)n_out * dim, out, sizeof(float) * dim);
+        n_out += rows[t].logits;
+    }
     if (n_out == 0) return;
     const int vocab = cfg_.vocab_size;
     head_in_.set(xn, n_out, dim);

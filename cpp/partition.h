@@ -41,12 +41,32 @@ public:
     virtual ~Collective() = default;
     virtual Stats stats() const = 0;
     virtual void reset_stats() = 0;
+    // Node 0 brackets each step's exchanges with begin_step/end_step (between steps the session may
+    // idle for hours); on a worker begin_step waits for node 0's next step.
+    virtual void begin_step() = 0;
+    virtual void end_step() = 0;
     // Sums each node's partial data[0..n) across nodes, in place.
     virtual void all_reduce_sum(float* data, size_t n) = 0;
     // Node 0's bytes to every node.
     virtual void broadcast(void* data, size_t bytes) = 0;
     // Concatenates every node's bytes, in node order, on node 0 (`all` is only written there).
     virtual void gather_to_root(const void* mine, size_t my_bytes, void* all, const std::vector<size_t>& bytes_per_node) = 0;
+};
+
+// Calls begin_step, and end_step when it goes out of scope (c may be null: one machine).
+class StepScope {
+public:
+    explicit StepScope(Collective* c) : c_(c) {
+        if (c_) c_->begin_step();
+    }
+    ~StepScope() {
+        if (c_) c_->end_step();
+    }
+    StepScope(const StepScope&) = delete;
+    StepScope& operator=(const StepScope&) = delete;
+
+private:
+    Collective* c_;
 };
 
 }  // namespace dllama

@@ -27,9 +27,25 @@ std::vector<uint8_t> copy_slice(const uint8_t* base, FloatType type, int64_t tot
     return out;
 }
 
-Matrix WeightSource::matrix(const std::string& name) const {
-    const TensorInfo& t = info(name);
-    return matrix(name, Range::all(t.rows), Range::all(t.cols));
+void validate_tensor(const TensorInfo& t) {
+    const std::string what = "tensor " + t.name + ": ";
+    if ((int)t.type < 0 || (int)t.type > 3) throw std::invalid_argument(what + "unknown type " + std::to_string((int)t.type));
+    if (t.rows < 1 || t.cols < 1 || t.rows > kMaxTensorSide || t.cols > kMaxTensorSide ||
+        t.rows > kMaxTensorValues / t.cols)
+        throw std::invalid_argument(what + "impossible shape " + std::to_string(t.rows) + " x " + std::to_string(t.cols));
+    if (is_quantized(t.type) && t.cols % kBlockSize != 0)
+        throw std::invalid_argument(what + std::to_string(t.cols) + " columns of " + float_type_name(t.type) +
+                                    " are not whole blocks of 32");
+}
+
+uint64_t tensor_bytes(const TensorInfo& t) { return (uint64_t)t.rows * bytes_of(t.type, (size_t)t.cols); }
+
+void check_slice(const TensorInfo& t, Range rows, Range cols, const std::string& source) {
+    if (rows.begin < 0 || rows.end > t.rows || cols.begin < 0 || cols.end > t.cols || rows.empty() || cols.empty())
+        throw std::out_of_range(source + ": tensor " + t.name + " (" + std::to_string(t.rows) + " x " +
+                                std::to_string(t.cols) + ") has no rows " + std::to_string(rows.begin) + ".." +
+                                std::to_string(rows.end) + ", columns " + std::to_string(cols.begin) + ".." +
+                                std::to_string(cols.end));
 }
 
 Matrix WeightSource::matrix(const std::string& name, Range rows, Range cols) const {
@@ -50,11 +66,6 @@ Matrix WeightSource::stacked(const std::vector<std::pair<std::string, Range>>& p
         rows += range.size();
     }
     return Matrix(type, rows, cols.size(), bytes.data());
-}
-
-std::vector<float> WeightSource::vector(const std::string& name) const {
-    const TensorInfo& t = info(name);
-    return vector(name, Range::all(t.rows * t.cols));
 }
 
 std::vector<float> WeightSource::vector(const std::string& name, Range part) const {
@@ -86,10 +97,12 @@ TensorStore::TensorStore(const std::string& path, const std::vector<TensorInfo>&
     if (p == MAP_FAILED) throw std::runtime_error(path + ": cannot map: " + std::strerror(errno));
     base_ = static_cast<const uint8_t*>(p);
     for (const auto& t : tensors) {
-        const size_t n = bytes_of(t.type, (size_t)t.rows * t.cols);
-        if (t.offset + n > size_)
-            throw std::runtime_error(path + ": tensor " + t.name + " ends at byte " + std::to_string(t.offset + n) +
-                                     " but the file has " + std::to_string(size_) + " bytes (truncated?)");
+        validate_tensor(t);
+        const uint64_t n = tensor_bytes(t);
+        if (t.offset > size_ || n > size_ - t.offset)
+            throw std::runtime_error(path + ": tensor " + t.name + " at byte " + std::to_string(t.offset) + " with " +
+                                     std::to_string(n) + " bytes ends past the end of the file (" +
+                                     std::to_string(size_) + " bytes; truncated?)");
         tensors_[t.name] = t;
     }
 }
@@ -106,10 +119,7 @@ const TensorInfo& TensorStore::info(const std::string& name) const {
 
 std::vector<uint8_t> TensorStore::read(const std::string& name, Range rows, Range cols) const {
     const TensorInfo& t = info(name);
-    if (rows.begin < 0 || rows.end > t.rows || cols.begin < 0 || cols.end > t.cols || rows.empty() || cols.empty())
-        throw std::out_of_range(path_ + ": tensor " + name + " has no rows " + std::to_string(rows.begin) + ".." +
-                                std::to_string(rows.end) + ", columns " + std::to_string(cols.begin) + ".." +
-                                std::to_string(cols.end));
+    check_slice(t, rows, cols, path_);
     return copy_slice(base_ + t.offset, t.type, t.cols, rows, cols, path_ + ": tensor " + name);
 }
 

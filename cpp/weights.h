@@ -24,6 +24,14 @@ struct TensorInfo {
     uint64_t offset;
 };
 
+// Throws std::invalid_argument unless t has a known type and a shape whose byte size fits 64 bits
+// (and, quantized, whole blocks per row): a tensor table may come from a corrupt file or a root.
+void validate_tensor(const TensorInfo& t);
+constexpr int64_t kMaxTensorSide = int64_t(1) << 32, kMaxTensorValues = int64_t(1) << 44;
+uint64_t tensor_bytes(const TensorInfo& t);
+// Throws std::out_of_range unless rows x cols is a non-empty part of t (`source` names where t is).
+void check_slice(const TensorInfo& t, Range rows, Range cols, const std::string& source);
+
 class WeightSource {
 public:
     virtual ~WeightSource() = default;
@@ -34,13 +42,12 @@ public:
     // Names this source in error messages (the file path, or the root's address).
     virtual std::string describe() const = 0;
 
-    Matrix matrix(const std::string& name) const;
+    // Callers name the rows and columns they use, so a tensor of another shape is refused, never overrun.
     Matrix matrix(const std::string& name, Range rows, Range cols) const;
     // Several matrices with the same columns and type stacked row-wise into one (one product, one pass
     // over memory, instead of several: q/k/v, gate/up).
     Matrix stacked(const std::vector<std::pair<std::string, Range>>& parts, Range cols) const;
-    // A vector (norm weights, biases), or part of one, as f32.
-    std::vector<float> vector(const std::string& name) const;
+    // Part of a vector (norm weights, biases) as f32.
     std::vector<float> vector(const std::string& name, Range part) const;
     // Row r of a table (the embedding) as f32.
     void row(const std::string& name, int64_t r, float* out) const;

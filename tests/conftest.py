@@ -35,6 +35,14 @@ class TinyModels:
         return self._converted[key]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def worker_cache(tmp_path_factory):
+    """Workers started by tests keep their weight slices here, not in the user's cache."""
+    import os
+
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> TinyModels:
     return TinyModels(tmp_path_factory.mktemp("tiny_models"))
@@ -61,7 +69,15 @@ def _ranges(values: set[int]) -> str:
     return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
 
 
+# Other figures tests measure, by section title, shown at the end of the run (real-weights quality, pull's disk).
+MEASURED: dict[str, list[str]] = {}
+
+
 def pytest_terminal_summary(terminalreporter):
+    for title, lines in MEASURED.items():
+        terminalreporter.section(title)
+        for line in lines:
+            terminalreporter.write_line(line)
     if not PARITY_FIGURES:
         return
     terminalreporter.section("logits against transformers (worst max |error| / std of reference, argmax agreement)")

@@ -164,3 +164,90 @@ def reference_logits(model, ids: list[int]) -> np.ndarray:
 
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+# -- multi-token prediction (GLM's nextn layer) -------------------------------------------------------
+
+def mtp_config_overrides(name: str) -> dict:
+    """Config fields that give the named tiny model one MTP layer in transformers' MtpModel (glm4_moe has
+    one by default; glm4_moe_lite's config does not declare it in transformers, real checkpoints do)."""
+    if CONFIGS[name][0] == "glm4_moe_lite":
+        return dict(num_nextn_predict_layers=1, num_mtp_layers=1, mtp_mlp_layer_types=["sparse"])
+    return dict(num_nextn_predict_layers=1)
+
+
+def mtp_checkpoint_tensors(mtp, n_layers: int) -> dict:
+    """The MTP layer's tensors under a GLM checkpoint's names (model.layers.N.*, N = num_hidden_layers:
+    the decoder block's tensors as in any layer, experts one by one, plus enorm, hnorm, eh_proj and
+    shared_head.norm), from transformers' MtpModel state."""
+    prefix = f"model.layers.{n_layers}."
+    out = {}
+    for key, value in mtp.state_dict().items():
+        if not key.startswith("layers.0."):
+            continue  # embed_tokens and shared_head are the main model's
+        key = key[len("layers.0."):]
+        if key == "post_norm.weight":
+            out[prefix + "shared_head.norm.weight"] = value
+        elif key.startswith("mtp_block.mlp.experts.gate_up_proj"):
+            half = value.shape[1] // 2
+            for e in range(value.shape[0]):
+                out[f"{prefix}mlp.experts.{e}.gate_proj.weight"] = value[e, :half]
+                out[f"{prefix}mlp.experts.{e}.up_proj.weight"] = value[e, half:]
+        elif key.startswith("mtp_block.mlp.experts.down_proj"):
+            for e in range(value.shape[0]):
+                out[f"{prefix}mlp.experts.{e}.down_proj.weight"] = value[e]
+        else:
+            out[prefix + key.removeprefix("mtp_block.")] = value
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def build_with_mtp(name: str, directory: Path, bigram: bool = False):
+    """The named tiny GLM model (glm4_moe or glm4_moe_lite) with a random MTP layer, saved as a GLM
+    checkpoint holds it; returns (main model, transformers' MtpModel loaded back from that checkpoint
+    by its own MTP loading path, token ids).
+
+    bigram: the layers' outputs are zeroed, so that the next token depends on the current one only
+    (through the output head and the embedding), and the MTP layer hands the embedding of the token it
+    is given to the same head: its guesses are then always right."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers.modeling_layers import MtpModel
+
+    ids = sequence(CONFIGS[name][1]["vocab_size"])
+    model = random_model(name, 0, **mtp_config_overrides(name))
+    torch.manual_seed(1)
+    mtp = MtpModel(model, 1)
+    with torch.no_grad():
+        for pname, p in mtp.layers.named_parameters():
+            if "norm" in pname:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif pname.endswith("mlp.gate.weight"):
+                p.copy_(0.15 * torch.randn_like(p))
+            else:
+                p.copy_(0.06 * torch.randn_like(p))
+        for bname, b in mtp.layers.named_buffers():
+            if bname.endswith("e_score_correction_bias"):
+                b.copy_(0.05 * torch.randn_like(b))
+        if bigram:
+            dim = model.config.hidden_size
+            for layer in list(model.model.layers) + [mtp.layers[0].mtp_block]:
+                layer.self_attn.o_proj.weight.zero_()
+                for pname, p in layer.mlp.named_parameters():
+                    if "down_proj" in pname:
+                        p.zero_()
+            mtp.layers[0].eh_proj.weight.copy_(torch.cat([torch.eye(dim), torch.zeros(dim, dim)], 1))
+            mtp.layers[0].enorm.weight.fill_(1.0)
+            mtp.layers[0].post_norm.weight.copy_(model.model.norm.weight)
+    model.save_pretrained(directory, safe_serialization=True)
+    n_layers = model.config.num_hidden_layers
+    tensors = load_file(directory / "model.safetensors")
+    tensors.update(mtp_checkpoint_tensors(mtp, n_layers))
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    # transformers finds MTP weights by the layer numbers of the released checkpoints: point it at ours.
+    model._keys_to_ignore_on_load_unexpected = [rf"model\.layers\.{n_layers}\..*"]
+    model.config.name_or_path = str(directory)
+    model.config.dtype = torch.float32
+    loaded = MtpModel.from_pretrained(model).eval()
+    for (k, a), b in zip(mtp.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), f"{k} did not survive the checkpoint"
+    return model, loaded, ids

@@ -29,9 +29,17 @@ def test_header_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["llama3_rope", "qwen3", "qwen3_moe"])
-def test_llama_and_qwen3_files_use_only_distributed_llama_keys(tiny_models, name):
-    layout = read_layout(tiny_models.converted(name, "q40"))
-    assert all(k in range(22) for k in _raw_keys(layout.path))
+def test_llama_and_qwen3_files_use_only_distributed_llama_keys(tiny_models, tmp_path, name):
+    # --pure Q40 (every matrix Q40, distributed-llama's quantizer) and Q80 files are distributed-llama's
+    # format exactly; a default Q40 file adds per-tensor keys for the tensors it keeps at Q80.
+    from dllama_py.convert import convert
+
+    pure = tmp_path / "pure.m"
+    convert(tiny_models.hf(name)[0], pure, dtype="q40", pure=True, progress=False, log=lambda *a: None)
+    for path in (pure, tiny_models.converted(name, "q80")):
+        assert all(k in range(22) for k in _raw_keys(path))
+    assert not all(k in range(22) for k in _raw_keys(tiny_models.converted(name, "q40")))
+    layout = read_layout(pure)
     if name == "llama3_rope":
         assert layout.params["rope_type"] == 2 and layout.params["rope_scaling_factor"] == 8
 

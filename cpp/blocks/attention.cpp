@@ -8,7 +8,8 @@ namespace dllama {
 
 Attention::Attention(const WeightSource& weights, const std::string& prefix, const ModelConfig& cfg, Options options,
                      const Partition& part, const RopeTable& rope)
-    : group_(cfg.n_heads / cfg.n_kv_heads), head_dim_(cfg.head_dim), eps_(cfg.norm_eps), options_(options), rope_(rope) {
+    : group_(cfg.n_heads / cfg.n_kv_heads), head_dim_(cfg.head_dim), dim_(cfg.dim), eps_(cfg.norm_eps), options_(options),
+      rope_(rope) {
     const Range q = UnitSplit::of(weights, prefix + "o", cfg.n_heads, "heads").share(part);
     output_ = q.size() < cfg.n_heads ? BlockOutput::PartialSum : BlockOutput::Complete;
     q_first_ = (int)q.begin;
@@ -18,7 +19,12 @@ Attention::Attention(const WeightSource& weights, const std::string& prefix, con
     const Range q_rows{q.begin * head_dim_, q.end * head_dim_};
     const Range kv_rows{(int64_t)kv_first_ * head_dim_, (int64_t)(kv_first_ + n_kv_) * head_dim_};
     const Range dim = Range::all(cfg.dim);
-    wqkv_ = weights.stacked({{prefix + "q", q_rows}, {prefix + "k", kv_rows}, {prefix + "v", kv_rows}}, dim);
+    if (weights.info(prefix + "q").type == weights.info(prefix + "k").type) {
+        wqkv_ = weights.stacked({{prefix + "q", q_rows}, {prefix + "k", kv_rows}, {prefix + "v", kv_rows}}, dim);
+    } else {
+        wq_ = weights.matrix(prefix + "q", q_rows, dim);
+        wkv_ = weights.stacked({{prefix + "k", kv_rows}, {prefix + "v", kv_rows}}, dim);
+    }
     wo_ = weights.matrix(prefix + "o", dim, q_rows);
     if (options.bias) {
         q_bias_ = weights.vector(prefix + "q_bias", q_rows);
@@ -26,8 +32,8 @@ Attention::Attention(const WeightSource& weights, const std::string& prefix, con
         v_bias_ = weights.vector(prefix + "v_bias", kv_rows);
     }
     if (options.qk_norm) {
-        q_norm_ = weights.vector(prefix + "q_norm");
-        k_norm_ = weights.vector(prefix + "k_norm");
+        q_norm_ = weights.vector(prefix + "q_norm", Range::all(head_dim_));
+        k_norm_ = weights.vector(prefix + "k_norm", Range::all(head_dim_));
     }
 }
 
@@ -39,8 +45,19 @@ void Attention::forward(BlockContext& ctx, const float* xn, KvCache::Layer& cach
     ensure_size(qkv_, (size_t)n * qkv_dim);
     ensure_size(att_, (size_t)n * q_dim);
 
-    in_.set(xn, n, wqkv_.cols());
-    matmul(wqkv_, in_, qkv_.data(), ctx.pool);
+    in_.set(xn, n, dim_);
+    if (!wqkv_.empty()) {
+        matmul(wqkv_, in_, qkv_.data(), ctx.pool);
+    } else {  // two products, then [q | k | v] per token as the stacked product gives it
+        ensure_size(q_, (size_t)n * q_dim);
+        ensure_size(kv_, (size_t)n * 2 * kv_dim);
+        matmul(wq_, in_, q_.data(), ctx.pool);
+        matmul(wkv_, in_, kv_.data(), ctx.pool);
+        for (int t = 0; t < n; t++) {
+            std::copy_n(&q_[(size_t)t * q_dim], q_dim, &qkv_[(size_t)t * qkv_dim]);
+            std::copy_n(&kv_[(size_t)t * 2 * kv_dim], 2 * kv_dim, &qkv_[(size_t)t * qkv_dim + q_dim]);
+        }
+    }
 
     ctx.pool.parallel_for(n, 1, [&](size_t t0, size_t t1, int) {
         for (size_t t = t0; t < t1; t++) {

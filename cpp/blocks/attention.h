@@ -26,18 +26,20 @@ public:
         return {{n_kv_, head_dim_, KvLayout::PositionBlocks}, {n_kv_, head_dim_, KvLayout::Rows}};
     }
     void forward(BlockContext& ctx, const float* xn, KvCache::Layer& cache, float* out) override;
-    size_t weight_bytes() const override { return wqkv_.bytes() + wo_.bytes(); }
+    size_t weight_bytes() const override { return wqkv_.bytes() + wq_.bytes() + wkv_.bytes() + wo_.bytes(); }
     BlockOutput output() const override { return output_; }
 
 private:
     int n_q_, n_kv_, kv_first_, group_, head_dim_, q_first_;  // local heads; first global q/kv head
+    int64_t dim_;
     float eps_;
     Options options_;
     BlockOutput output_;
     const RopeTable& rope_;
     Matrix wqkv_, wo_;  // q, k and v rows stacked: one product gives [q | k | v] per token
+    Matrix wq_, wkv_;   // instead, when q is stored in another type than k and v (Q40 files keep k, v at Q80)
     std::vector<float> q_bias_, k_bias_, v_bias_, q_norm_, k_norm_;
-    std::vector<float> qkv_, att_;  // per chunk
+    std::vector<float> qkv_, att_, q_, kv_;  // per chunk
     Activations in_, att_in_;
 };
 

@@ -18,24 +18,25 @@ LatentAttention::LatentAttention(const WeightSource& weights, const std::string&
     const int qk = nope_ + rope_dim_;
     const Range dim = Range::all(cfg.dim);
     const Range q_rows{heads.begin * qk, heads.end * qk};
+    const Range q_lora = Range::all(q_lora_), kv_lora = Range::all(kv_lora_), kv_a = Range::all(kv_lora_ + rope_dim_);
     if (q_lora_ > 0) {
-        wq_a_ = weights.matrix(prefix + "q_a");
-        q_a_norm_ = weights.vector(prefix + "q_a_norm");
-        wq_b_ = weights.matrix(prefix + "q_b", q_rows, Range::all(q_lora_));
-        if (weights.has(prefix + "q_a_bias")) q_a_bias_ = weights.vector(prefix + "q_a_bias");
+        wq_a_ = weights.matrix(prefix + "q_a", q_lora, dim);
+        q_a_norm_ = weights.vector(prefix + "q_a_norm", q_lora);
+        wq_b_ = weights.matrix(prefix + "q_b", q_rows, q_lora);
+        if (weights.has(prefix + "q_a_bias")) q_a_bias_ = weights.vector(prefix + "q_a_bias", q_lora);
     } else {
         wq_ = weights.matrix(prefix + "q", q_rows, dim);
     }
-    wkv_a_ = weights.matrix(prefix + "kv_a");
-    kv_a_norm_ = weights.vector(prefix + "kv_a_norm");
-    if (weights.has(prefix + "kv_a_bias")) kv_a_bias_ = weights.vector(prefix + "kv_a_bias");
+    wkv_a_ = weights.matrix(prefix + "kv_a", kv_a, dim);
+    kv_a_norm_ = weights.vector(prefix + "kv_a_norm", kv_lora);
+    if (weights.has(prefix + "kv_a_bias")) kv_a_bias_ = weights.vector(prefix + "kv_a_bias", kv_a);
     for (int64_t h = heads.begin; h < heads.end; h++) {
         k_b_.push_back(weights.matrix(prefix + "k_b", Range{h * kv_lora_, (h + 1) * kv_lora_}, Range::all(nope_)));
         v_b_.push_back(weights.matrix(prefix + "v_b", Range{h * v_dim_, (h + 1) * v_dim_}, Range::all(kv_lora_)));
     }
     wo_ = weights.matrix(prefix + "o", dim, Range{heads.begin * v_dim_, heads.end * v_dim_});
     // A bias after the head-split output projection is added once, by node 0, before the sum.
-    if (cfg.attention_out_bias && part.node == 0) o_bias_ = weights.vector(prefix + "o_bias");
+    if (cfg.attention_out_bias && part.node == 0) o_bias_ = weights.vector(prefix + "o_bias", dim);
 }
 
 size_t LatentAttention::weight_bytes() const {

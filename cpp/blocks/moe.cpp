@@ -16,8 +16,8 @@ MoeFeedForward::MoeFeedForward(const WeightSource& weights, const std::string& p
                                     std::to_string(n_groups_) + " groups, top " + std::to_string(topk_groups_));
     if (n_active_ < 1 || n_active_ > n_experts_ / n_groups_ * topk_groups_)
         throw std::invalid_argument("cannot pick " + std::to_string(n_active_) + " of " + std::to_string(n_experts_) + " experts");
-    router_ = weights.matrix(prefix + "router");
-    if (weights.has(prefix + "router_bias")) router_bias_ = weights.vector(prefix + "router_bias");
+    router_ = weights.matrix(prefix + "router", Range::all(n_experts_), Range::all(cfg.dim));
+    if (weights.has(prefix + "router_bias")) router_bias_ = weights.vector(prefix + "router_bias", Range::all(n_experts_));
     for (int e = 0; e < n_experts_; e++)
         experts_.push_back(std::make_unique<FeedForward>(weights, prefix + "experts." + std::to_string(e) + ".", cfg.dim,
                                                          cfg.moe_hidden_dim, part));

@@ -9,12 +9,13 @@ static std::string layer_prefix(int l) { return "layers." + std::to_string(l) + 
 
 DecoderLayer Decoder::layer_norms(int l, bool sandwich) const {
     const std::string p = layer_prefix(l);
+    const Range dim = Range::all(cfg_.dim);
     DecoderLayer layer;
-    layer.attn_norm = weights_->vector(p + "attn_norm");
-    layer.ffn_norm = weights_->vector(p + "ffn_norm");
+    layer.attn_norm = weights_->vector(p + "attn_norm", dim);
+    layer.ffn_norm = weights_->vector(p + "ffn_norm", dim);
     if (sandwich) {
-        layer.post_attn_norm = weights_->vector(p + "post_attn_norm");
-        layer.post_ffn_norm = weights_->vector(p + "post_ffn_norm");
+        layer.post_attn_norm = weights_->vector(p + "post_attn_norm", dim);
+        layer.post_ffn_norm = weights_->vector(p + "post_ffn_norm", dim);
     }
     return layer;
 }
@@ -22,29 +23,36 @@ DecoderLayer Decoder::layer_norms(int l, bool sandwich) const {
 void Decoder::allocate_cache() {
     std::vector<std::vector<KvShape>> shapes;
     for (const DecoderLayer& l : layers_) shapes.push_back(l.attention->cache_shapes());
+    if (mtp_layer_) shapes.push_back(mtp_layer_->attention->cache_shapes());
     cache_ = KvCache(shapes, cfg_.max_sequences, cfg_.seq_len, cfg_.kv_f16);
 }
 
-void Decoder::run_layers(float* x, const Batch& batch) {
-    BlockContext ctx{cfg_, pool_, scratch_, batch};
-    const int n = batch.n;
+void Decoder::run_layer(DecoderLayer& layer, KvCache::Layer& cache, float* x, BlockContext& ctx) {
+    const int n = ctx.batch.n;
     float* xn = scratch_.xn.data();
     float* y = scratch_.y.data();
     const int dim = cfg_.dim;
     const float eps = cfg_.norm_eps;
-    for (size_t l = 0; l < layers_.size(); l++) {
-        DecoderLayer& layer = layers_[l];
-        rms_norm_rows(pool_, x, layer.attn_norm.data(), n, dim, eps, xn);
-        layer.attention->forward(ctx, xn, cache_.layer((int)l), y);
-        if (layer.attention->output() == BlockOutput::PartialSum) all_reduce(y, n);
-        if (!layer.post_attn_norm.empty()) rms_norm_rows(pool_, y, layer.post_attn_norm.data(), n, dim, eps, y);
-        add(x, y, n * dim);
-        rms_norm_rows(pool_, x, layer.ffn_norm.data(), n, dim, eps, xn);
-        layer.ffn->forward(ctx, xn, n, y);
-        if (layer.ffn->output() == BlockOutput::PartialSum) all_reduce(y, n);
-        if (!layer.post_ffn_norm.empty()) rms_norm_rows(pool_, y, layer.post_ffn_norm.data(), n, dim, eps, y);
-        add(x, y, n * dim);
-    }
+    rms_norm_rows(pool_, x, layer.attn_norm.data(), n, dim, eps, xn);
+    layer.attention->forward(ctx, xn, cache, y);
+    if (layer.attention->output() == BlockOutput::PartialSum) all_reduce(y, n);
+    if (!layer.post_attn_norm.empty()) rms_norm_rows(pool_, y, layer.post_attn_norm.data(), n, dim, eps, y);
+    add(x, y, n * dim);
+    rms_norm_rows(pool_, x, layer.ffn_norm.data(), n, dim, eps, xn);
+    layer.ffn->forward(ctx, xn, n, y);
+    if (layer.ffn->output() == BlockOutput::PartialSum) all_reduce(y, n);
+    if (!layer.post_ffn_norm.empty()) rms_norm_rows(pool_, y, layer.post_ffn_norm.data(), n, dim, eps, y);
+    add(x, y, n * dim);
+}
+
+void Decoder::run_layers(float* x, const Batch& batch) {
+    BlockContext ctx{cfg_, pool_, scratch_, batch};
+    for (size_t l = 0; l < layers_.size(); l++) run_layer(layers_[l], cache_.layer((int)l), x, ctx);
+}
+
+void Decoder::run_mtp_layer(float* x, const Batch& batch) {
+    BlockContext ctx{cfg_, pool_, scratch_, batch};
+    run_layer(*mtp_layer_, cache_.layer((int)layers_.size()), x, ctx);
 }
 
 size_t Decoder::layer_weight_bytes_per_token() const {
@@ -76,9 +84,9 @@ std::unique_ptr<FeedForwardBlock> moe_ffn(Decoder& d, int l, MoeFeedForward::Sco
 
 void check_split(const ModelConfig& cfg, const WeightSource& weights, int n_nodes) {
     if (n_nodes <= 1) return;
-    // Every layer's attention heads and each of its feed-forward networks' hidden rows.
+    // Every layer's attention heads and each of its feed-forward networks' hidden rows (the MTP layer's too).
     std::vector<UnitSplit> splits;
-    for (int l = 0; l < cfg.n_layers; l++) {
+    for (int l = 0; l < cfg.n_layers + cfg.n_mtp_layers; l++) {
         const std::string p = layer_prefix(l);
         splits.push_back(UnitSplit::of(weights, p + "attn.o", cfg.n_heads, "heads"));
         std::vector<std::string> downs = {p + "ffn.down", p + "moe.shared.down"};
@@ -105,6 +113,7 @@ std::unique_ptr<Model> build_decoder(const ModelConfig& cfg, std::shared_ptr<con
                                     " frequencies for " + std::to_string(cfg.rope_dim) + " rotary dims");
     decoder->rope() = RopeTable(cfg.rope_inv_freq, cfg.rope_attention_factor, cfg.seq_len, cfg.rope_style);
     for (int l = 0; l < cfg.n_layers; l++) decoder->add_layer(make_layer(*decoder, l));
+    if (cfg.n_mtp_layers > 0) decoder->set_mtp_layer(make_layer(*decoder, cfg.n_layers));  // numbered after the last
     decoder->allocate_cache();
     return decoder;
 }

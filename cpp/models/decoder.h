@@ -24,6 +24,8 @@ public:
     using Model::Model;
     // Called by builders once the layers are made. `rope` is shared by the attention blocks.
     void add_layer(DecoderLayer layer) { layers_.push_back(std::move(layer)); }
+    // The multi-token-prediction layer, when the config loads it (its KV cache follows the layers').
+    void set_mtp_layer(DecoderLayer layer) { mtp_layer_ = std::make_unique<DecoderLayer>(std::move(layer)); }
     // Reserves the KV cache for every slot, as the layers' attention blocks declare it.
     void allocate_cache();
     RopeTable& rope() { return rope_; }
@@ -33,10 +35,13 @@ public:
 
 protected:
     void run_layers(float* x, const Batch& batch) override;
+    void run_mtp_layer(float* x, const Batch& batch) override;
     size_t layer_weight_bytes_per_token() const override;
 
 private:
+    void run_layer(DecoderLayer& layer, KvCache::Layer& cache, float* x, BlockContext& ctx);
     std::vector<DecoderLayer> layers_;
+    std::unique_ptr<DecoderLayer> mtp_layer_;
     RopeTable rope_;
 };
 

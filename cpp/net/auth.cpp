@@ -109,6 +109,13 @@ Digest sha256(const void* data, size_t n) {
 }
 
 // RFC 2104: H((K ^ opad) || H((K ^ ipad) || msg)), with K hashed first if longer than a block.
+std::string hex(const Digest& d) {
+    static const char* digits = "0123456789abcdef";
+    std::string s;
+    for (uint8_t b : d) s += {digits[b >> 4], digits[b & 15]};
+    return s;
+}
+
 Digest hmac_sha256(const std::string& key, const void* msg, size_t n) {
     uint8_t k[64] = {};
     if (key.size() > sizeof(k)) {

@@ -28,6 +28,7 @@ private:
 };
 
 Digest sha256(const void* data, size_t n);
+std::string hex(const Digest& d);  // 64 lowercase hex digits
 Digest hmac_sha256(const std::string& key, const void* msg, size_t n);
 
 // True when a[0..n) == b[0..n); the time taken does not depend on where they differ.

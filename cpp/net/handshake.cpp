@@ -15,7 +15,14 @@ enum Verdict : uint8_t { kAccepted = 0, kWrongSecret = 1, kClientLacksSecret = 2
 
 constexpr size_t kHelloBytes = 16, kWelcomeBytes = 45, kProofBytes = 65, kVerdictBytes = 33;
 
-const char* role_name(uint32_t role) { return role == (uint32_t)Role::Root ? "root" : "peer"; }
+const char* role_name(uint32_t role) {
+    switch (role) {
+        case (uint32_t)Role::Root: return "root";
+        case (uint32_t)Role::Peer: return "peer";
+        case (uint32_t)Role::Probe: return "probe";
+    }
+    return "root, peer or probe";
+}
 
 // "not a dllama_py peer (got bytes 47 45 54 20 ...)"
 std::string not_a_peer(const uint8_t* got, size_t n) {
@@ -117,7 +124,7 @@ void client_handshake(Socket& s, Role role, const std::string& secret, uint32_t 
     }
 }
 
-void server_handshake(Socket& s, Role expected, const std::string& secret) {
+Role server_handshake(Socket& s, Role expected, const std::string& secret) {
     expect_magic(s);
     uint8_t hello_rest[kHelloBytes - 8];
     s.recv_all(hello_rest, sizeof(hello_rest));
@@ -125,7 +132,9 @@ void server_handshake(Socket& s, Role expected, const std::string& secret) {
     const uint32_t version = hello.u32("version");
     const uint32_t role = hello.u32("role");
 
-    const Status status = version != kProtocolVersion ? kBadVersion : role != (uint32_t)expected ? kRoleRefused : kGoOn;
+    const bool role_ok = expected == Role::Any ? role >= (uint32_t)Role::Root && role <= (uint32_t)Role::Probe
+                                               : role == (uint32_t)expected;
+    const Status status = version != kProtocolVersion ? kBadVersion : role_ok ? kGoOn : kRoleRefused;
     uint8_t challenge[32];
     random_bytes(challenge, sizeof(challenge));
     Writer welcome;
@@ -159,6 +168,7 @@ void server_handshake(Socket& s, Role expected, const std::string& secret) {
     if (result == kWrongSecret) auth_fail(s, "wrong secret");
     if (result == kClientLacksSecret) auth_fail(s, "the " + client + " gave no secret but this worker requires one");
     if (result == kServerLacksSecret) auth_fail(s, "the " + client + " has a secret but this worker has none");
+    return (Role)role;
 }
 
 }  // namespace dllama::net

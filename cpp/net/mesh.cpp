@@ -1,6 +1,7 @@
 #include "mesh.h"
 
 #include <poll.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <array>
@@ -26,7 +27,16 @@ namespace {
 constexpr uint32_t kMaxFrameBytes = 1u << 20;
 constexpr uint32_t kMaxHostBytes = 255;
 constexpr int kMaxNodes = 64;
+constexpr int kMinHeartbeatMs = 10, kMaxHeartbeatMs = 3600 * 1000;
+// A worker gives up on a root silent for two heartbeat intervals plus the root's I/O timeout (a
+// heartbeat round may wait that long on a slow worker before it reaches the next one).
+int idle_limit_ms(int heartbeat_ms, int timeout_ms) { return 2 * heartbeat_ms + timeout_ms; }
 enum Message : uint8_t { kJoin = 1, kBuild = 2, kPeerHello = 3, kPeerWelcome = 4, kReady = 5, kFailed = 6, kStart = 7 };
+enum Between : uint8_t { kStep = 1, kPing = 2, kPong = 3 };  // between steps
+enum Probe : uint8_t { kInfo = 1, kEcho = 2 };
+constexpr int kProbeDeadlineMs = 30000;
+constexpr uint32_t kMaxEchoBytes = 16u << 20;
+const uint8_t kStepByte = kStep, kPingByte = kPing, kPongByte = kPong;
 
 using SessionId = std::array<uint8_t, 16>;
 
@@ -38,6 +48,7 @@ struct Address {
 // What JOIN tells a worker.
 struct Session {
     int node = 0, n_nodes = 0;
+    int idle_limit_ms = 0;
     SessionId id{};
     std::vector<Address> workers;  // node k at index k-1
     const Address& address(int node) const { return workers[node - 1]; }
@@ -128,11 +139,12 @@ void quantize_q80_fast(const float* x, size_t n, BlockQ80* out) {
 
 // ---- root side ----
 
-void send_join(Socket& s, int node, const std::vector<Address>& workers, const SessionId& id) {
+void send_join(Socket& s, int node, const std::vector<Address>& workers, const SessionId& id, int idle_limit_ms) {
     Writer w;
     w.u8(kJoin);
     w.u32((uint32_t)node);
     w.u32((uint32_t)workers.size() + 1);
+    w.u32((uint32_t)idle_limit_ms);
     w.bytes(id.data(), id.size());
     for (const Address& a : workers) {
         w.string(a.host);
@@ -148,13 +160,18 @@ Session parse_join(const Socket& root, const std::vector<uint8_t>& payload) {
         Session s;
         s.node = (int)r.u32("node index");
         s.n_nodes = (int)r.u32("node count");
+        const uint32_t idle_limit = r.u32("idle limit");
         r.bytes(s.id.data(), s.id.size(), "session id");
         if (s.n_nodes < 2 || s.n_nodes > kMaxNodes || s.node < 1 || s.node >= s.n_nodes) {
             throw ProtocolError("bad JOIN: node " + std::to_string(s.node) + " of " + std::to_string(s.n_nodes));
         }
+        if (idle_limit < (uint32_t)kMinHeartbeatMs || idle_limit > (uint32_t)(3 * kMaxHeartbeatMs)) {
+            throw ProtocolError("bad JOIN: idle limit of " + std::to_string(idle_limit) + " ms");
+        }
+        s.idle_limit_ms = (int)idle_limit;
         for (int k = 1; k < s.n_nodes; k++) {
             Address a;
-            a.host = r.string("worker host", kMaxHostBytes);
+            a.host = r.name("worker host", kMaxHostBytes);
             a.port = (int)r.u32("worker port");
             if (a.port < 1 || a.port > 65535) throw ProtocolError("bad JOIN: port " + std::to_string(a.port));
             s.workers.push_back(a);
@@ -179,10 +196,9 @@ void connect_up(const Session& session, const std::string& secret, int timeout_m
     }
 }
 
-// Handshakes one connection from a lower worker and returns its node index.
-int accept_peer(Socket& s, const Session& session, const std::string& secret, const std::vector<Socket>& peers) {
-    server_handshake(s, Role::Peer, secret);
-    const std::vector<uint8_t> payload = expect(s, kPeerHello);
+// The lower worker a PEER_HELLO comes from.
+int peer_hello_node(const Socket& s, const std::vector<uint8_t>& payload, const Session& session,
+                    const std::vector<Socket>& peers) {
     return parse_from(s, payload, [&](Reader& r) {
         SessionId id;
         r.bytes(id.data(), id.size(), "session id");
@@ -196,8 +212,7 @@ int accept_peer(Socket& s, const Session& session, const std::string& secret, co
 }
 
 // Accepts one connection from every worker below this one, refusing strangers.
-void accept_down(Listener& listener, const Session& session, const std::string& secret, int timeout_ms,
-                 int wait_ms, std::vector<Socket>& peers) {
+void accept_down(Lobby& lobby, const Session& session, int timeout_ms, int wait_ms, std::vector<Socket>& peers) {
     const int64_t deadline = now_ms() + wait_ms;
     for (;;) {
         std::string missing;
@@ -205,13 +220,14 @@ void accept_down(Listener& listener, const Session& session, const std::string& 
             if (!peers[k].is_open()) missing += (missing.empty() ? "" : ", ") + std::to_string(k);
         }
         if (missing.empty()) return;
-        if (!listener.wait((int)std::max<int64_t>(0, deadline - now_ms()))) {
+        auto arrival = lobby.next(Role::Peer, timeout_ms, (int)std::max<int64_t>(0, deadline - now_ms()));
+        if (!arrival) {
             throw NetError("timed out after " + std::to_string(wait_ms) + " ms waiting for node(s) " + missing +
                            " to connect");
         }
+        Socket& s = arrival->socket;
         try {
-            Socket s = listener.accept(timeout_ms);
-            const int from = accept_peer(s, session, secret, peers);
+            const int from = peer_hello_node(s, arrival->payload, session, peers);
             const Address& a = session.address(from);
             s.set_label(node_label(from, format_address(a.host, a.port)));
             send_simple(s, kPeerWelcome);
@@ -224,17 +240,17 @@ void accept_down(Listener& listener, const Session& session, const std::string& 
 
 // Everything after the root's handshake: JOIN, BUILD, the peer connections, READY, START.
 // Returns the connections indexed by node.
-std::vector<Socket> join_session(Listener& listener, Socket root, const std::string& secret, int timeout_ms,
-                                 int& node) {
+std::vector<Socket> join_session(Lobby& lobby, Socket root, const std::vector<uint8_t>& join, const std::string& secret,
+                                 int timeout_ms, Session& session) {
     root.set_label(node_label(0, root.label()));
-    const Session session = parse_join(root, expect(root, kJoin));
+    session = parse_join(root, join);
     const int setup_wait = 2 * session.n_nodes * timeout_ms;
     root.set_timeout(setup_wait);
     expect(root, kBuild);
     std::vector<Socket> peers(session.n_nodes);
     try {
         connect_up(session, secret, timeout_ms, peers);
-        accept_down(listener, session, secret, timeout_ms, setup_wait, peers);
+        accept_down(lobby, session, timeout_ms, setup_wait, peers);
     } catch (const NetError& e) {
         Writer failed;
         failed.u8(kFailed);
@@ -250,26 +266,38 @@ std::vector<Socket> join_session(Listener& listener, Socket root, const std::str
     root.set_timeout(2 * setup_wait);
     expect(root, kStart);
     root.set_timeout(timeout_ms);
-    node = session.node;
     peers[0] = std::move(root);
     return peers;
 }
 
 }  // namespace
 
+struct Mesh::Transfer {
+    const uint8_t* send = nullptr;
+    size_t send_left = 0;
+    uint8_t* recv = nullptr;
+    size_t recv_left = 0;
+};
+
 // ---- setup ----
 
-Mesh::Mesh(int node, std::vector<Socket> peers, int timeout_ms) : node_(node), peers_(std::move(peers)) {
+Mesh::Mesh(int node, std::vector<Socket> peers, int timeout_ms, int heartbeat_ms, int idle_limit_ms)
+    : node_(node), peers_(std::move(peers)), heartbeat_ms_(heartbeat_ms), idle_limit_ms_(idle_limit_ms),
+      idle_since_ms_(now_ms()) {
     set_timeout(timeout_ms);
     reset_stats();
 }
 
-Mesh::~Mesh() = default;
+Mesh::~Mesh() { stop_heartbeats(); }
 
 std::unique_ptr<Mesh> Mesh::connect_root(const std::vector<std::string>& workers, const std::string& secret,
-                                         int timeout_ms) {
+                                         int timeout_ms, int heartbeat_ms) {
     const int n = (int)workers.size() + 1;
     check_timeout(timeout_ms);
+    if (heartbeat_ms < kMinHeartbeatMs || heartbeat_ms > kMaxHeartbeatMs) {
+        throw std::invalid_argument("the heartbeat interval must be " + std::to_string(kMinHeartbeatMs) + ".." +
+                                    std::to_string(kMaxHeartbeatMs) + " ms, got " + std::to_string(heartbeat_ms));
+    }
     if (n > kMaxNodes) {
         throw std::invalid_argument("at most " + std::to_string(kMaxNodes - 1) + " workers are supported");
     }
@@ -289,7 +317,7 @@ std::unique_ptr<Mesh> Mesh::connect_root(const std::vector<std::string>& workers
         const Address& a = addresses[k - 1];
         peers[k] = Socket::connect(a.host, a.port, timeout_ms, node_label(k, workers[k - 1]));
         client_handshake(peers[k], Role::Root, secret);
-        send_join(peers[k], k, addresses, id);
+        send_join(peers[k], k, addresses, id, idle_limit_ms(heartbeat_ms, timeout_ms));
     }
     for (int k = 1; k < n; k++) send_simple(peers[k], kBuild);
     for (int k = 1; k < n; k++) {
@@ -297,23 +325,231 @@ std::unique_ptr<Mesh> Mesh::connect_root(const std::vector<std::string>& workers
         expect(peers[k], kReady);
     }
     for (int k = 1; k < n; k++) send_simple(peers[k], kStart);
-    return std::unique_ptr<Mesh>(new Mesh(0, std::move(peers), timeout_ms));
+    return std::unique_ptr<Mesh>(new Mesh(0, std::move(peers), timeout_ms, heartbeat_ms, 0));
 }
 
-std::unique_ptr<Mesh> Mesh::accept_worker(Listener& listener, const std::string& secret, int timeout_ms, int wait_ms) {
+std::unique_ptr<Mesh> Mesh::accept_worker(Lobby& lobby, int timeout_ms, int wait_ms) {
     check_timeout(timeout_ms);
     const int64_t deadline = now_ms() + wait_ms;
     for (;;) {
         const int left = wait_ms < 0 ? -1 : (int)std::max<int64_t>(0, deadline - now_ms());
-        if (!listener.wait(left)) return nullptr;
+        std::optional<Lobby::Arrival> root = lobby.next(Role::Root, timeout_ms, left);
+        if (!root) return nullptr;
         try {
-            Socket root = listener.accept(timeout_ms);
-            server_handshake(root, Role::Root, secret);
-            int node = 0;
-            std::vector<Socket> peers = join_session(listener, std::move(root), secret, timeout_ms, node);
-            return std::unique_ptr<Mesh>(new Mesh(node, std::move(peers), timeout_ms));
+            Session session;
+            std::vector<Socket> peers =
+                join_session(lobby, std::move(root->socket), root->payload, lobby.secret(), timeout_ms, session);
+            lobby.clear();
+            return std::unique_ptr<Mesh>(new Mesh(session.node, std::move(peers), timeout_ms, 0, session.idle_limit_ms));
         } catch (const NetError& e) {
             log(std::string("session refused or failed before it started: ") + e.what());
+        }
+    }
+}
+
+// ---- the lobby ----
+
+struct Lobby::Guest {
+    Socket socket;
+    std::thread thread;
+    // Under the lobby's mutex:
+    bool done = false, arrived = false, dropped = false;
+    Role role = Role::Any;
+    std::vector<uint8_t> payload;
+};
+
+Lobby::Lobby(Listener& listener, std::string secret, std::function<WorkerInfo()> describe)
+    : listener_(listener), secret_(std::move(secret)), describe_(std::move(describe)) {}
+
+namespace {
+
+// A worker's side of a probe: answers INFO? and ECHO until the prober hangs up.
+void answer_probe(Socket& s, const std::function<WorkerInfo()>& describe) {
+    s.set_deadline(kProbeDeadlineMs);
+    for (;;) {
+        std::vector<uint8_t> msg;
+        try {
+            msg = s.recv_frame(kMaxEchoBytes + 1);
+        } catch (const NetError& e) {
+            if (std::string(e.what()).find("peer closed") != std::string::npos) return;  // done
+            throw;
+        }
+        if (msg.empty()) throw ProtocolError(s.label() + ": empty probe");
+        if (msg[0] == kEcho) {
+            s.send_frame(msg);
+        } else if (msg[0] == kInfo) {
+            const WorkerInfo info = describe ? describe() : WorkerInfo{};
+            Writer w;
+            w.u8(kInfo);
+            w.u32(info.cores);
+            w.u64(info.ram_bytes);
+            w.u64(info.available_ram_bytes);
+            w.u64(info.read_bandwidth);
+            w.string(info.model_identity);
+            s.send_frame(w.data());
+        } else {
+            throw ProtocolError(s.label() + ": unknown probe " + std::to_string(msg[0]));
+        }
+    }
+}
+
+}  // namespace
+
+ProbeResult probe_worker(const std::string& address, const std::string& secret, int timeout_ms, size_t echo_bytes) {
+    const auto [host, port] = parse_host_port(address);
+    Socket s = Socket::connect(host, port, timeout_ms, address);
+    client_handshake(s, Role::Probe, secret);
+    ProbeResult result;
+    Writer ask;
+    ask.u8(kInfo);
+    s.send_frame(ask.data());
+    const std::vector<uint8_t> info = s.recv_frame(kMaxFrameBytes);
+    parse_from(s, info, [&](Reader& r) {
+        if (r.u8("probe answer") != kInfo) throw ProtocolError("expected INFO");
+        result.info.cores = r.u32("cores");
+        result.info.ram_bytes = r.u64("RAM");
+        result.info.available_ram_bytes = r.u64("available RAM");
+        result.info.read_bandwidth = r.u64("read bandwidth");
+        result.info.model_identity = r.name("model identity", 256);
+        return 0;
+    });
+    const auto echo = [&](size_t n) {
+        std::vector<uint8_t> msg(1 + n, 0);
+        msg[0] = kEcho;
+        const double start = now_seconds();
+        s.send_frame(msg);
+        if (s.recv_frame(kMaxEchoBytes + 1) != msg) throw ProtocolError(s.label() + ": echo came back changed");
+        return now_seconds() - start;
+    };
+    std::vector<double> trips;
+    for (int i = 0; i < 5; i++) trips.push_back(echo(0));
+    std::sort(trips.begin(), trips.end());
+    result.round_trip_ms = trips[2] * 1000;
+    const size_t n = std::min<size_t>(echo_bytes, kMaxEchoBytes);
+    if (n > 0) result.bytes_per_second = 2.0 * n / std::max(echo(n), 1e-9);
+    return result;
+}
+
+Lobby::~Lobby() { clear(); }
+
+void Lobby::drop(Guest& g) {
+    if (g.dropped) return;
+    g.dropped = true;
+    if (g.arrived && g.role == Role::Root) {
+        Writer busy;
+        busy.u8(kFailed);
+        busy.string("this worker is busy with another root's session");
+        try {
+            g.socket.set_timeout(0);
+            send_message(g.socket, busy);  // a few bytes into an empty send buffer
+        } catch (const NetError&) {
+        }
+    }
+    ::shutdown(g.socket.fd(), SHUT_RDWR);  // wakes its thread, which then fails and ends
+}
+
+void Lobby::clear() {
+    std::list<std::unique_ptr<Guest>> all;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        all.swap(guests_);
+        for (auto& g : all) drop(*g);
+    }
+    for (auto& g : all) g->thread.join();
+}
+
+void Lobby::reap() {
+    std::list<std::unique_ptr<Guest>> finished;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (auto it = guests_.begin(); it != guests_.end();) {
+            if ((*it)->done && (!(*it)->arrived || (*it)->dropped)) {
+                finished.push_back(std::move(*it));
+                it = guests_.erase(it);
+            } else {
+                ++it;
+            }
+        }
+    }
+    for (auto& g : finished) g->thread.join();
+}
+
+void Lobby::admit(Socket socket, int deadline_ms) {
+    if ((int)guests_.size() >= kMaxPending) {
+        for (auto& old : guests_) {
+            if (old->dropped) continue;
+            log("dropped " + old->socket.label() + ": " + std::to_string(kMaxPending) +
+                " connections were waiting for their handshake");
+            drop(*old);
+            break;
+        }
+    }
+    auto g = std::make_unique<Guest>();
+    g->socket = std::move(socket);
+    g->socket.set_timeout(deadline_ms);
+    Guest* guest = g.get();
+    guest->thread = std::thread([this, guest, deadline_ms] {
+        Role role = Role::Any;
+        std::vector<uint8_t> payload;
+        std::string error;
+        try {
+            guest->socket.set_deadline(deadline_ms);
+            role = server_handshake(guest->socket, Role::Any, secret_);
+            if (role == Role::Probe) {
+                answer_probe(guest->socket, describe_);
+                role = Role::Any;  // done with: never an arrival
+            } else {
+                payload = expect(guest->socket, role == Role::Root ? kJoin : kPeerHello);
+                guest->socket.set_deadline(-1);
+            }
+        } catch (const std::exception& e) {
+            error = e.what();
+        }
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!error.empty() && !guest->dropped) log("refused a connection: " + error);
+        guest->role = role;
+        guest->payload = std::move(payload);
+        guest->arrived = error.empty() && role != Role::Any;
+        guest->done = true;
+    });
+    guests_.push_back(std::move(g));
+}
+
+std::optional<Lobby::Arrival> Lobby::next(Role role, int deadline_ms, int wait_ms) {
+    const int64_t deadline = now_ms() + wait_ms;
+    for (;;) {
+        reap();
+        bool pending = false;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            for (auto it = guests_.begin(); it != guests_.end(); ++it) {
+                Guest& g = **it;
+                if (!g.arrived || g.dropped) {
+                    pending |= !g.done;
+                    continue;
+                }
+                if (g.role != role) {
+                    if (role == Role::Peer) drop(g);  // a root while this worker joins a session
+                    continue;
+                }
+                g.thread.join();  // it has finished: `done` is set last, under the mutex
+                Arrival a{std::move(g.socket), std::move(g.payload)};
+                guests_.erase(it);
+                return a;
+            }
+        }
+        const int64_t left = wait_ms < 0 ? -1 : std::max<int64_t>(0, deadline - now_ms());
+        if (left == 0) return std::nullopt;
+        // While handshakes run, look at them every 20 ms; otherwise sleep until a connection comes.
+        const int slice = pending ? (int)(left < 0 ? 20 : std::min<int64_t>(left, 20)) : (int)left;
+        if (listener_.wait(slice)) {
+            try {
+                Socket s = listener_.accept(0);
+                std::lock_guard<std::mutex> lock(mutex_);
+                admit(std::move(s), deadline_ms);
+            } catch (const NetError&) {
+                // the connection went away before accept()
+            }
         }
     }
 }
@@ -327,12 +563,99 @@ Socket& Mesh::peer(int node) {
     return peers_[node];
 }
 
+void Mesh::begin_step() {
+    if (node_ != 0) return wait_for_step();
+    step_mutex_.lock();
+    try {
+        if (!lost_.empty()) throw NetError("the session with the workers is over: " + lost_);
+        for (int p = 1; p < n_nodes(); p++) peers_[p].send_all(&kStepByte, 1);
+    } catch (const NetError& e) {
+        lose(e.what());
+        step_mutex_.unlock();
+        throw;
+    }
+}
+
+void Mesh::end_step() {
+    if (node_ != 0) return;
+    idle_since_ms_ = now_ms();
+    step_mutex_.unlock();
+}
+
+void Mesh::wait_for_step() {
+    Socket& root = peers_[0];
+    const std::string waiting = "waiting for the next step or heartbeat (the root is gone or hung)";
+    for (;;) {
+        root.wait(POLLIN, idle_limit_ms_, waiting.c_str());
+        uint8_t b = 0;
+        root.recv_all(&b, 1);
+        if (b == kStep) return;
+        if (b != kPing) throw ProtocolError(root.label() + ": expected a step or a heartbeat, got byte " + std::to_string(b));
+        root.send_all(&kPongByte, 1);
+    }
+}
+
+void Mesh::lose(const std::string& why) {
+    if (node_ != 0 || !lost_.empty()) return;
+    lost_ = why;
+    for (Socket& s : peers_) s.close();  // every worker sees the session end and waits for a root again
+}
+
+void Mesh::ping_workers() {
+    std::vector<uint8_t> pongs(n_nodes(), 0);
+    std::vector<Transfer> transfers(n_nodes());
+    for (int p = 1; p < n_nodes(); p++) transfers[p] = {&kPingByte, 1, &pongs[p], 1};
+    run(transfers);
+    for (int p = 1; p < n_nodes(); p++)
+        if (pongs[p] != kPong) peers_[p].fail("answered a heartbeat with byte " + std::to_string(pongs[p]));
+}
+
+void Mesh::heartbeat(int node) {
+    Socket& s = peer(node);
+    s.send_all(&kPingByte, 1);
+    uint8_t pong = 0;
+    s.recv_all(&pong, 1);
+    if (pong != kPong) s.fail("answered a heartbeat with byte " + std::to_string(pong));
+}
+
+void Mesh::start_heartbeats() {
+    if (node_ != 0 || heartbeats_.joinable()) return;
+    heartbeats_ = std::thread([this] {
+        std::unique_lock<std::mutex> lock(step_mutex_);
+        while (!stopping_ && lost_.empty()) {
+            const int64_t due = idle_since_ms_ + heartbeat_ms_, now = now_ms();
+            if (now < due) {
+                wake_.wait_for(lock, std::chrono::milliseconds(due - now));
+                continue;
+            }
+            try {
+                ping_workers();
+                idle_since_ms_ = now_ms();
+            } catch (const NetError& e) {
+                std::fprintf(stderr, "dllama_py: lost the workers while idle: %s\n", e.what());
+                lose(std::string("a heartbeat failed: ") + e.what());
+            }
+        }
+    });
+}
+
+void Mesh::stop_heartbeats() {
+    if (!heartbeats_.joinable()) return;
+    {
+        std::lock_guard<std::mutex> lock(step_mutex_);
+        stopping_ = true;
+    }
+    wake_.notify_all();
+    heartbeats_.join();
+}
+
 void Mesh::set_timeout(int timeout_ms) {
     timeout_ms_ = timeout_ms;
     for (Socket& s : peers_) s.set_timeout(timeout_ms);
 }
 
 Mesh::Stats Mesh::stats() const {
+    std::lock_guard<std::mutex> lock(step_mutex_);
     Stats s = stats_;
     for (const Socket& p : peers_) {
         s.bytes_sent += p.bytes_sent();
@@ -344,30 +667,34 @@ Mesh::Stats Mesh::stats() const {
 }
 
 void Mesh::reset_stats() {
-    stats_ = Stats{};
     const Stats now = stats();
+    std::lock_guard<std::mutex> lock(step_mutex_);
+    stats_ = Stats{};
     sent_base_ += now.bytes_sent;
     received_base_ += now.bytes_received;
 }
 
 void Mesh::close() {
+    stop_heartbeats();
     for (Socket& s : peers_) s.close();
 }
 
 // ---- collectives ----
 
-struct Mesh::Transfer {
-    const uint8_t* send = nullptr;
-    size_t send_left = 0;
-    uint8_t* recv = nullptr;
-    size_t recv_left = 0;
-};
+void Mesh::run(std::vector<Transfer>& transfers) {
+    try {
+        move_all(transfers);
+    } catch (const NetError& e) {
+        lose(e.what());
+        throw;
+    }
+}
 
 // Moves every transfer at once: sends and receives whatever the sockets take without blocking,
 // and poll()s all pending sockets when none moved. Sending and receiving together means no node
 // waits for a peer that is itself blocked on a full send buffer. The timeout counts from the last
 // byte that moved.
-void Mesh::run(std::vector<Transfer>& transfers) {
+void Mesh::move_all(std::vector<Transfer>& transfers) {
     int64_t last_progress = now_ms();
     std::vector<pollfd> fds;
     for (;;) {

@@ -155,6 +155,8 @@ Socket& Socket::operator=(Socket&& other) noexcept {
         fd_ = std::exchange(other.fd_, -1);
         label_ = std::move(other.label_);
         timeout_ms_ = other.timeout_ms_;
+        deadline_ = other.deadline_;
+        deadline_ms_ = other.deadline_ms_;
         bytes_sent_ = other.bytes_sent_;
         bytes_received_ = other.bytes_received_;
     }
@@ -217,11 +219,25 @@ size_t Socket::recv_some(void* data, size_t n) {
     }
 }
 
+void Socket::set_deadline(int ms_from_now) {
+    deadline_ = ms_from_now < 0 ? -1 : now_ms() + ms_from_now;
+    deadline_ms_ = ms_from_now;
+}
+
+void Socket::wait_io(short events, const char* doing) const {
+    if (deadline_ < 0) return wait(events, timeout_ms_, doing);
+    const int64_t left = std::max<int64_t>(0, deadline_ - now_ms());
+    if (timeout_ms_ >= 0 && timeout_ms_ < left) return wait(events, timeout_ms_, doing);
+    if (fd_ < 0) fail("socket is closed");
+    if (!poll_fd(fd_, events, (int)left))
+        fail("did not finish within " + std::to_string(deadline_ms_) + " ms (" + doing + ")");
+}
+
 void Socket::send_all(const void* data, size_t n) {
     const uint8_t* p = static_cast<const uint8_t*>(data);
     while (n > 0) {
         const size_t k = send_some(p, n);
-        if (k == 0) wait(POLLOUT, timeout_ms_, "waiting to send");
+        if (k == 0) wait_io(POLLOUT, "waiting to send");
         p += k, n -= k;
     }
 }
@@ -230,7 +246,7 @@ void Socket::recv_all(void* data, size_t n) {
     uint8_t* p = static_cast<uint8_t*>(data);
     while (n > 0) {
         const size_t k = recv_some(p, n);
-        if (k == 0) wait(POLLIN, timeout_ms_, "waiting for data");
+        if (k == 0) wait_io(POLLIN, "waiting for data");
         p += k, n -= k;
     }
 }

@@ -13,7 +13,7 @@
 
 namespace dllama::net {
 
-constexpr int kDefaultTimeoutMs = 10000;
+constexpr int kDefaultTimeoutMs = 5000;
 
 // "host:port", or "[host]:port" when host is an IPv6 literal.
 std::string format_address(const std::string& host, int port);
@@ -37,7 +37,8 @@ public:
     static Socket connect(const std::string& host, int port, int timeout_ms, const std::string& label = "");
 
     // Block until all n bytes moved. The timeout counts from the last byte that moved, so a long
-    // transfer never times out while the peer keeps up. Timeout < 0 waits forever.
+    // transfer never times out while the peer keeps up. Timeout < 0 waits forever. A deadline, when
+    // set, bounds the whole exchange however the bytes trickle in.
     void send_all(const void* data, size_t n);
     void recv_all(void* data, size_t n);
 
@@ -57,6 +58,8 @@ public:
     [[noreturn]] void fail(const std::string& cause) const;  // throws NetError("label: cause")
 
     void set_timeout(int timeout_ms) { timeout_ms_ = timeout_ms; }
+    // Every later send/recv must finish within ms_from_now milliseconds (< 0: no deadline).
+    void set_deadline(int ms_from_now);
     int timeout_ms() const { return timeout_ms_; }
     const std::string& label() const { return label_; }
     void set_label(std::string label) { label_ = std::move(label); }
@@ -67,9 +70,13 @@ public:
     void close();
 
 private:
+    void wait_io(short events, const char* doing) const;  // for send_all/recv_all: timeout and deadline
+
     int fd_ = -1;
     std::string label_;
     int timeout_ms_ = kDefaultTimeoutMs;
+    int64_t deadline_ = -1;  // steady-clock ms, or -1
+    int deadline_ms_ = 0;    // as given, for error messages
     uint64_t bytes_sent_ = 0, bytes_received_ = 0;
 };
 

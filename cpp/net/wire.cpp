@@ -1,5 +1,6 @@
 #include "wire.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -68,6 +69,24 @@ float Reader::f32(const char* what) {
 }
 
 void Reader::bytes(void* out, size_t n, const char* what) { std::memcpy(out, take(n, what), n); }
+
+std::string Reader::name(const char* what, uint32_t max_bytes) {
+    const std::string s = string(what, max_bytes);
+    for (unsigned char c : s) {
+        if (c <= ' ' || c > '~') throw ProtocolError(std::string(what) + " contains byte " + std::to_string(c));
+    }
+    return s;
+}
+
+uint32_t Reader::count(const char* what, size_t min_item_bytes, uint32_t max_count) {
+    const uint32_t n = u32(what);
+    if (n > max_count || (uint64_t)n * min_item_bytes > remaining()) {
+        throw ProtocolError(std::string(what) + " is " + std::to_string(n) + ", but at most " +
+                            std::to_string(std::min<uint64_t>(max_count, remaining() / min_item_bytes)) +
+                            " fit in this message");
+    }
+    return n;
+}
 
 std::string Reader::string(const char* what, uint32_t max_bytes) {
     const uint32_t n = u32(what);

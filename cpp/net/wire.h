@@ -43,6 +43,11 @@ public:
     float f32(const char* what);
     void bytes(void* out, size_t n, const char* what);
     std::string string(const char* what, uint32_t max_bytes = kMaxStringBytes);
+    // A string that is a name (printable ASCII, no spaces), so that it can be shown in messages.
+    std::string name(const char* what, uint32_t max_bytes);
+    // A u32 count of items that take at least min_item_bytes each: refused (before anything is sized by
+    // it) when the rest of the message is too short for that many, or when it exceeds max_count.
+    uint32_t count(const char* what, size_t min_item_bytes, uint32_t max_count);
 
     size_t remaining() const { return size_ - pos_; }
 

@@ -161,8 +161,9 @@ class ConversionPlan:
         return self.arch.tensors(dict(self.params, weights_float_type=int(weight_type)), self.names)
 
 
-def plan_conversion(config: dict) -> ConversionPlan:
-    """Which architecture, header and HF tensor names a checkpoint's config.json leads to."""
+def plan_conversion(config: dict, mtp: bool = True) -> ConversionPlan:
+    """Which architecture, header and HF tensor names a checkpoint's config.json leads to; mtp=False
+    leaves out the multi-token-prediction layer."""
     model_type = config.get("model_type")
     if model_type is None:
         raise UnsupportedModelError("config.json has no model_type")
@@ -171,9 +172,13 @@ def plan_conversion(config: dict) -> ConversionPlan:
     if model_type in LEGACY_LAYOUTS:
         target, translate, names = LEGACY_LAYOUTS[model_type]
         arch = for_model_type(target)
-        return ConversionPlan(arch, arch.header_from_config(translate(config)), names)
-    arch = for_model_type(model_type)
-    return ConversionPlan(arch, arch.header_from_config(config), arch.hf_names)
+        plan = ConversionPlan(arch, arch.header_from_config(translate(config)), names)
+    else:
+        arch = for_model_type(model_type)
+        plan = ConversionPlan(arch, arch.header_from_config(config), arch.hf_names)
+    if not mtp:
+        plan.params.pop("n_mtp_layers", None)
+    return plan
 
 
 def for_model_type(model_type: str) -> Architecture:

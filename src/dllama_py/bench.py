@@ -1,4 +1,5 @@
 """`dllama-py bench`: prefill and decode speed, bytes read per token, share of memory bandwidth; with
+--draft, greedy decoding with and without speculation (tokens/s, guesses kept, tokens per step); with
 --parallel, the aggregate decode speed of several generations sharing each forward step."""
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class BenchResult:
     net_bytes_sent_per_token: float = 0.0  # by this (root) node
     net_bytes_received_per_token: float = 0.0
     sync_share: float = 0.0  # of decode time spent in exchanges between nodes
+    speculation: "SpeculationResult | None" = None
 
     def table(self) -> str:
         rows = [
@@ -57,23 +59,68 @@ class BenchResult:
                                              f"received {self.net_bytes_received_per_token / 1e3:,.1f} kB"),
                 ("time in sync", f"{self.sync_share:.0%} of decode"),
             ]
+        if self.speculation:
+            rows += self.speculation.rows()
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+@dataclass
+class SpeculationResult:
+    """Greedy decoding of the same prompt through the scheduler, plainly and speculatively."""
+
+    draft: str
+    draft_tokens: int
+    plain_tokens_per_s: float
+    tokens_per_s: float
+    acceptance_rate: float
+    tokens_per_step: float
+    same_tokens: bool  # speculation gave the plain greedy tokens
+
+    def rows(self) -> list[tuple[str, str]]:
+        return [
+            (f"decode, --draft {self.draft}", f"{self.tokens_per_s:,.2f} tok/s, {self.tokens_per_s / self.plain_tokens_per_s:.2f}x "
+                                              f"plain ({self.plain_tokens_per_s:,.2f} tok/s through the same scheduler)"),
+            ("guesses", f"{self.draft_tokens} per step, {self.acceptance_rate:.0%} kept, "
+                        f"{self.tokens_per_step:.2f} tokens per step"),
+            ("same tokens as plain", "yes" if self.same_tokens else "NO"),
+        ]
+
+
+def bench_speculation(eng, prompt: list[int], gen_tokens: int, draft: str, draft_tokens: int) -> SpeculationResult:
+    """Greedy generations of gen_tokens after the prompt: plain, then with drafts (each after a reset, so
+    neither reuses the other's cache)."""
+    runs = []
+    for d in (None, draft):
+        eng.reset()
+        req = eng.scheduler.submit(prompt, max_tokens=gen_tokens, draft=d, draft_tokens=draft_tokens)
+        runs.append((list(req), req.stats))
+    (plain, plain_stats), (tokens, stats) = runs
+    return SpeculationResult(draft, draft_tokens, plain_stats.decode_tokens_per_second, stats.decode_tokens_per_second,
+                             stats.acceptance_rate, stats.tokens_per_step, tokens == plain)
+
+
 def run_bench(model_path, threads=None, prompt_tokens=128, gen_tokens=32, bandwidth_gbps=None, max_seq_len=None,
-              print_table=True, workers=None, secret=None, exchange=None, tokenizer=None) -> BenchResult:
+              print_table=True, workers=None, secret=None, exchange=None, tokenizer=None, draft=None,
+              draft_tokens=4, prompt_text=None) -> BenchResult:
+    """prompt_text: a prompt (encoded with the model's tokenizer) instead of prompt_tokens random tokens.
+    draft: also measure greedy decoding with that speculation ("ngram" or "mtp")."""
     from . import _core
     from .engine import Engine
 
     t0 = time.perf_counter()
     eng = Engine(model_path, threads=threads, max_seq_len=max_seq_len or max(4096, prompt_tokens + gen_tokens + 1),
-                 tokenizer=tokenizer, workers=workers, secret=secret, exchange=exchange)
+                 tokenizer=tokenizer, workers=workers, secret=secret, exchange=exchange, draft=draft,
+                 draft_tokens=draft_tokens)
     load_seconds = time.perf_counter() - t0
     with eng:
         vocab = eng.config.vocab_size
         rng = np.random.default_rng(0)
-        prompt = rng.integers(0, vocab, prompt_tokens).tolist()
+        if prompt_text is not None:
+            prompt = eng._require_tokenizer().encode_prompt(prompt_text)
+            prompt_tokens = len(prompt)
+        else:
+            prompt = rng.integers(0, vocab, prompt_tokens).tolist()
         eng.forward(prompt[:8], all_logits=False)  # warm-up: page in weights, spin up threads
         eng.reset()
 
@@ -90,6 +137,7 @@ def run_bench(model_path, threads=None, prompt_tokens=128, gen_tokens=32, bandwi
             token = int(eng.forward([token], all_logits=False)[-1].argmax())
         decode_s = time.perf_counter() - t0
         net = eng.net_stats()
+        speculation = bench_speculation(eng, prompt, gen_tokens, draft, draft_tokens) if draft else None
 
         weight_bytes = eng.model.weight_bytes_per_token
         decode_tps = gen_tokens / decode_s
@@ -106,7 +154,7 @@ def run_bench(model_path, threads=None, prompt_tokens=128, gen_tokens=32, bandwi
             peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             nodes=eng.n_nodes, net_bytes_sent_per_token=net["bytes_sent"] / gen_tokens,
             net_bytes_received_per_token=net["bytes_received"] / gen_tokens,
-            sync_share=net["seconds_in_sync"] / decode_s,
+            sync_share=net["seconds_in_sync"] / decode_s, speculation=speculation,
         )
     if print_table:
         print(result.table())

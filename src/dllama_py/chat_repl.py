@@ -206,6 +206,9 @@ def print_stats(eng, out=None):
     print(f"\n[{s.prompt_tokens} prompt tokens ({s.cached_tokens} cached) at {prefill_tps:.1f} tok/s, "
           f"{s.generated_tokens} generated at {s.decode_tokens_per_second:.1f} tok/s, finish: {s.finish_reason}]",
           file=out)
+    if s.drafted_tokens:
+        print(f"[speculative ({s.draft}): {s.accepted_tokens} of {s.drafted_tokens} guesses kept "
+              f"({s.acceptance_rate:.0%}), {s.tokens_per_step:.2f} tokens per step]", file=out)
     if eng.n_nodes > 1:
         net = eng.net_stats()
         steps = max(s.prompt_tokens - s.cached_tokens + s.generated_tokens, 1)

@@ -1,4 +1,4 @@
-"""The dllama-py command line: convert, generate, chat, inspect, bench."""
+"""The dllama-py command line: convert, pull, list, generate, chat, serve, worker, inspect, bench."""
 
 from __future__ import annotations
 
@@ -20,8 +20,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
+MODEL_HELP = ("a .m file, or a model's name or repo id from `dllama-py list` once pulled "
+              "(default: SmolLM2-135M-Instruct, converted on first use)")
+
+
+def _resolve_model(args):
+    """-m as given (see catalog.resolve_model), the default model when absent."""
+    from .catalog import resolve_model
+
+    args.model = resolve_model(args.model, notice=lambda line: print(line, file=sys.stderr, flush=True))
+
+
+def _draft_tokens(text: str) -> int:
+    from .speculative import MAX_DRAFT_TOKENS
+
+    value = int(text)
+    if not 1 <= value <= MAX_DRAFT_TOKENS:
+        raise argparse.ArgumentTypeError(f"must be in 1..{MAX_DRAFT_TOKENS}, not {value}")
+    return value
+
+
 def _add_run_options(p: argparse.ArgumentParser):
-    p.add_argument("-m", "--model", required=True, help="the .m model file")
+    p.add_argument("-m", "--model", default=None, help=MODEL_HELP)
     p.add_argument("--tokenizer", default=None, metavar="PATH",
                    help="tokenizer bundle, or a Hugging Face checkpoint directory or tokenizer.json "
                         "(default: the model's own, MODEL.tokenizer.json)")
@@ -33,6 +53,11 @@ def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("--secret", default=None, help=f"the workers' shared secret (default: ${SECRET_ENV})")
     p.add_argument("--exchange", choices=["q80", "f32"], default=None,
                    help="how partial sums travel between nodes (default: f32 for F32 models, else q80)")
+    p.add_argument("--draft", choices=["ngram", "mtp"], default=None,
+                   help="speculative decoding: guess tokens by prompt lookup (ngram) or with the model's "
+                        "multi-token-prediction layer (mtp, GLM-4.5 and later), and check them in one step")
+    p.add_argument("--draft-tokens", type=_draft_tokens, default=4, metavar="K",
+                   help="guesses checked per step with --draft (default 4)")
 
 
 def _engine(args, max_sequences: int = 1):
@@ -40,6 +65,7 @@ def _engine(args, max_sequences: int = 1):
 
     from .engine import Engine
 
+    _resolve_model(args)
     # On a terminal only (disable=None); its last state (100%, the time it took) stays.
     with tqdm(unit="B", unit_scale=True, unit_divisor=1000, desc=f"loading {args.model}", delay=LOAD_PROGRESS_DELAY_S,
               disable=None, dynamic_ncols=True, file=sys.stderr) as bar:
@@ -49,7 +75,7 @@ def _engine(args, max_sequences: int = 1):
 
         return Engine(args.model, threads=args.threads, max_seq_len=args.max_seq_len, tokenizer=args.tokenizer,
                       workers=args.workers, secret=args.secret, exchange=args.exchange, load_progress=progress,
-                      max_sequences=max_sequences)
+                      max_sequences=max_sequences, draft=args.draft, draft_tokens=args.draft_tokens)
 
 
 def _add_sampling_options(p: argparse.ArgumentParser, max_tokens: int):
@@ -64,7 +90,7 @@ def _add_sampling_options(p: argparse.ArgumentParser, max_tokens: int):
 def cmd_convert(args) -> int:
     from .convert import convert
 
-    convert(args.hf_dir, args.output, dtype=args.dtype, progress=not args.quiet)
+    convert(args.hf_dir, args.output, dtype=args.dtype, progress=not args.quiet, pure=args.pure, mtp=not args.no_mtp)
     return 0
 
 
@@ -116,6 +142,11 @@ def _print_memory_per_node(layout, cfg, context: str):
         print(f"  {n_nodes} node{'s' if n_nodes > 1 else ' '}: root {_fmt_bytes(nodes[0].total)} "
               f"({_fmt_bytes(nodes[0].weights)} weights, {_fmt_bytes(nodes[0].kv_cache)} KV cache, "
               f"{_fmt_bytes(nodes[0].mapped)} embedding){workers}")
+    if layout.params.get("n_mtp_layers"):
+        extra = (node_memory(layout, 0, 1, cfg.seq_len, cfg.kv_f16, mtp=True).total
+                 - node_memory(layout, 0, 1, cfg.seq_len, cfg.kv_f16).total)
+        print(f"multi-token-prediction layer: layers.{layout.params['n_layers']}, {_fmt_bytes(extra)} more on one node "
+              f"(with its KV cache), loaded only with --draft mtp")
 
 
 def cmd_inspect(args) -> int:
@@ -123,6 +154,7 @@ def cmd_inspect(args) -> int:
     from .engine import model_config
     from .model_file import TENSOR_TYPE_KEYS
 
+    _resolve_model(args)
     layout = read_layout(args.model)
     print(f"{layout.path}: {layout.arch.builder} ({layout.arch.arch_type.name}), weights {layout.weight_type.name}, "
           f"{_fmt_bytes(layout.path.stat().st_size)}")
@@ -151,6 +183,7 @@ def cmd_inspect(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_bench, run_parallel_bench
 
+    _resolve_model(args)
     if args.parallel:
         try:
             streams = [int(s) for s in args.parallel.split(",") if s.strip()]
@@ -162,7 +195,38 @@ def cmd_bench(args) -> int:
         return 0
     run_bench(args.model, threads=args.threads, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
               bandwidth_gbps=args.bandwidth, max_seq_len=args.max_seq_len, workers=args.workers, secret=args.secret,
-              exchange=args.exchange, tokenizer=args.tokenizer)
+              exchange=args.exchange, tokenizer=args.tokenizer, draft=args.draft, draft_tokens=args.draft_tokens,
+              prompt_text=args.prompt)
+    return 0
+
+
+def cmd_pull(args) -> int:
+    from .hub import pull
+
+    pull(args.repo, dtype=args.dtype, revision=args.revision, output=args.output, pure=args.pure,
+         progress=not args.quiet, mtp=not args.no_mtp)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .catalog import KNOWN_MODELS, model_sizes, pulled_copies
+
+    gb = lambda n: f"{n / 1e9:,.1f}"  # noqa: E731
+    print(f"{'MODEL':24} {'REPO':36} {'ARCH':14} {'PARAMS (ACTIVE)':17} {'Q40 GB':>7} {'Q80 GB':>7}  "
+          f"{'RAM GB PER NODE, 1/2/3/4 NODES (Q40)':36} HERE")
+    models = [m for m in KNOWN_MODELS if not args.filter or args.filter.lower() in (m.name + m.repo).lower()]
+    for m in models:  # printed as computed: the larger MoE models take a moment each
+        s = model_sizes(m.config)
+        params = f"{s.total_params / 1e9:.1f}B" + (f" ({s.active_params / 1e9:.1f}B)" if s.active_params != s.total_params else "")
+        ram = " / ".join(gb(r) if r else "-" for r in s.ram_per_node)
+        here = ", ".join(p.name for p in pulled_copies(m.repo)) or "-"
+        print(f"{m.name:24} {m.repo:36} {m.config['model_type']:14} {params:17} {gb(s.file_bytes['q40']):>7} "
+              f"{gb(s.file_bytes['q80']):>7}  {ram:36} {here}", flush=True)
+    if not models:
+        print(f"no known model matches {args.filter!r}")
+    print("\nGet one with `dllama-py pull REPO` (any Hugging Face repo of a supported architecture works), then run "
+          "it with `dllama-py chat -m NAME`. RAM: the largest node's weights, mapped embedding rows and KV cache "
+          "at a 4096-token context.")
     return 0
 
 
@@ -179,14 +243,22 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _default_cache_dir():
+    import platformdirs
+
+    return platformdirs.user_cache_path("dllama-py") / "slices"
+
+
 def cmd_worker(args) -> int:
     import os
 
     from . import _core
-    from .engine import default_threads
+    from .engine import NET_TIMEOUT_ENV, _milliseconds, default_threads
 
     secret = args.secret or os.environ.get(SECRET_ENV, "")
-    worker = _core.Worker(args.host, args.port, args.threads or default_threads(), secret, args.model or "")
+    cache_dir = "" if args.no_cache or args.model else str(args.cache_dir or _default_cache_dir())
+    worker = _core.Worker(args.host, args.port, args.threads or default_threads(), secret, args.model or "",
+                          _milliseconds(None, NET_TIMEOUT_ENV, 5.0), cache_dir, int(args.cache_max_gb * 1e9))
     print(f"dllama-py worker listening on {args.host}:{worker.port}", flush=True)
     if not secret:
         print(f"warning: no --secret (or ${SECRET_ENV}): anyone who can reach this port can use this worker",
@@ -196,6 +268,14 @@ def cmd_worker(args) -> int:
             worker.serve_one(500)
     except KeyboardInterrupt:
         return 0
+
+
+def cmd_cluster_check(args) -> int:
+    import os
+
+    from .cluster import check
+
+    return check(args.workers, args.secret or os.environ.get(SECRET_ENV, ""), args.model, args.threads)
 
 
 def _version() -> str:
@@ -212,14 +292,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("convert", help="convert a Hugging Face checkpoint to a .m model file",
+    p = sub.add_parser("convert", help="convert a Hugging Face checkpoint or a GGUF file to a .m model file",
                        description="Convert a Hugging Face checkpoint directory (config.json, safetensors, "
-                                   "tokenizer.json) to a .m model file plus its tokenizer bundle.")
-    p.add_argument("hf_dir", help="the checkpoint directory")
+                                   "tokenizer.json) or a llama.cpp GGUF file to a .m model file plus its "
+                                   "tokenizer bundle.")
+    p.add_argument("hf_dir", metavar="SOURCE", help="the checkpoint directory or .gguf file")
     p.add_argument("-o", "--output", required=True, help="the .m file to write")
     p.add_argument("--dtype", default="q40", choices=["f32", "f16", "q80", "q40"], help="weight type (default q40)")
+    p.add_argument("--pure", action="store_true",
+                   help="q40: quantize the output head to Q40 too and use distributed-llama's quantizer "
+                        "(default: head at Q80, each block's scale fitted; the file is then for dllama-py only)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-mtp", action="store_true",
+                   help="leave out the multi-token-prediction layer (GLM-4.5 and later; about 2%% of the weights, "
+                        "used only by --draft mtp)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("pull", help="download a Hugging Face model and convert it, one shard at a time",
+                       description="Download REPO from the Hugging Face Hub and convert it to a .m file, one "
+                                   "safetensors shard at a time (disk: the output plus one shard). A stopped pull "
+                                   "continues where it stopped when run again. Gated repos: `hf auth login` or "
+                                   "HF_TOKEN.")
+    p.add_argument("repo", help="the repo id, e.g. zai-org/GLM-4.5-Air (see `dllama-py list`)")
+    p.add_argument("--dtype", default="q40", choices=["f32", "f16", "q80", "q40"], help="weight type (default q40)")
+    p.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
+    p.add_argument("-o", "--output", default=None,
+                   help="the .m file to write (default: REPO-DTYPE.m in the cache directory, where -m NAME finds it)")
+    p.add_argument("--pure", action="store_true", help="as for convert")
+    p.add_argument("--no-mtp", action="store_true", help="as for convert")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("list", help="list known models: sizes, memory per node, which are here",
+                       description="Known models with their size at q40/q80 and the memory each node needs for "
+                                   "1-4 nodes, computed from their configs by the converter's own rules.")
+    p.add_argument("filter", nargs="?", default=None, help="only models whose name or repo contains this")
+    p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("generate", help="continue a prompt", description="Stream a continuation of PROMPT.")
     _add_run_options(p)
@@ -273,10 +381,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--secret", default=None, help=f"shared secret the root must prove (default: ${SECRET_ENV})")
     p.add_argument("--model", default=None, help="a local copy of the root's .m file, to load from disk")
+    p.add_argument("--cache-dir", default=None,
+                   help="keep the weight slices roots send here, so that the next session with the same model "
+                        "and split needs none of them again (default: the user cache folder's dllama-py/slices)")
+    p.add_argument("--cache-max-gb", type=float, default=100.0,
+                   help="size limit of the cache; the least recently used models go first (default 100)")
+    p.add_argument("--no-cache", action="store_true", help="keep no slices on disk")
     p.set_defaults(func=cmd_worker)
 
+    p = sub.add_parser("cluster", help="check workers before using them")
+    cluster = p.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
+    p = cluster.add_parser("check", help="probe workers; with -m, plan a model's split",
+                           description="Ask each worker (without starting a session) whether it is reachable, "
+                                       "speaks this protocol and accepts the secret, and about its cores, RAM, "
+                                       "memory bandwidth and link; with -m, whether the model fits this split and "
+                                       "about how many tokens/s it would decode.")
+    p.add_argument("workers", nargs="+", metavar="HOST:PORT")
+    p.add_argument("-m", "--model", default=None, help="a .m file to plan the split of")
+    p.add_argument("--secret", default=None, help=f"the workers' shared secret (default: ${SECRET_ENV})")
+    p.add_argument("-t", "--threads", type=int, default=None, help="this machine's threads (for its bandwidth)")
+    p.set_defaults(func=cmd_cluster_check)
+
     p = sub.add_parser("inspect", help="show a .m file's header, tensors and memory per node")
-    p.add_argument("model", help="the .m model file")
+    p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
     p.add_argument("--tensors", action="store_true", help="list every tensor")
     p.add_argument("--max-seq-len", type=_positive_int, default=None,
                    help="context length for the KV cache figures (default: the model's, capped at 4096)")
@@ -287,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the machine's memory bandwidth that decode reaches.")
     _add_run_options(p)
     p.add_argument("--prompt-tokens", type=int, default=128, help="prefill length (default 128)")
+    p.add_argument("--prompt", default=None, metavar="TEXT",
+                   help="decode after this text instead of random tokens (speculation needs real text to guess from)")
     p.add_argument("--gen-tokens", type=int, default=32, help="decode steps (default 32)")
     p.add_argument("--bandwidth", type=float, default=None,
                    help="memory bandwidth in GB/s to compare against (default: measured now)")

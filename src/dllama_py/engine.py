@@ -11,12 +11,13 @@ import numpy as np
 from . import _core
 from .architectures import ModelLayout, read_layout
 from .chat_template import ChatTemplateError
-from .model_file import NORM_EPSILON_CODES, FloatType
+from .model_file import NORM_EPSILON_CODES, FloatType, ModelFileError
 from .node_memory import node_memory
 from .reasoning import ThinkingSplitter, prompt_starts_in_thinking
 from .rope import rope_frequencies
 from .sampling import Sampler
 from .scheduler import GenerationStats, NonFiniteLogitsError, Scheduler  # noqa: F401 (NonFiniteLogitsError: part of this module's API)
+from .speculative import check_draft
 from .tensor_lists import head_dim_of, rope_dim_of
 from .text_stream import TextStream
 from .tokenizer import Tokenizer, bundle_path
@@ -24,6 +25,9 @@ from .tool_calls import split_tool_calls
 
 DEFAULT_CONTEXT = 4096  # positions allocated unless asked for more: 128k-context models stay small
 SECRET_ENV = "DLLAMA_SECRET"  # the shared secret of root and workers, when not given
+# Seconds a step may wait on a silent peer, and between heartbeats to idle workers (a worker gives up
+# on a root silent for 2 intervals plus the timeout). Environment variables, so that tests can shorten them for the CLI.
+NET_TIMEOUT_ENV, HEARTBEAT_ENV = "DLLAMA_NET_TIMEOUT", "DLLAMA_HEARTBEAT"
 
 
 def default_threads() -> int:
@@ -34,8 +38,9 @@ def default_threads() -> int:
 
 
 def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | None = None,
-                 max_sequences: int = 1) -> "_core.ModelConfig":
-    """The C++ graph's configuration from a .m header and its architecture-table entry.
+                 max_sequences: int = 1, mtp: bool = False) -> "_core.ModelConfig":
+    """The C++ graph's configuration from a .m header and its architecture-table entry; mtp: load the
+    file's multi-token-prediction layer.
 
     The fields and their order are the C++ table's (cpp/config.h): fields named after a header key are
     copied as they are; the rest are derived here."""
@@ -63,7 +68,46 @@ def model_config(layout: ModelLayout, max_seq_len: int | None, kv_cache: str | N
     inv_freq, c.rope_attention_factor = rope_frequencies(p, c.rope_dim, c.rope_theta)
     c.rope_inv_freq = inv_freq.tolist()
     c.attention_out_bias = c.attention_bias and c.kv_lora_rank > 0
+    if mtp and not c.n_mtp_layers:
+        raise ValueError(f"{layout.path} has no multi-token-prediction layer (GLM-4.5 and later have one; "
+                         "convert the checkpoint again without --no-mtp), so it cannot draft with draft='mtp'")
+    c.n_mtp_layers = c.n_mtp_layers if mtp else 0
+    try:  # the C++ core's rules for a config, whatever it comes from (a file here, a root on a worker)
+        _core.validate_config(c)
+    except ValueError as error:
+        raise ModelFileError(f"{layout.path}: {error}") from None
     return c
+
+
+class _WorkerLoadBar:
+    """A tqdm bar of the weight bytes the workers load (total, rate, ETA; MB per worker), from the
+    status the C++ core reports every 200 ms: [(bytes loaded, bytes expected) per worker]."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, status: list[tuple[int, int]]):
+        from tqdm import tqdm
+
+        loaded = sum(done for done, _ in status)
+        expected = max(sum(total for _, total in status), loaded)
+        if self.bar is None:
+            self.bar = tqdm(total=expected, unit="B", unit_scale=True, desc="workers loading", delay=1.0)
+        self.bar.total = expected
+        self.bar.set_postfix_str("  ".join(f"node {i + 1}: {done / 1e6:,.0f}/~{total / 1e6:,.0f} MB"
+                                           for i, (done, total) in enumerate(status)), refresh=False)
+        self.bar.update(loaded - self.bar.n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _milliseconds(seconds: float | None, env: str, default: float) -> int:
+    value = seconds if seconds is not None else float(os.environ.get(env) or default)
+    if not value > 0:
+        raise ValueError(f"{env.lower().removeprefix('dllama_')} must be a positive number of seconds, got {value}")
+    return int(value * 1000)
 
 
 class ChatPiece(str):
@@ -87,23 +131,32 @@ class Engine:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, max_seq_len: int | None = None,
                  tokenizer: str | os.PathLike | None = None, workers: list[str] | None = None,
-                 secret: str | None = None, exchange: str | None = None, net_timeout: float = 10.0,
+                 secret: str | None = None, exchange: str | None = None, net_timeout: float | None = None,
                  kv_cache: str | None = None, load_progress: Callable[[int, int], None] | None = None,
-                 max_sequences: int = 1):
+                 max_sequences: int = 1, draft: str | None = None, draft_tokens: int = 4,
+                 heartbeat: float | None = None):
         """kv_cache: "f16" or "f32" (default: f32 for F32 models, else f16).
         max_sequences: sequences the KV cache holds at once (each up to the context length); generations
         running at the same time (generate/chat from several threads, or scheduler.submit) share forward
         steps, so they cost little more than one.
         workers: "host:port" of `dllama-py worker`s to split the model with (tensor parallelism);
         secret: their shared secret (default: $DLLAMA_SECRET); exchange: "q80" or "f32" for the partial
-        sums sent between nodes (default: f32 for F32 models, else q80).
+        sums sent between nodes (default: f32 for F32 models, else q80); net_timeout: seconds a step
+        waits on a silent peer (default 5, or $DLLAMA_NET_TIMEOUT); heartbeat: seconds between pings to
+        idle workers (default 10, or $DLLAMA_HEARTBEAT). Sessions may idle for hours. While workers
+        load their shares, a progress bar shows their bytes (rate, ETA) on stderr.
         tokenizer: a tokenizer bundle, or a Hugging Face checkpoint directory or its tokenizer.json
         (default: the bundle beside the model, `<model>.tokenizer.json`).
         load_progress: called with (bytes of weights loaded, bytes in all) every 0.1 s while the weights load
-        on this machine, and once at the end; an exception it raises (KeyboardInterrupt) stops the load."""
+        on this machine, and once at the end; an exception it raises (KeyboardInterrupt) stops the load.
+        draft: speculative decoding for generate/chat unless they say otherwise: "ngram" (prompt lookup:
+        guesses copied from earlier in the prompt or output) or "mtp" (the model's multi-token-prediction
+        layer, GLM-4.5 and later, which is loaded only then); draft_tokens: guesses checked per step."""
+        check_draft(draft, draft_tokens)
+        self.draft, self.draft_tokens = draft, draft_tokens
         self.path = Path(path)
         self.layout = read_layout(self.path)
-        self.config = model_config(self.layout, max_seq_len, kv_cache, max_sequences)
+        self.config = model_config(self.layout, max_seq_len, kv_cache, max_sequences, mtp=draft == "mtp")
         self.tokenizer_path = Path(tokenizer) if tokenizer else bundle_path(self.path)
         if tokenizer:  # given: it must load
             self.tokenizer: Tokenizer | None = Tokenizer.load(tokenizer)
@@ -120,14 +173,24 @@ class Engine:
             exchange = "f32" if self.layout.weight_type == FloatType.F32 else "q80"
         report = None
         if load_progress is not None and not workers:
-            total = node_memory(self.layout, 0, 1, self.config.seq_len, self.config.kv_f16).weights
+            total = node_memory(self.layout, 0, 1, self.config.seq_len, self.config.kv_f16,
+                                mtp=self.config.n_mtp_layers > 0).weights
             report = lambda done: load_progress(min(done, total), total)  # noqa: E731
-        self._model = _core.Model(str(self.path), self.config, tensors, threads or default_threads(),
-                                  workers=list(workers or []), secret=secret or os.environ.get(SECRET_ENV, ""),
-                                  exchange=exchange, timeout_ms=int(net_timeout * 1000), progress=report)
+        workers_bar = _WorkerLoadBar() if workers else None
+        try:
+            self._model = _core.Model(str(self.path), self.config, tensors, threads or default_threads(),
+                                      workers=list(workers or []), secret=secret or os.environ.get(SECRET_ENV, ""),
+                                      exchange=exchange, timeout_ms=_milliseconds(net_timeout, NET_TIMEOUT_ENV, 5.0),
+                                      heartbeat_ms=_milliseconds(heartbeat, HEARTBEAT_ENV, 10.0), progress=report,
+                                      workers_progress=workers_bar)
+        finally:
+            if workers_bar is not None:
+                workers_bar.close()
         if report is not None:
             report(total)
-        self._model.reset_net_stats()  # count inference traffic, not the weights sent to the workers
+        # Count inference traffic, not the weights sent to the workers (those stay in load_net_stats).
+        self.load_net_stats = self._model.net_stats()
+        self._model.reset_net_stats()
         self.scheduler = Scheduler(self._model, name=str(self.path))
         self.last_stats = GenerationStats()
 
@@ -225,15 +288,21 @@ class Engine:
             raise ChatTemplateError(f"{self.tokenizer_path}: {error}") from error.__cause__
 
     def generate(self, prompt: str | list[int], max_tokens: int = 256, temperature: float = 0.8, top_p: float = 0.9,
-                 top_k: int = 0, seed: int | None = None, stop: list[str] | str | None = None) -> Iterator[str]:
-        """Streams the continuation of a prompt (text, or token ids) as text pieces."""
+                 top_k: int = 0, seed: int | None = None, stop: list[str] | str | None = None,
+                 draft: str | None = None, draft_tokens: int | None = None) -> Iterator[str]:
+        """Streams the continuation of a prompt (text, or token ids) as text pieces.
+
+        draft, draft_tokens: speculative decoding ("ngram" or "mtp", up to draft_tokens guesses checked per
+        step; default: the engine's `draft` and `draft_tokens`). The text is what plain decoding gives:
+        the same tokens when greedy, the same distribution when sampling; `last_stats` tells how many
+        guesses were kept."""
         tok = self._require_tokenizer()
         ids = tok.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
-        return self._generate_ids(ids, max_tokens, Sampler(temperature, top_p, top_k, seed), stop)
+        return self._generate_ids(ids, max_tokens, Sampler(temperature, top_p, top_k, seed), stop, draft, draft_tokens)
 
     def chat(self, messages: list[dict], max_tokens: int = 1024, temperature: float = 0.8, top_p: float = 0.9,
              top_k: int = 0, seed: int | None = None, stop: list[str] | str | None = None, tools: list | None = None,
-             **template_kwargs) -> Iterator["ChatPiece"]:
+             draft: str | None = None, draft_tokens: int | None = None, **template_kwargs) -> Iterator["ChatPiece"]:
         """Streams the assistant's reply to a conversation, rendered with the model's chat template.
 
         Pieces are strings; `piece.kind` is "reasoning" for the model's <think> text and "answer" for the
@@ -243,7 +312,8 @@ class Engine:
         tok = self._require_tokenizer()
         text = self.apply_chat_template(messages, tools=tools, **template_kwargs)
         splitter = ThinkingSplitter(prompt_starts_in_thinking(text))
-        for piece in self._generate_ids(tok.encode_chat(text), max_tokens, Sampler(temperature, top_p, top_k, seed), stop):
+        for piece in self._generate_ids(tok.encode_chat(text), max_tokens, Sampler(temperature, top_p, top_k, seed), stop,
+                                        draft, draft_tokens):
             for kind, part in splitter.push(piece):
                 yield ChatPiece(part, kind)
         for kind, part in splitter.flush():
@@ -260,13 +330,15 @@ class Engine:
             reply["tool_calls"] = calls
         return reply
 
-    def _generate_ids(self, ids: list[int], max_tokens: int, sampler: Sampler, stop) -> Iterator[str]:
+    def _generate_ids(self, ids: list[int], max_tokens: int, sampler: Sampler, stop, draft=None,
+                      draft_tokens=None) -> Iterator[str]:
         """Text pieces of one generation, run by the scheduler (with whatever else runs at the time)."""
         tok = self._require_tokenizer()
         if len(ids) > self.context_length:
             raise ValueError(f"the prompt has {len(ids)} tokens but the context holds {self.context_length} "
                              f"(raise max_seq_len, up to the model's {self.layout.params.get('max_seq_len')})")
-        request = self.scheduler.submit(ids, sampler, max_tokens, stop_tokens=tok.eos_token_ids)
+        request = self.scheduler.submit(ids, sampler, max_tokens, stop_tokens=tok.eos_token_ids,
+                                        draft=draft or self.draft, draft_tokens=draft_tokens or self.draft_tokens)
         self.last_stats = request.stats
         stream = TextStream(tok, stop)
         try:

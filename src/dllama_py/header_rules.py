@@ -99,6 +99,8 @@ def check_header(params: dict, arch, where: str, tensor_bytes: int | None = None
     head_dim = head_dim_of(p)
     _check_rope(h, head_dim, arch)
 
+    if p.get("n_mtp_layers", 0) not in (0, 1):
+        h.fail("n_mtp_layers", "must be 0 or 1 (a file holds at most one multi-token-prediction layer)")
     if "norm_epsilon" in p and p["norm_epsilon"] not in NORM_EPSILON_CODES:
         h.fail("norm_epsilon", f"is not a known code ({', '.join(map(str, NORM_EPSILON_CODES))})")
     h.positive_float("norm_epsilon_f32")

@@ -274,6 +274,9 @@ def glm4_moe_header(cfg: dict) -> dict:
         norm_topk_prob=int(_flag(cfg, "norm_topk_prob", True)),
         qk_norm=int(_flag(cfg, "use_qk_norm", False)),
     )
+    if cfg.get("num_nextn_predict_layers"):
+        # GLM ships one MTP layer; with more (none so far), the first is kept and drafts further by itself.
+        params["n_mtp_layers"] = 1
     return params
 
 

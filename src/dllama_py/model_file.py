@@ -130,6 +130,8 @@ HEADER_KEYS = {
     "yarn_beta_slow_f32": 278,
     "yarn_attention_factor_f32": 279,  # multiplies cos and sin
     "yarn_truncate": 280,
+    # Ours: multi-token-prediction layers stored after the last layer (GLM's nextn layer; 0 or 1).
+    "n_mtp_layers": 281,
 }
 # Ours: per-tensor storage types. Key TENSOR_TYPE_KEYS + i holds the FloatType of tensor i (in file
 # order), written only for a tensor stored in another type than its architecture's rule gives

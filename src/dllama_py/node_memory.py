@@ -33,10 +33,13 @@ class NodeMemory:
         return self.weights + self.mapped + self.kv_cache
 
 
-def node_memory(layout: ModelLayout, node: int, n_nodes: int, seq_len: int, kv_f16: bool) -> NodeMemory:
-    """The memory node `node` of `n_nodes` takes for this model at a context of seq_len positions; raises
-    ValueError when the model cannot be split that many ways."""
+def node_memory(layout: ModelLayout, node: int, n_nodes: int, seq_len: int, kv_f16: bool,
+                mtp: bool = False) -> NodeMemory:
+    """The memory node `node` of `n_nodes` takes for this model at a context of seq_len positions (with
+    its multi-token-prediction layer, when mtp); raises ValueError when the model cannot be split that
+    many ways."""
     p = layout.params
+    n_layers = p["n_layers"] + (p.get("n_mtp_layers", 0) if mtp else 0)
     n_heads, n_kv_heads = p["n_heads"], p["n_kv_heads"]
     head_dim = p.get("head_dim") or p["dim"] // n_heads
     latent = p.get("kv_lora_rank", 0) > 0
@@ -62,8 +65,10 @@ def node_memory(layout: ModelLayout, node: int, n_nodes: int, seq_len: int, kv_f
     def sliced(name: str, rows: int, cols: int) -> tuple[int, int]:
         """(rows, cols) of the tensor that this node holds."""
         role = name.split(".", 2)[2] if name.startswith("layers.") else name
-        if role == "embedding":
+        if role == "embedding" or name.startswith("layers.") and int(name.split(".")[1]) >= n_layers:
             return 0, 0
+        if role in ("mtp.enorm", "mtp.hnorm", "mtp.eh_proj"):  # the MTP layer's input, made by node 0
+            return (rows, cols) if node == 0 else (0, 0)
         if role == "lm_head":
             begin, end = share(rows, node, n_nodes)
             return end - begin, cols
@@ -100,5 +105,5 @@ def node_memory(layout: ModelLayout, node: int, n_nodes: int, seq_len: int, kv_f
         kv_values = p["kv_lora_rank"] + p["qk_rope_head_dim"]  # not split: every node keeps the whole latent
     else:
         kv_values = 2 * (kv_end - kv_first) * head_dim
-    kv_cache = p["n_layers"] * kv_values * seq_len * (2 if kv_f16 else 4)
+    kv_cache = n_layers * kv_values * seq_len * (2 if kv_f16 else 4)
     return NodeMemory(weights, mapped, kv_cache)

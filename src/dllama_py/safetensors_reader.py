@@ -2,7 +2,9 @@
 
 Only the rows asked for are read (with pread, not a memory map, so that resident memory stays at
 one chunk however large the shard), so converting a model needs about one tensor of memory, not the
-whole checkpoint. bf16 is widened to float32 with integer shifts (numpy has no bfloat16).
+whole checkpoint. bf16 is widened to float32 with integer shifts (numpy has no bfloat16); FP8 (E4M3)
+weights are decoded by a table of their 256 values and multiplied by their blocks' `weight_scale_inv`,
+as the official FP8 releases store them (quantization_config.quant_method "fp8").
 """
 
 from __future__ import annotations
@@ -16,11 +18,25 @@ from pathlib import Path
 import numpy as np
 
 # The dtypes we convert from, as numpy reads their bytes.
-_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64, "F8_E4M3": np.uint8}
 # Bytes per element of every safetensors dtype: a header may list tensors we never read.
 _ITEM_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8}
 MAX_HEADER_BYTES = 100 << 20  # the safetensors library's own limit
+SCALE_SUFFIX = "_scale_inv"  # FP8 checkpoints: "x.weight" has its block scales in "x.weight_scale_inv"
+
+
+def _e4m3_values() -> np.ndarray:
+    """The float32 value of each FP8 E4M3 ("fn": no infinities) byte: sign, 4 exponent bits (bias 7),
+    3 mantissa bits; exponent 0 is subnormal; 0x7f and 0xff are NaN."""
+    b = np.arange(256)
+    exponent, mantissa = (b >> 3) & 15, (b & 7).astype(np.float64)
+    magnitude = np.where(exponent == 0, mantissa / 8 * 2.0 ** -6, (1 + mantissa / 8) * 2.0 ** (exponent - 7))
+    magnitude[(b & 0x7F) == 0x7F] = np.nan
+    return np.where(b & 0x80, -magnitude, magnitude).astype(np.float32)
+
+
+_E4M3 = _e4m3_values()
 
 
 class CheckpointError(ValueError):
@@ -67,6 +83,8 @@ class _File:
         raw = np.frombuffer(data, dtype=_DTYPES[dtype])
         if dtype == "BF16":
             values = (raw.astype(np.uint32) << 16).view(np.float32)
+        elif dtype == "F8_E4M3":
+            values = _E4M3[raw]
         else:
             values = raw.astype(np.float32)
         return values.reshape([row_end - row_begin, *shape[1:]] if shape else [])
@@ -110,12 +128,18 @@ def _checked_header(path: Path, header, data_bytes: int) -> dict:
 
 
 class Checkpoint:
-    """All tensors of an HF checkpoint directory (single file, or shards with an index)."""
+    """All tensors of an HF checkpoint directory (single file, or shards with an index), or of the
+    given shard files only. weight_block_size: FP8 scale blocks [rows, cols] (default: inferred from
+    the shapes of weight and scales)."""
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, files: list[str] | None = None,
+                 weight_block_size: tuple[int, int] | None = None):
         self.directory = Path(directory)
+        self.weight_block_size = weight_block_size
         index = self.directory / "model.safetensors.index.json"
-        if index.exists():
+        if files is not None:
+            shard_names, weight_map = files, None
+        elif index.exists():
             weight_map = _read_weight_map(index)
             shard_names = sorted(set(weight_map.values()))
         else:
@@ -144,6 +168,16 @@ class Checkpoint:
     def names(self) -> list[str]:
         return list(self._where)
 
+    def unused(self, used_names) -> list[str]:
+        """The checkpoint's tensors not among `used_names` (nor their FP8 scales)."""
+        used = set(used_names)
+        used |= {n + SCALE_SUFFIX for n in used}
+        return sorted(n for n in self._where if n not in used)
+
+    def stored_type(self, name: str):
+        """Safetensors tensors are always re-encoded (see GGUFCheckpoint.stored_type)."""
+        return None
+
     def n_values(self) -> int:
         """Values in all tensors together."""
         return sum(math.prod(meta["shape"]) for f in self._files.values() for meta in f.header.values())
@@ -155,7 +189,26 @@ class Checkpoint:
         """Rows [row_begin, row_end) of a tensor (all of it by default) as float32."""
         if name not in self._where:
             raise CheckpointError(f"{self.directory}: missing tensor {name!r}")
-        return self._where[name].read(name, row_begin, row_end)
+        values = self._where[name].read(name, row_begin, row_end)
+        if self._where[name].header[name]["dtype"] == "F8_E4M3":
+            values = self._fp8_scaled(name, values, row_begin)
+        return values
+
+    def _fp8_scaled(self, name: str, values: np.ndarray, row_begin: int) -> np.ndarray:
+        """FP8 weights times the inverse scale of the [block rows x block cols] block each value is in."""
+        scale_name = name + SCALE_SUFFIX
+        if scale_name not in self._where:
+            raise CheckpointError(f"{self.directory}: FP8 tensor {name!r} has no {scale_name!r}")
+        rows, cols = self.shape(name) if len(self.shape(name)) == 2 else (1, self.shape(name)[0])
+        scales = self._where[scale_name].read(scale_name).reshape(-1, self.shape(scale_name)[-1] if self.shape(scale_name) else 1)
+        block_rows, block_cols = self.weight_block_size or (-(-rows // scales.shape[0]), -(-cols // scales.shape[1]))
+        if scales.shape != (-(-rows // block_rows), -(-cols // block_cols)):
+            raise CheckpointError(f"{self.directory}: {scale_name!r} has shape {list(scales.shape)}, not one scale per "
+                                  f"{block_rows}x{block_cols} block of {name!r} {[rows, cols]}")
+        values = values.reshape(-1, cols)
+        row_blocks = (np.arange(row_begin, row_begin + values.shape[0]) // block_rows)
+        per_value = np.repeat(scales[row_blocks], block_cols, axis=1)[:, :cols]
+        return (values * per_value).astype(np.float32).reshape(values.shape if len(self.shape(name)) == 2 else -1)
 
     def close(self):
         for f in self._files.values():

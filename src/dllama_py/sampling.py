@@ -28,6 +28,14 @@ class Sampler:
         logits = np.asarray(logits).reshape(-1)
         if self.temperature == 0:
             return int(np.argmax(logits))
+        return self.draw(*self.distribution(logits))
+
+    def distribution(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What `sample` draws from: (token ids, their probabilities), the probabilities summing to 1;
+        greedy: the argmax with probability 1."""
+        logits = np.asarray(logits).reshape(-1)
+        if self.temperature == 0:
+            return np.array([int(np.argmax(logits))]), np.ones(1)
         candidates = None  # all of the vocabulary
         if 0 < self.top_k < logits.size:
             candidates = np.argpartition(logits, -self.top_k)[-self.top_k :]
@@ -36,10 +44,41 @@ class Sampler:
         probs = np.exp(scaled - scaled.max())
         probs /= probs.sum(dtype=np.float64)
         kept, kept_probs = self._nucleus(probs)
-        cumulative = np.cumsum(kept_probs, dtype=np.float64)
-        choice = kept[min(int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], side="right")),
-                          kept.size - 1)]
-        return int(candidates[choice] if candidates is not None else choice)
+        ids = candidates[kept] if candidates is not None else kept
+        return ids, kept_probs.astype(np.float64) / kept_probs.sum(dtype=np.float64)
+
+    def verify(self, logits: np.ndarray, draft: int,
+               draft_distribution: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[int, bool]:
+        """Speculative sampling of one position whose token a drafter guessed: (the token, whether it is
+        the draft). The draft is kept with probability min(1, p(draft) / q(draft)), else a token is drawn
+        from the normalized residual max(0, p - q); p is `distribution(logits)`, q the distribution the
+        draft was drawn from (None: a deterministic guess, q = 1 on the draft). The token is then
+        distributed exactly as `sample(logits)` (Leviathan et al., 2023; Chen et al., 2023)."""
+        if self.temperature == 0:
+            best = int(np.argmax(np.asarray(logits).reshape(-1)))
+            return best, best == draft
+        ids, p = self.distribution(logits)
+        q_ids, q = draft_distribution if draft_distribution is not None else (np.array([draft]), np.ones(1))
+        p_draft = float(p[ids == draft].sum())
+        q_draft = float(q[q_ids == draft].sum())
+        if q_draft <= 0:
+            raise ValueError(f"draft token {draft} has probability 0 under the distribution it was drawn from")
+        if self._rng.random() * q_draft < p_draft:
+            return int(draft), True
+        q_on_p = np.zeros_like(p)
+        _, in_p, in_q = np.intersect1d(ids, q_ids, assume_unique=True, return_indices=True)
+        q_on_p[in_p] = q[in_q]
+        residual = np.maximum(p - q_on_p, 0)
+        total = residual.sum()
+        if total <= 0:  # p <= q everywhere yet the draft was refused: only rounding can get here
+            return self.draw(ids, p), False
+        return self.draw(ids, residual / total), False
+
+    def draw(self, ids: np.ndarray, probs: np.ndarray) -> int:
+        """One of ids, drawn with probabilities probs."""
+        cumulative = np.cumsum(probs, dtype=np.float64)
+        choice = min(int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], side="right")), ids.size - 1)
+        return int(ids[choice])
 
     def _nucleus(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Indexes of the most probable entries, in descending order, until their total reaches top_p,

@@ -15,6 +15,10 @@ the others wait for its result, so no background thread is needed and a single c
 speed of a plain loop. Each finished sequence's tokens stay in its KV-cache slot; a new request takes
 the free slot sharing the longest prefix with its prompt, or copies that prefix from another slot, so
 a shared system prompt or the previous turn of a conversation is computed once.
+
+A request may decode speculatively (draft="ngram" or "mtp", see speculative.py): its step rows are the
+fed token and up to draft_tokens guesses of the next ones, all with logits; the guesses the model agrees
+with are kept (the KV cache drops the rest), so one step can give several tokens.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Iterable
 import numpy as np
 
 from .sampling import Sampler
+from .speculative import NgramDrafter, check_draft, is_drafter, verified_tokens
 
 ROWS_PER_STEP = 64  # the C++ core's matrix-matrix chunk: prompt rows beyond the decode rows fill it
 
@@ -45,11 +50,32 @@ class GenerationStats:
     prefill_seconds: float = 0.0  # from the first step the request took part in to its first token
     decode_seconds: float = 0.0  # from its first token to its last
     finish_reason: str = ""  # "stop", "length", "context", "cancelled" or "error"
+    draft: str = ""  # how it guessed ahead: "ngram", "mtp", "custom" or "" (it did not)
+    decode_steps: int = 0  # forward steps that gave tokens after the first
+    drafted_tokens: int = 0  # speculative guesses the model checked
+    accepted_tokens: int = 0  # guesses it kept
 
     @property
     def decode_tokens_per_second(self) -> float:
         """Tokens after the first, per second of decoding."""
         return (self.generated_tokens - 1) / self.decode_seconds if self.decode_seconds else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Share of the speculative guesses the model kept."""
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Tokens after the first per decode step: 1 without speculation, up to draft_tokens + 1 with it."""
+        return (self.generated_tokens - 1) / self.decode_steps if self.decode_steps else 0.0
+
+    def completion_tokens_details(self) -> dict:
+        """The guesses in OpenAI's usage fields (those of its predicted outputs); {} without speculation."""
+        if not self.drafted_tokens:
+            return {}
+        return {"accepted_prediction_tokens": self.accepted_tokens,
+                "rejected_prediction_tokens": self.drafted_tokens - self.accepted_tokens}
 
 
 @dataclass
@@ -66,12 +92,15 @@ class Request:
     `stats` and `finish_reason` say how it went. Made by Scheduler.submit."""
 
     def __init__(self, scheduler: "Scheduler", prompt: list[int], sampler: Sampler, max_tokens: int,
-                 stop_tokens: frozenset[int]):
+                 stop_tokens: frozenset[int], draft: str | None = None, draft_tokens: int = 4):
         self.prompt = prompt
         self.sampler = sampler
         self.max_tokens = max_tokens
         self.stop_tokens = stop_tokens
-        self.stats = GenerationStats(prompt_tokens=len(prompt))
+        self.draft = draft
+        self.draft_tokens = draft_tokens
+        self.stats = GenerationStats(prompt_tokens=len(prompt),
+                                     draft=draft if isinstance(draft, str) else "custom" if draft is not None else "")
         self._scheduler = scheduler
         self._out: deque[int] = deque()  # sampled, not yet taken by the consumer
         self._done = False
@@ -81,6 +110,11 @@ class Request:
         self._next: int | None = None  # the last sampled token, to be fed by the next step
         self._started = 0.0
         self._first_token = 0.0
+        self._drafter = NgramDrafter() if draft == "ngram" else draft if is_drafter(draft) else None
+        if self._drafter is not None:
+            self._drafter.extend(prompt)
+        self._mtp_drafts: list[int] = []  # the MTP layer's guesses after _next
+        self._mtp_distributions: list | None = None  # what each was drawn from (None: greedy)
 
     @property
     def finish_reason(self) -> str:
@@ -109,6 +143,31 @@ class _Slot:
     last_used: int = 0
 
 
+@dataclass
+class _Chain:
+    """A slot guessing with the MTP layer: the logits of its next guess, and the hidden state and MTP
+    position a further guess continues from."""
+
+    index: int  # in the list of wanted guesses
+    slot: int
+    k: int
+    sampler: Sampler
+    position: int
+    logits: np.ndarray | None = None
+    hidden: np.ndarray | None = None
+
+    def guess(self, result: tuple[list[int], list | None]):
+        """One guess into result (guesses, distributions): the argmax when greedy, else drawn as the
+        request samples (the verification then weighs it by the distribution it came from)."""
+        guesses, distributions = result
+        if self.sampler.temperature == 0:
+            guesses.append(int(np.argmax(self.logits)))
+            return
+        ids, probs = self.sampler.distribution(self.logits)
+        guesses.append(self.sampler.draw(ids, probs))
+        distributions.append((ids, probs))
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     if n == 0:
@@ -134,13 +193,18 @@ class Scheduler:
         self._cv = threading.Condition()
         self._stepping = False
         self._steps = 0
+        # slot -> (position, rows): final hidden states of the slot's latest positions that the MTP layer
+        # has not taken yet (kept only when the model has an MTP layer)
+        self._hidden: dict[int, tuple[int, np.ndarray]] = {}
         self.last_step = StepInfo()
 
     # -- the public API ----------------------------------------------------------------------------
     def submit(self, prompt: Iterable[int], sampler: Sampler | None = None, max_tokens: int = 256,
-               stop_tokens: Iterable[int] = ()) -> Request:
+               stop_tokens: Iterable[int] = (), draft: str | None = None, draft_tokens: int = 4) -> Request:
         """Queues a generation of up to max_tokens tokens after the prompt (token ids); it stops early at
-        any of stop_tokens (not yielded) or when its sequence fills the context. Greedy by default."""
+        any of stop_tokens (not yielded) or when its sequence fills the context. Greedy by default.
+        draft: "ngram" (prompt lookup), "mtp" (the model's multi-token-prediction layer) or a drafter object
+        (speculative.is_drafter) to decode speculatively, checking up to draft_tokens guesses per step."""
         ids = [int(t) for t in prompt]
         if not ids:
             raise ValueError("the prompt is empty")
@@ -152,7 +216,14 @@ class Scheduler:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{self._vocab - 1})")
         if max_tokens < 0:
             raise ValueError("max_tokens must be >= 0")
-        req = Request(self, ids, sampler or Sampler(temperature=0), max_tokens, frozenset(int(t) for t in stop_tokens))
+        check_draft(draft, draft_tokens)
+        if draft == "mtp" and not self._model.has_mtp:
+            raise ValueError("draft='mtp' needs the model's multi-token-prediction layer: load the engine with "
+                             "draft='mtp' (CLI: --draft mtp)")
+        sampler = sampler or Sampler(temperature=0)
+        if draft is not None and not hasattr(sampler, "verify"):
+            raise ValueError("speculative decoding needs a sampler with verify() (a dllama_py Sampler)")
+        req = Request(self, ids, sampler, max_tokens, frozenset(int(t) for t in stop_tokens), draft, draft_tokens)
         with self._cv:
             if max_tokens == 0:
                 self._finish(req, "length")
@@ -187,7 +258,14 @@ class Scheduler:
         """The raw model on one slot (Engine.forward): logits for tokens appended to its sequence."""
         with self._holding([slot]):
             start = len(self._slots[slot].tokens)
-            logits = self._model.forward(np.asarray(ids, dtype=np.int32), all_logits, slot)
+            if self._model.has_mtp:  # keep the hidden states for the MTP layer (mtp_guesses)
+                n = len(ids)
+                slots, positions = np.full(n, slot, dtype=np.int32), np.arange(start, start + n, dtype=np.int32)
+                wants = np.arange(n) == n - 1 if not all_logits else np.ones(n, dtype=bool)
+                logits, hidden = self._model.step(np.asarray(ids, dtype=np.int32), slots, positions, wants, hidden=True)
+                self._keep_hidden(slots, positions, hidden)
+            else:
+                logits = self._model.forward(np.asarray(ids, dtype=np.int32), all_logits, slot)
             if not np.isfinite(logits).all():  # cheap next to the forward step (one row when decoding)
                 self._model.truncate(slot, start)  # the failed step is not kept in the cache
                 raise self._non_finite(start + len(ids) - 1)
@@ -231,23 +309,36 @@ class Scheduler:
     def extend(self, slot: int, ids: list[int]) -> np.ndarray:
         """Makes the slot's sequence `ids`, computing only what its cache does not hold (the last token at
         least); the logits after the last token (1, vocab)."""
-        keep = min(self.reusable(slot, ids), len(ids) - 1)
+        shared = self.reusable(slot, ids)
+        keep = min(shared, len(ids) - 1)
+        if self._model.has_mtp:  # MTP position keep-1 took the token at keep, which ids may not share
+            keep = max(0, min(keep, self._model.mtp_length(slot), shared - 1))
         self.truncate(slot, keep)
         return self.forward(ids[keep:], all_logits=False, slot=slot)
 
-    def decode(self, rows: list[tuple[int, int]]) -> np.ndarray:
-        """One token appended to each (slot, token) row's sequence, all in one step; logits (rows, vocab)."""
+    def decode(self, rows: list[tuple[int, int]], drafts: list[list[int]] | None = None) -> np.ndarray:
+        """One token appended to each (slot, token) row's sequence, all in one step; logits (rows, vocab).
+        With drafts (a list per row, speculative decoding), each row's guesses follow it in the step and
+        get logits too: (rows + guesses, vocab), each row's then its guesses'; the caller then cuts each
+        slot back (truncate) to what it keeps."""
         with self._holding([slot for slot, _ in rows]):
-            tokens = np.asarray([t for _, t in rows], dtype=np.int32)
-            slots = np.asarray([s for s, _ in rows], dtype=np.int32)
-            positions = np.asarray([len(self._slots[s].tokens) for s, _ in rows], dtype=np.int32)
-            logits = self._model.step(tokens, slots, positions, np.ones(len(rows), dtype=bool))
+            drafts = drafts or [[] for _ in rows]
+            sequences = [(slot, [token] + list(guesses)) for (slot, token), guesses in zip(rows, drafts)]
+            tokens = np.asarray([t for _, seq in sequences for t in seq], dtype=np.int32)
+            slots = np.asarray([s for s, seq in sequences for _ in seq], dtype=np.int32)
+            positions = np.asarray([len(self._slots[s].tokens) + i for s, seq in sequences for i in range(len(seq))],
+                                   dtype=np.int32)
+            logits = self._model.step(tokens, slots, positions, np.ones(len(tokens), dtype=bool),
+                                      hidden=self._model.has_mtp)
+            if self._model.has_mtp:
+                logits, hidden = logits
+                self._keep_hidden(slots, positions, hidden)
             if not np.isfinite(logits).all():
-                for slot, position in zip(slots.tolist(), positions.tolist()):
-                    self._model.truncate(slot, position)  # the failed step is not kept in the cache
+                for slot, _ in sequences:
+                    self._model.truncate(slot, len(self._slots[slot].tokens))  # the failed step is not kept
                 raise self._non_finite(int(positions[~np.isfinite(logits).all(axis=1)][0]))
-            for slot, token in rows:
-                self._slots[slot].tokens.append(token)
+            for slot, seq in sequences:
+                self._slots[slot].tokens.extend(seq)
             return logits
 
     @contextmanager
@@ -301,9 +392,13 @@ class Scheduler:
             if plan is None:
                 return
             tokens, slots, positions, wants, owners, n_decode = plan
+            mtp = any(r.draft == "mtp" for r in self._running)
             t0 = time.perf_counter()
             try:
-                logits = self._model.step(tokens, slots, positions, wants)
+                logits = self._model.step(tokens, slots, positions, wants, hidden=mtp)
+                if mtp:
+                    logits, hidden = logits
+                    self._keep_hidden(slots, positions, hidden)
             except BaseException as e:
                 with self._cv:
                     self._fail_running(e)
@@ -311,6 +406,16 @@ class Scheduler:
             with self._cv:
                 self.last_step = StepInfo(len(tokens), len(tokens) - n_decode, time.perf_counter() - t0)
                 self._apply(tokens, slots, owners, logits)
+                wanted = self._mtp_wanted() if mtp else []
+            if wanted:
+                try:
+                    guesses = self._mtp_guesses([w[1:] for w in wanted])
+                except BaseException as e:
+                    with self._cv:
+                        self._fail_running(e)
+                    raise
+                for (req, *_), (drafts, distributions) in zip(wanted, guesses):
+                    req._mtp_drafts, req._mtp_distributions = drafts, distributions
         finally:
             self._end_step()
 
@@ -334,6 +439,13 @@ class Scheduler:
             else:
                 self._model.truncate(slot.index, n)
                 del slot.tokens[n:]
+            # MTP position n-1 took the token after the shared prefix, which this prompt may not share.
+            mtp = min(self._model.mtp_length(slot.index), max(n - 1, 0))
+            self._model.truncate_mtp(slot.index, mtp)
+            if req.draft == "mtp" and mtp < n:  # its MTP layer catches up from the hidden states of the prompt
+                n = mtp
+                self._model.truncate(slot.index, n)
+                del slot.tokens[n:]
             slot.request = req
             req._slot = slot
             req._fed = n
@@ -342,15 +454,19 @@ class Scheduler:
             self._running.append(req)
 
     def _plan(self):
-        """The rows of the next step: every decoding request's last token, then prompt chunks."""
+        """The rows of the next step: every decoding request's last token (and its drafts), then prompt
+        chunks. owners: (request, its drafts, position of its first row) for each request whose rows give
+        logits, in row order."""
         tokens, slots, positions, wants, owners = [], [], [], [], []
         for req in self._running:
             if req._next is not None:
-                tokens.append(req._next)
-                slots.append(req._slot.index)
-                positions.append(len(req._slot.tokens))
-                wants.append(True)
-                owners.append(req)
+                start = len(req._slot.tokens)
+                drafts = self._drafts(req, start)
+                tokens += [req._next] + drafts
+                slots += [req._slot.index] * (1 + len(drafts))
+                positions += range(start, start + 1 + len(drafts))
+                wants += [True] * (1 + len(drafts))
+                owners.append((req, drafts, start))
         n_decode = len(tokens)
         # Prompts fill the rest of the chunk (and always make some progress, however many decode).
         budget = max(self._rows_per_step - len(tokens), self._rows_per_step // 4)
@@ -367,54 +483,184 @@ class Scheduler:
             positions += range(start, start + k)
             wants += [False] * (k - 1) + [k == left]
             if k == left:
-                owners.append(req)
+                owners.append((req, [], start + k - 1))
             budget -= k
         if not tokens:
             return None
         return (np.asarray(tokens, dtype=np.int32), np.asarray(slots, dtype=np.int32),
                 np.asarray(positions, dtype=np.int32), np.asarray(wants, dtype=bool), owners, n_decode)
 
-    def _apply(self, tokens, slots, owners: list[Request], logits: np.ndarray):
-        """Records what the step put into the cache, then samples each request's next token."""
+    def _room(self, req: Request, start: int) -> int:
+        """How many guesses may follow the request's next token at position `start`: its draft_tokens, as
+        far as the context and max_tokens leave room."""
+        return min(req.draft_tokens, self._seq_len - 1 - start, req.max_tokens - req.stats.generated_tokens - 1)
+
+    def _drafts(self, req: Request, start: int) -> list[int]:
+        room = self._room(req, start)
+        if room <= 0:
+            return []
+        if req.draft == "mtp":
+            return req._mtp_drafts[:room]
+        return req._drafter.propose(room) if req._drafter is not None else []
+
+    # -- drafting with the MTP layer ------------------------------------------------------------------
+    # The MTP layer's position i takes token i+1 with the main layers' final hidden state at i, so it
+    # follows its slot's sequence one token behind: steps keep their rows' hidden states (_keep_hidden)
+    # until it takes them. Its last position (the slot's last token, with the token after it) gives the
+    # first guess, and each further guess feeds the previous one back with the layer's own output. Those
+    # positions are dropped again (truncate_mtp) once the guesses are made: the tokens are not known yet.
+
+    def mtp_guesses(self, wanted: list[tuple[int, int, int, Sampler]]) -> list[tuple[list[int], list | None]]:
+        """For slots whose generations a caller runs itself (Scheduler.decode, the HTTP server): for each
+        (slot, the token that follows the slot's sequence, k, sampler), k guesses of the tokens after it
+        from the MTP layer, with the distributions they were drawn from when the sampler samples (None when
+        greedy). A slot whose hidden states were not kept since its MTP positions end gets no guesses."""
+        with self._holding([slot for slot, *_ in wanted]):
+            return self._mtp_guesses(wanted)
+
+    def _keep_hidden(self, slots: np.ndarray, positions: np.ndarray, hidden: np.ndarray):
+        for slot in np.unique(slots).tolist():
+            rows = np.flatnonzero(slots == slot)
+            start = int(positions[rows[0]])
+            held = self._hidden.get(slot)
+            if held is not None and held[0] <= start <= held[0] + len(held[1]):  # continues (or rewrites) them
+                self._hidden[slot] = (held[0], np.concatenate([held[1][:start - held[0]], hidden[rows]]))
+            else:
+                self._hidden[slot] = (start, hidden[rows])
+
+    def _mtp_wanted(self) -> list[tuple]:
+        """(request, slot, following token, guesses wanted, sampler) for the running MTP requests; the
+        hidden states of the other slots are dropped."""
+        wanted = []
+        for req in self._running:
+            slot = req._slot
+            if req.draft != "mtp" or req._done:
+                self._hidden.pop(slot.index, None)
+                continue
+            length = len(slot.tokens)
+            following = req._next if req._next is not None else req.prompt[length] if length < len(req.prompt) else None
+            if following is not None:
+                room = self._room(req, length) if req._next is not None else 0
+                wanted.append((req, slot.index, following, room, req.sampler))
+        return wanted
+
+    def _mtp_guesses(self, wanted):
+        """mtp_guesses with the step lock held: one MTP call over every slot's new positions, then one per
+        further guess."""
+        results: list[tuple[list[int], list | None]] = [([], [] if w[3].temperature else None) for w in wanted]
+        tokens, slots, positions, wants, hidden, chains = [], [], [], [], [], []
+        for i, (slot, following, k, sampler) in enumerate(wanted):
+            held = self._hidden.pop(slot, None)
+            history = self._slots[slot].tokens
+            length = len(history)
+            first = min(self._model.mtp_length(slot), length - 1 if k > 0 else length)
+            if held is None or not held[0] <= first or held[0] + len(held[1]) < length or first == length:
+                continue  # nothing new, or the layer cannot catch up: no guesses
+            self._model.truncate_mtp(slot, first)
+            tokens += history[first + 1:] + [following]
+            slots += [slot] * (length - first)
+            positions += range(first, length)
+            wants += [False] * (length - first - 1) + [k > 0]
+            hidden.append(held[1][first - held[0]:length - held[0]])
+            if k > 0:
+                chains.append(_Chain(i, slot, k, sampler, length))
+        if not tokens:
+            return results
+        logits, out = self._model.mtp_step(tokens, np.concatenate(hidden), slots, positions, wants)
+        last_rows = np.flatnonzero(wants)
+        for chain, row, last in zip(chains, logits, last_rows):
+            chain.logits, chain.hidden = row, out[last]
+        while chains:
+            for c in chains:
+                c.guess(results[c.index])
+            chains = [c for c in chains if len(results[c.index][0]) < c.k]
+            if not chains:
+                break
+            logits, out = self._model.mtp_step([results[c.index][0][-1] for c in chains], np.stack([c.hidden for c in chains]),
+                                               [c.slot for c in chains], [c.position for c in chains],
+                                               [True] * len(chains))
+            for c, row, h in zip(chains, logits, out):
+                c.logits, c.hidden, c.position = row, h, c.position + 1
+        for slot, _, _, _ in wanted:
+            self._model.truncate_mtp(slot, min(self._model.mtp_length(slot), len(self._slots[slot].tokens)))
+        return results
+
+    def _apply(self, tokens, slots, owners, logits: np.ndarray):
+        """Records what the step put into the cache, then samples each request's next token (or checks
+        its drafts, dropping from the cache the ones refused)."""
         for token, slot in zip(tokens.tolist(), slots.tolist()):
             self._slots[slot].tokens.append(token)
         for req in self._running:
             req._fed = min(len(req.prompt), len(req._slot.tokens))  # prompt tokens in the cache
             req._next = None  # fed by this step
+            req._mtp_drafts = []
         now = time.perf_counter()
         self._steps += 1
-        for req, row in zip(owners, logits):
+        row = 0
+        for req, drafts, start in owners:
+            rows = logits[row:row + 1 + len(drafts)]
+            row += len(rows)
             if req._done:  # cancelled while the step ran
                 continue
-            if not np.isfinite(row).all():
-                req._error = self._non_finite(len(req._slot.tokens) - 1)
+            if not np.isfinite(rows).all():
+                req._error = self._non_finite(start)
                 self._finish(req, "error")
                 self._model.truncate(req._slot.index, 0)  # what it computed may hold NaN too
                 req._slot.tokens.clear()
                 continue
+            if req.stats.generated_tokens:
+                req.stats.decode_steps += 1
             try:
-                token = req.sampler.sample(row)
+                if drafts:
+                    self._verify(req, rows, drafts, start, now)
+                else:
+                    self._emit(req, req.sampler.sample(rows[0]), now, start + 1)
             except Exception as e:  # e.g. a caller's own sampler: this request fails, the others go on
                 req._error = e
                 self._finish(req, "error")
-                continue
-            if req.stats.generated_tokens == 0:
-                req._first_token = now
-                req.stats.prefill_seconds = now - req._started
-            if token in req.stop_tokens:
-                self._finish(req, "stop")
-                continue
-            req.stats.decode_seconds = now - req._first_token
-            req._out.append(token)
-            req.stats.generated_tokens += 1
-            if len(req._slot.tokens) >= self._seq_len:
-                self._finish(req, "context")  # no room to feed it back
-            elif req.stats.generated_tokens >= req.max_tokens:
-                self._finish(req, "length")
-            else:
-                req._next = token
         self._release_finished()
         self._cv.notify_all()
+
+    def _verify(self, req: Request, rows: np.ndarray, drafts: list[int], start: int, now: float):
+        """Emits the tokens a verification step gives, then cuts the slot back to the fed token and the
+        drafts kept before the last emitted token (which is fed next)."""
+        emitted = accepted = 0
+        distributions = req._mtp_distributions[:len(drafts)] if req._mtp_distributions else None
+        for token, kept in verified_tokens(req.sampler, rows, drafts, distributions):
+            emitted += 1
+            accepted += kept
+            if not self._emit(req, token, now, start + emitted):
+                break
+        req.stats.drafted_tokens += len(drafts)
+        req.stats.accepted_tokens += accepted
+        slot = req._slot
+        keep = start + emitted
+        if keep < len(slot.tokens):
+            self._model.truncate(slot.index, keep)
+            del slot.tokens[keep:]
+
+    def _emit(self, req: Request, token: int, now: float, cached: int) -> bool:
+        """Hands a sampled token to the request, `cached` positions being in its slot before it; False
+        when that ends the request."""
+        if req.stats.generated_tokens == 0:
+            req._first_token = now
+            req.stats.prefill_seconds = now - req._started
+        if token in req.stop_tokens:
+            self._finish(req, "stop")
+            return False
+        req.stats.decode_seconds = now - req._first_token
+        req._out.append(token)
+        req.stats.generated_tokens += 1
+        if req._drafter is not None:
+            req._drafter.extend([token])
+        if cached >= self._seq_len:
+            self._finish(req, "context")  # no room to feed it back
+        elif req.stats.generated_tokens >= req.max_tokens:
+            self._finish(req, "length")
+        else:
+            req._next = token
+            return True
+        return False
 
     def _non_finite(self, position: int) -> NonFiniteLogitsError:
         return NonFiniteLogitsError(f"{self._name}: the model produced NaN or infinite logits at position {position}; "

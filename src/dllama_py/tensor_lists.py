@@ -37,16 +37,29 @@ class Source:
     rows: tuple[int, int] | None = None
 
 
-def permute_for_interleaved_rope(n_heads: int) -> Transform:
+class RowPermutation:
+    """A transform that only reorders rows (new row i = old row `order[i]`). Unlike other transforms it
+    also applies to rows of quantized blocks, so already-quantized input can be copied without
+    re-quantizing."""
+
+    def __init__(self, order: np.ndarray):
+        self.order = np.asarray(order)
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        if w.shape[0] != len(self.order):
+            raise ValueError(f"row permutation of {len(self.order)} rows applied to {w.shape[0]} rows")
+        return w[self.order]
+
+    def inverse(self) -> "RowPermutation":
+        return RowPermutation(np.argsort(self.order))
+
+
+def permute_for_interleaved_rope(n_heads: int, head_dim: int) -> RowPermutation:
     """HF stores Llama q/k for rotate-half RoPE; distributed-llama's LLAMA graph rotates adjacent
-    pairs, so rows are reordered within each head: new row 2j = old j, new row 2j+1 = old j + d/2."""
-
-    def permute(w: np.ndarray) -> np.ndarray:
-        rows, cols = w.shape
-        head_dim = rows // n_heads
-        return w.reshape(n_heads, 2, head_dim // 2, cols).swapaxes(1, 2).reshape(rows, cols)
-
-    return permute
+    pairs, so rows are reordered within each head: new row 2j = old j, new row 2j+1 = old j + d/2.
+    (llama.cpp's GGUF files store q/k in this same interleaved order.)"""
+    order = np.arange(n_heads * head_dim).reshape(n_heads, 2, head_dim // 2).swapaxes(1, 2).reshape(-1)
+    return RowPermutation(order)
 
 
 def split_kv_b(p: dict, part: str) -> Transform:
@@ -88,6 +101,9 @@ _LLAMA_LAYER_NAMES = {
     "attn.kv_a": "self_attn.kv_a_proj_with_mqa.weight", "attn.kv_a_bias": "self_attn.kv_a_proj_with_mqa.bias",
     "attn.kv_a_norm": "self_attn.kv_a_layernorm.weight", "attn.k_b": "self_attn.kv_b_proj.weight",
     "attn.v_b": "self_attn.kv_b_proj.weight", "attn.o_bias": "self_attn.o_proj.bias",
+    # the multi-token-prediction layer's own tensors (GLM / DeepSeek-V3 checkpoints)
+    "mtp.enorm": "enorm.weight", "mtp.hnorm": "hnorm.weight", "mtp.eh_proj": "eh_proj.weight",
+    "mtp.head_norm": "shared_head.norm.weight",
 }
 
 
@@ -183,11 +199,16 @@ def layer_roles(p: dict, layer: int, *, qk_norm: bool, bias: bool, sandwich: boo
     return roles
 
 
+MTP_ROLES = ["mtp.enorm", "mtp.hnorm", "mtp.eh_proj", "mtp.head_norm"]
+
+
 def role_shape(p: dict, role: str) -> tuple[int, int, FloatType | None]:
     """(rows, cols, stored type or None for the weight type) of a layer tensor."""
     dim, head_dim = p["dim"], head_dim_of(p)
     q_dim, kv_dim = p["n_heads"] * head_dim, p["n_kv_heads"] * head_dim
     f32 = FloatType.F32
+    if role.startswith("mtp."):
+        return (dim, 2 * dim, None) if role == "mtp.eh_proj" else (1, dim, f32)
     if is_latent_attention(p) and role.startswith("attn."):
         n, q_lora, kv_lora = p["n_heads"], p.get("q_lora_rank", 0), p["kv_lora_rank"]
         nope, rope, v = p["qk_nope_head_dim"], p["qk_rope_head_dim"], p["v_head_dim"]
@@ -218,12 +239,14 @@ def role_shape(p: dict, role: str) -> tuple[int, int, FloatType | None]:
 
 def decoder_tensors(p: dict, names, *, qk_norm=False, bias=False, sandwich=False, permute_qk=False,
                     router_bias=False, embedding_dtype: FloatType | None = FloatType.F32) -> list[TensorSpec]:
-    """Every tensor of a decoder model in file order: embedding, each layer's, final norm, output head."""
+    """Every tensor of a decoder model in file order: embedding, each layer's, final norm, output head,
+    then the multi-token-prediction layer when the header has one (a decoder layer numbered after the
+    last, then its input norms, input projection and head norm), so a file without it is a prefix."""
     dim, vocab = p["dim"], p["vocab_size"]
     transforms, source_shapes = {}, {}
     if permute_qk:
-        transforms = {"attn.q": permute_for_interleaved_rope(p["n_heads"]),
-                      "attn.k": permute_for_interleaved_rope(p["n_kv_heads"])}
+        transforms = {"attn.q": permute_for_interleaved_rope(p["n_heads"], head_dim_of(p)),
+                      "attn.k": permute_for_interleaved_rope(p["n_kv_heads"], head_dim_of(p))}
     if is_latent_attention(p):
         transforms = {"attn.k_b": split_kv_b(p, "k"), "attn.v_b": split_kv_b(p, "v")}
         kv_b_shape = (p["n_heads"] * (p["qk_nope_head_dim"] + p["v_head_dim"]), p["kv_lora_rank"])
@@ -233,13 +256,21 @@ def decoder_tensors(p: dict, names, *, qk_norm=False, bias=False, sandwich=False
              source_shape=None) -> TensorSpec:
         return TensorSpec(name, rows, cols, dtype, src.name, transform, fallback, src.rows, source_shape)
 
+    def layer(l: int, roles: list[str]) -> list[TensorSpec]:
+        out = []
+        for role in roles:
+            rows, cols, dtype = role_shape(p, role)
+            out.append(spec(f"layers.{l}.{role}", rows, cols, dtype, names(p, l, role), transforms.get(role),
+                            source_shape=source_shapes.get(role)))
+        return out
+
+    roles = lambda l: layer_roles(p, l, qk_norm=qk_norm, bias=bias, sandwich=sandwich, router_bias=router_bias)  # noqa: E731
     specs = [spec("embedding", vocab, dim, embedding_dtype, names(p, None, "embedding"))]
     for l in range(p["n_layers"]):
-        for role in layer_roles(p, l, qk_norm=qk_norm, bias=bias, sandwich=sandwich, router_bias=router_bias):
-            rows, cols, dtype = role_shape(p, role)
-            specs.append(spec(f"layers.{l}.{role}", rows, cols, dtype, names(p, l, role), transforms.get(role),
-                              source_shape=source_shapes.get(role)))
+        specs += layer(l, roles(l))
     specs.append(spec("final_norm", 1, dim, FloatType.F32, names(p, None, "final_norm")))
     specs.append(spec("lm_head", vocab, dim, None, names(p, None, "lm_head"),
                       fallback=names(p, None, "embedding").name))
+    for l in range(p["n_layers"], p["n_layers"] + p.get("n_mtp_layers", 0)):
+        specs += layer(l, roles(l) + MTP_ROLES)
     return specs

@@ -16,14 +16,21 @@ namespace {
 
 constexpr int kWarmup = 100, kCalls = 1000;
 
-std::vector<std::unique_ptr<Mesh>> make_cluster(int n_workers, std::vector<std::unique_ptr<Listener>>& listeners) {
+// Workers' listeners and lobbies must outlive the meshes' setup; the caller keeps them.
+struct Ports {
+    std::vector<std::unique_ptr<Listener>> listeners;
+    std::vector<std::unique_ptr<Lobby>> lobbies;
+};
+
+std::vector<std::unique_ptr<Mesh>> make_cluster(int n_workers, Ports& ports) {
     std::vector<std::unique_ptr<Mesh>> nodes(n_workers + 1);
     std::vector<std::string> addresses;
     std::vector<std::thread> threads;
     for (int k = 0; k < n_workers; k++) {
-        listeners.push_back(std::make_unique<Listener>("127.0.0.1", 0));
-        addresses.push_back("127.0.0.1:" + std::to_string(listeners.back()->port()));
-        threads.emplace_back([&, k] { nodes[k + 1] = Mesh::accept_worker(*listeners[k], "", 5000, 10000); });
+        ports.listeners.push_back(std::make_unique<Listener>("127.0.0.1", 0));
+        ports.lobbies.push_back(std::make_unique<Lobby>(*ports.listeners.back(), ""));
+        addresses.push_back("127.0.0.1:" + std::to_string(ports.listeners.back()->port()));
+        threads.emplace_back([&, k] { nodes[k + 1] = Mesh::accept_worker(*ports.lobbies[k], 5000, 10000); });
     }
     nodes[0] = Mesh::connect_root(addresses, "", 5000);
     for (auto& t : threads) t.join();
@@ -56,8 +63,8 @@ std::pair<double, double> measure(std::vector<std::unique_ptr<Mesh>>& nodes, siz
 int main() {
     std::printf("%-6s %-6s %-4s %12s %12s\n", "nodes", "n", "type", "median_us", "p90_us");
     for (int n_nodes = 2; n_nodes <= 4; n_nodes++) {
-        std::vector<std::unique_ptr<Listener>> listeners;
-        auto nodes = make_cluster(n_nodes - 1, listeners);
+        Ports ports;
+        auto nodes = make_cluster(n_nodes - 1, ports);
         for (size_t n : {4096, 5120}) {
             for (Exchange type : {Exchange::F32, Exchange::Q80}) {
                 const auto [median, p90] = measure(nodes, n, type);

@@ -52,13 +52,6 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
-std::string hex(const Digest& d) {
-    std::string s;
-    char b[3];
-    for (uint8_t x : d) std::snprintf(b, sizeof(b), "%02x", x), s += b;
-    return s;
-}
-
 std::vector<float> random_floats(size_t n, uint32_t seed) {
     std::mt19937 rng(seed);
     std::normal_distribution<float> dist(0.0f, 1.0f);
@@ -178,8 +171,9 @@ void test_handshake() {
     r = handshake_pair("s3cret", "s3cret");
     check(r.client_error.empty() && r.server_error.empty(), "same secret: " + r.client_error + r.server_error);
 
-    r = handshake_pair("", "", 2);
-    const std::string version_message = "protocol version 2 is not supported by this worker (speaks 1)";
+    r = handshake_pair("", "", kProtocolVersion + 1);
+    const std::string version_message = "protocol version " + std::to_string(kProtocolVersion + 1) +
+                                        " is not supported by this worker (speaks " + std::to_string(kProtocolVersion) + ")";
     check_contains(r.client_error, version_message, "wrong version, client");
     check_contains(r.server_error, version_message, "wrong version, server");
 
@@ -221,6 +215,7 @@ void test_handshake() {
 
 struct Cluster {
     std::vector<std::unique_ptr<Listener>> listeners;  // index k-1 for worker node k
+    std::vector<std::unique_ptr<Lobby>> lobbies;       // one per listener
     std::vector<std::unique_ptr<Mesh>> nodes;          // index = node
 };
 
@@ -234,12 +229,15 @@ std::vector<std::string> worker_addresses(const Cluster& c) {
 // connected meshes. Throws what the root threw.
 Cluster make_cluster(int n_workers, const std::string& secret = "", int timeout_ms = 5000) {
     Cluster c;
-    for (int k = 0; k < n_workers; k++) c.listeners.push_back(std::make_unique<Listener>("127.0.0.1", 0));
+    for (int k = 0; k < n_workers; k++) {
+        c.listeners.push_back(std::make_unique<Listener>("127.0.0.1", 0));
+        c.lobbies.push_back(std::make_unique<Lobby>(*c.listeners.back(), secret));
+    }
     c.nodes.resize(n_workers + 1);
     std::vector<std::thread> workers;
     for (int k = 0; k < n_workers; k++) {
         workers.emplace_back([&, k] {
-            c.nodes[k + 1] = Mesh::accept_worker(*c.listeners[k], secret, timeout_ms, 10000);
+            c.nodes[k + 1] = Mesh::accept_worker(*c.lobbies[k], timeout_ms, 10000);
         });
     }
     try {
@@ -414,8 +412,9 @@ void test_mesh_sizes() {
 // A host name (every address getaddrinfo gives is tried) and IPv6 loopback, where available.
 void test_addresses() {
     Listener v4("127.0.0.1", 0);
+    Lobby lobby4(v4, "");
     std::unique_ptr<Mesh> worker;
-    std::thread t([&] { worker = Mesh::accept_worker(v4, "", 2000, 5000); });
+    std::thread t([&] { worker = Mesh::accept_worker(lobby4, 2000, 5000); });
     auto root = Mesh::connect_root({"localhost:" + std::to_string(v4.port())}, "", 2000);
     t.join();
     check(root && worker, "connect to localhost:port");
@@ -427,7 +426,8 @@ void test_addresses() {
         std::printf("  skipped IPv6: %s\n", e.what());
         return;
     }
-    t = std::thread([&] { worker = Mesh::accept_worker(*v6, "", 2000, 5000); });
+    Lobby lobby6(*v6, "");
+    t = std::thread([&] { worker = Mesh::accept_worker(lobby6, 2000, 5000); });
     root = Mesh::connect_root({"[::1]:" + std::to_string(v6->port())}, "", 2000);
     t.join();
     float x[32] = {1.0f};
@@ -443,16 +443,17 @@ void test_addresses() {
 void test_worker_survives_bad_connections() {
     Listener listener("127.0.0.1", 0);
     const std::string address = "127.0.0.1:" + std::to_string(listener.port());
+    Lobby lobby(listener, "pw");
     std::unique_ptr<Mesh> worker;
-    std::thread t([&] { worker = Mesh::accept_worker(listener, "pw", 300, 20000); });
+    std::thread t([&] { worker = Mesh::accept_worker(lobby, 300, 20000); });
 
     Socket garbage = Socket::connect("127.0.0.1", listener.port(), 1000);
     garbage.send_all("GET / HTTP/1.1\r\n\r\n", 18);
     Socket silent = Socket::connect("127.0.0.1", listener.port(), 1000);  // sends 3 bytes, then nothing
     silent.send_all("DLP", 3);
     Socket old = Socket::connect("127.0.0.1", listener.port(), 1000);
-    check_throws<ProtocolError>([&] { client_handshake(old, Role::Root, "pw", 2); }, "protocol version 2",
-                                "worker refuses version 2");
+    check_throws<ProtocolError>([&] { client_handshake(old, Role::Root, "pw", 1); }, "protocol version 1",
+                                "worker refuses version 1");
     check_throws<AuthError>([&] { Mesh::connect_root({address}, "wrong", 2000); },
                             "node 1 (" + address + "): authentication failed: wrong secret",
                             "root with a wrong secret");
@@ -482,8 +483,9 @@ void test_setup_failures() {
 
     // Worker 1 is fine, worker 2 is not there: the root names node 2, worker 1 goes back to waiting.
     Listener l1("127.0.0.1", 0);
+    Lobby lobby1(l1, "");
     std::unique_ptr<Mesh> w1;
-    std::thread t([&] { w1 = Mesh::accept_worker(l1, "", 1000, 1500); });
+    std::thread t([&] { w1 = Mesh::accept_worker(lobby1, 1000, 1500); });
     const std::string a1 = "127.0.0.1:" + std::to_string(l1.port());
     check_throws<NetError>([&] { Mesh::connect_root({a1, dead}, "", 1000); },
                            "node 2 (" + dead + "): connection refused",
@@ -506,7 +508,7 @@ void test_setup_failures() {
             // the root hung up
         }
     });
-    t = std::thread([&] { w1 = Mesh::accept_worker(l1, "", 300, 1500); });
+    t = std::thread([&] { w1 = Mesh::accept_worker(lobby1, 300, 1500); });
     const std::string a2 = "127.0.0.1:" + std::to_string(l2.port());
     check_throws<NetError>([&] { Mesh::connect_root({a1, a2}, "", 300); },
                            "node 1 (" + a1 + "): could not join the mesh: node 2 (" + a2 + "): timed out after 300 ms",

@@ -61,7 +61,8 @@ class _State:
         if options.parallel > engine.max_sequences:
             raise ValueError(f"{options.parallel} server slots need an Engine with max_sequences >= {options.parallel} "
                              f"(it has {engine.max_sequences})")
-        self.scheduler = Scheduler(engine.scheduler, engine.tokenizer, options.parallel, options.max_queue)
+        self.scheduler = Scheduler(engine.scheduler, engine.tokenizer, options.parallel, options.max_queue,
+                                   draft=engine.draft, draft_tokens=engine.draft_tokens)
         self.tool_format = tool_call_format(engine.tokenizer.chat_template)
         self.started = int(time.time())
 
@@ -199,8 +200,13 @@ async def _merged(gens: list[Generation]) -> AsyncIterator[tuple[int, TokenEvent
 
 def _usage(prompt_tokens: int, finished: list[Finished]) -> dict:
     completion = sum(f.completion_tokens for f in finished)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion,
-            "prompt_tokens_details": {"cached_tokens": min((f.cached_tokens for f in finished), default=0)}}
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion,
+             "prompt_tokens_details": {"cached_tokens": min((f.cached_tokens for f in finished), default=0)}}
+    drafted, accepted = sum(f.drafted_tokens for f in finished), sum(f.accepted_tokens for f in finished)
+    if drafted:  # serve --draft: the guesses in OpenAI's fields for predicted outputs
+        usage["completion_tokens_details"] = {"accepted_prediction_tokens": accepted,
+                                              "rejected_prediction_tokens": drafted - accepted}
+    return usage
 
 
 # ---------------------------------------------------------------------------------------------------- chat
@@ -472,6 +478,10 @@ async def metrics(request: Request, state: _State) -> Response:
             yield CounterMetricFamily("dllama_prompt_tokens", "Prompt tokens computed (not reused from a cache)",
                                       value=s.prompt_tokens)
             yield CounterMetricFamily("dllama_requests", "Generations finished", value=s.requests_finished)
+            yield CounterMetricFamily("dllama_draft_tokens", "Speculative guesses checked (serve --draft)",
+                                      value=s.drafted_tokens)
+            yield CounterMetricFamily("dllama_draft_tokens_accepted", "Speculative guesses kept",
+                                      value=s.accepted_tokens)
 
     registry = CollectorRegistry()
     registry.register(Collector())

@@ -22,6 +22,7 @@ import numpy as np
 from ..constrained import JsonConstraint
 from ..engine import Engine
 from ..sampling import LogitAdjustments, Sampler, token_logprobs
+from ..speculative import NgramDrafter
 from ..text_stream import TextStream
 
 PREFILL_CHUNK = 256  # prompt tokens per step, so a cancelled long prompt stops within one chunk
@@ -45,8 +46,15 @@ class Backend(Protocol):
         """Make the slot's sequence `ids`, computing only what its cache does not hold; the logits after
         the last token (vocab,)."""
 
-    def decode(self, rows: list[tuple[int, int]]) -> np.ndarray:
-        """One token appended to each (slot, token) row's sequence; logits (rows, vocab)."""
+    def decode(self, rows: list[tuple[int, int]], drafts: list[list[int]] | None = None) -> np.ndarray:
+        """One token appended to each (slot, token) row's sequence; logits (rows, vocab). With drafts, each
+        row's guesses follow it (and get logits)."""
+
+    def truncate(self, slot: int, n: int) -> None:
+        """Keep only the first n tokens of the slot's sequence (to drop refused guesses)."""
+
+    def mtp_guesses(self, wanted: list[tuple[int, int, int, Sampler]]) -> list[tuple[list[int], list | None]]:
+        """Guesses of the model's MTP layer for (slot, next token, k, sampler) (Scheduler.mtp_guesses)."""
 
 
 @dataclass
@@ -81,6 +89,8 @@ class Finished:
     completion_tokens: int
     text: str = ""  # text still held back at the end
     error: Exception | None = None
+    drafted_tokens: int = 0  # speculative decoding (serve --draft): guesses checked
+    accepted_tokens: int = 0  # and kept
 
 
 class Generation:
@@ -101,6 +111,10 @@ class Generation:
         self.generated_text = ""  # only kept while waiting for grammar_after
         self.submitted = time.perf_counter()
         self.first_token_at: float | None = None
+        self.drafter: NgramDrafter | None = None  # serve --draft ngram
+        self.guesses: list[int] = []  # the next step's guesses after `pending`
+        self.guess_distributions: list | None = None
+        self.drafted = self.accepted = 0
         self.cancelled = False
         self.done = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -123,10 +137,13 @@ class Generation:
 
 
 class Scheduler:
-    def __init__(self, backend: Backend, tokenizer, parallel: int = 1, max_queue: int = 64):
+    def __init__(self, backend: Backend, tokenizer, parallel: int = 1, max_queue: int = 64, draft: str | None = None,
+                 draft_tokens: int = 4):
+        """draft: speculative decoding for every request, "ngram" or "mtp" (the Engine loaded with it)."""
         if parallel < 1 or max_queue < 0:
             raise ValueError("parallel must be >= 1 and the queue size >= 0")
         self.backend, self.tokenizer = backend, tokenizer
+        self.draft, self.draft_tokens = draft, draft_tokens
         self.parallel, self.max_queue = parallel, max_queue
         self._waiting: deque[Generation] = deque()
         self._slots: list[Generation | None] = [None] * parallel
@@ -135,6 +152,7 @@ class Scheduler:
         self._mean_request_s = 5.0
         self.tokens_generated = 0
         self.prompt_tokens = 0
+        self.drafted_tokens = self.accepted_tokens = 0  # speculative guesses checked and kept
         self.requests_finished = 0
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps, for tokens/s
         self._thread = threading.Thread(target=self._run, name="dllama-scheduler", daemon=True)
@@ -146,6 +164,9 @@ class Scheduler:
         if not prompt:
             raise ValueError("the prompt is empty")
         gen = Generation(prompt, params, set(self.tokenizer.eos_token_ids), self.tokenizer, self.backend.vocab_size)
+        if self.draft == "ngram":
+            gen.drafter = NgramDrafter()
+            gen.drafter.extend(prompt)
         gen.loop, gen.queue = asyncio.get_running_loop(), asyncio.Queue()
         with self._cond:
             if self._stopping:
@@ -193,7 +214,8 @@ class Scheduler:
     def _finish(self, gen: Generation, reason: str, error: Exception | None = None) -> None:
         gen.done = True
         tail = gen.text.flush() if error is None else ""
-        self._emit(gen, Finished(reason, len(gen.prompt), gen.cached, gen.completion, tail, error))
+        self._emit(gen, Finished(reason, len(gen.prompt), gen.cached, gen.completion, tail, error, gen.drafted,
+                                 gen.accepted))
         with self._cond:
             if gen.slot is not None and self._slots[gen.slot] is gen:
                 self._slots[gen.slot] = None
@@ -237,12 +259,21 @@ class Scheduler:
             self._finish(gen, "error", RuntimeError("the server is shutting down"))
 
     def _step(self, running: list[Generation]) -> None:
-        """Advance each running generation by one token, or by one chunk of its prompt."""
+        """Advance each running generation by one token (or, speculating, by the guesses the model keeps
+        and one more), or by one chunk of its prompt."""
         decoding = [g for g in running if g.pending is not None]
         if decoding:
-            logits = self.backend.decode([(g.slot, g.pending) for g in decoding])
-            for gen, row in zip(decoding, logits):
-                self._next_token(gen, row)
+            guesses = [self._guesses(g) for g in decoding]
+            rows = [(g.slot, g.pending) for g in decoding]
+            logits = self.backend.decode(rows, guesses) if any(guesses) else self.backend.decode(rows)
+            row = 0
+            for gen, drafts in zip(decoding, guesses):
+                rows = logits[row:row + 1 + len(drafts)]
+                row += len(rows)
+                if drafts:
+                    self._verify(gen, rows, drafts)
+                else:
+                    self._next_token(gen, rows[0])
         for gen in running:
             if gen.pending is not None or gen.done:
                 continue
@@ -255,39 +286,83 @@ class Scheduler:
             gen.prefilled = end
             if end == len(gen.prompt):
                 self._next_token(gen, logits.reshape(-1))
+        if self.draft == "mtp":
+            self._guess_with_mtp([g for g in running if g.pending is not None and not g.done])
 
-    def _next_token(self, gen: Generation, logits: np.ndarray) -> None:
+    # -- speculative decoding (serve --draft) ------------------------------------------------------
+    def _room(self, gen: Generation) -> int:
+        """Guesses that may follow gen.pending: as many as max_tokens and the context leave room for."""
+        position = len(gen.prompt) + gen.completion - 1  # of gen.pending
+        return min(self.draft_tokens, gen.params.max_tokens - gen.completion - 1,
+                   self.backend.context_length - 1 - position)
+
+    def _guesses(self, gen: Generation) -> list[int]:
+        if gen.drafter is not None:
+            return gen.drafter.propose(self._room(gen)) if self._room(gen) > 0 else []
+        return gen.guesses[:max(0, self._room(gen))]
+
+    def _guess_with_mtp(self, decoding: list[Generation]) -> None:
+        wanted = [(g.slot, g.pending, max(0, self._room(g)), g.sampler) for g in decoding]
+        for gen, (guesses, distributions) in zip(decoding, self.backend.mtp_guesses(wanted) if wanted else []):
+            gen.guesses, gen.guess_distributions = guesses, distributions
+
+    def _verify(self, gen: Generation, rows: np.ndarray, drafts: list[int]) -> None:
+        """Checks the guesses in turn (speculative sampling, through the request's penalties and grammar),
+        then drops the refused ones from the slot."""
+        start = len(gen.prompt) + gen.completion - 1  # position of the fed token
+        distributions = gen.guess_distributions if gen.drafter is None else None
+        gen.drafted += len(drafts)  # counted before any token: one may end the request (and report them)
+        with self._cond:
+            self.drafted_tokens += len(drafts)
+        emitted = 0
+        for j in range(len(drafts) + 1):
+            draft = drafts[j] if j < len(drafts) else None
+            kept = self._next_token(gen, rows[j], draft, distributions[j] if distributions else None)
+            emitted += 1
+            if not kept or gen.done:
+                break
+        self.backend.truncate(gen.slot, start + emitted)  # the fed token and the guesses kept before the last
+
+    def _next_token(self, gen: Generation, logits: np.ndarray, draft: int | None = None,
+                    draft_distribution=None) -> bool:
+        """Chooses and hands out the next token (checking a guess, when given); whether it was the guess."""
         try:
-            self._choose(gen, logits)
+            return self._choose(gen, logits, draft, draft_distribution)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as error:  # e.g. a grammar fault (llguidance's panics are BaseExceptions):
             self._finish(gen, "error", error)  # this request fails, the others go on
+            return False
 
-    def _choose(self, gen: Generation, logits: np.ndarray) -> None:
+    def _choose(self, gen: Generation, logits: np.ndarray, draft: int | None = None, draft_distribution=None) -> bool:
         p = gen.params
         if p.grammar is not None and gen.constraint is None and (p.grammar_after is None or p.grammar_after in gen.generated_text):
             gen.constraint = JsonConstraint(self.tokenizer, logits.size, p.grammar)
         logits = gen.adjust.apply(logits)
         if gen.constraint is not None:
             logits = gen.constraint.mask(logits)
-        token = gen.sampler.sample(logits)
+        token, kept = gen.sampler.verify(logits, draft, draft_distribution) if draft is not None else (
+            gen.sampler.sample(logits), False)
+        gen.accepted += kept
         now = time.perf_counter()
         if gen.first_token_at is None:
             gen.first_token_at = now
         with self._cond:
+            self.accepted_tokens += kept
             self._recent.append((now, 1))
             while self._recent and now - self._recent[0][0] > 60:
                 self._recent.popleft()
         if token in gen.eos:
             self._finish(gen, "stop")
-            return
+            return kept
         gen.completion += 1
         with self._cond:
             self.tokens_generated += 1
         gen.adjust.accept(token)
         if gen.constraint is not None:
             gen.constraint.accept(token)
+        if gen.drafter is not None:
+            gen.drafter.extend([token])
         event = TokenEvent(token, gen.text.push(token))
         if p.top_logprobs is not None:
             event.logprob, event.top_logprobs = token_logprobs(logits, token, p.top_logprobs)
@@ -301,4 +376,5 @@ class Scheduler:
             self._finish(gen, "length")
         else:
             gen.pending = token
+        return kept
 
