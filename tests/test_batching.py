@@ -131,7 +131,7 @@ def test_bad_rows_are_refused(tiny_models):
             m.copy_prefix(0, 1, 4)
         with pytest.raises(ValueError, match="outside the vocabulary"):
             eng.scheduler.submit([1, 384])
-        with pytest.raises(ValueError, match="max_sequences is 0, expected 1..1024"):
+        with pytest.raises(ValueError, match="max_sequences is 0, expected 1\.\.1024"):
             Engine(tiny_models.converted("llama", "f32"), max_sequences=0)
         eng.forward([1, 2, 3])
         assert eng.position == 3 and m.length(1) == 0
