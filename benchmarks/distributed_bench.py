@@ -32,6 +32,13 @@ Networks:
   the bridge are removed at the end, and leftovers of an earlier run at the start. Only 10.77.0.0/24
   addresses created here and 127.0.0.1 are ever used.
 
+Emulated machines: --node-cpu-quota Q.. (0 = none) runs every node process, the 1-node baseline's
+too, in a cgroup of its own capped at Q of one core (every --cpu-period-ms) and pinned to a core of its
+own where there are enough (benchmarks/cpu_groups.py says why: on a small VM one node nearly fills the
+shared memory bus, and nodes, emulator and other jobs share few cores; the quota makes each node a
+slower PC). Each quota is a row of its own, and the script first prints what the quota leaves of one
+thread's read bandwidth. The link emulator itself is never capped.
+
 On a machine with fewer cores than nodes × threads, tokens/s say nothing about scaling; the bytes per
 token and the sync time with against without the emulated links are what to read.
 """
@@ -48,6 +55,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import cpu_groups
 
 SUBNET = "10.77.0"
 BRIDGE = "br-dlbench"
@@ -287,6 +296,32 @@ def print_calibration(c: dict):
           f"{got}", flush=True)
 
 
+# --- emulated machines (cpu_groups.py) ----------------------------------------------------------
+
+def read_bandwidth(quota: float = 0, period_us: int = 5000) -> float:
+    """One thread's read bandwidth (bytes/s, _core.read_bandwidth over 256 MiB) in a child process,
+    under a node's CPU quota when quota > 0."""
+    code = ("import sys; sys.stdin.readline(); from dllama_py import _core; "
+            "print(_core.read_bandwidth(1 << 28, 1, 5))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    groups = cpu_groups.NodeCpuGroups(quota, period_us) if quota else None
+    try:
+        if groups:
+            groups.place(proc.pid, 0)
+        out, _ = proc.communicate("go\n", timeout=120)
+    finally:
+        if groups:
+            groups.close()
+    return float(out)
+
+
+def print_quota_bandwidth(quota: float, period_us: int):
+    free, capped = read_bandwidth(), read_bandwidth(quota, period_us)
+    print(f"cpu quota {quota:g} of a core every {period_us / 1000:g} ms per node: one thread reads "
+          f"{capped / 1e9:.1f} GB/s on average (without the quota {free / 1e9:.1f} GB/s); each node emulates a "
+          f"PC about {quota:g}x as fast as one core here", flush=True)
+
+
 # --- workers ----------------------------------------------------------------------------------
 
 def _readline(proc: subprocess.Popen, timeout: float, what: str) -> str:
@@ -309,7 +344,7 @@ def _stop(proc: subprocess.Popen):
             proc.wait()
 
 
-def start_worker(host: str, netns: str | None, log_path: Path, model: str | None, threads: int):
+def start_worker(host: str, netns: str | None, log_path: Path, model: str | None, threads: int, place=None):
     cmd = [sys.executable, "-m", "dllama_py.cli", "worker", "--host", host, "--port", "0", "--threads", str(threads)]
     if model:
         cmd += ["--model", model]
@@ -320,6 +355,8 @@ def start_worker(host: str, netns: str | None, log_path: Path, model: str | None
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     log.close()
+    if place:
+        place(proc.pid)  # into its CPU group before it loads anything
     line = _readline(proc, 60.0, f"worker on {host}")
     prefix = "dllama-py worker listening on "
     if not line.startswith(prefix):
@@ -331,12 +368,16 @@ def start_worker(host: str, netns: str | None, log_path: Path, model: str | None
 
 # --- one measurement --------------------------------------------------------------------------
 
-def measure(model: str, nodes: int, exchange: str, args, layout, link: tuple[float, float] | None) -> dict:
+def measure(model: str, nodes: int, exchange: str, args, layout, link: tuple[float, float] | None,
+            quota: float = 0) -> dict:
     """One run of `nodes` nodes; link = (one-way latency ms, rate Mbit/s) puts the link emulator between
-    every pair of nodes (None: plain loopback or, with --netns, the bridge)."""
+    every pair of nodes (None: plain loopback or, with --netns, the bridge); quota > 0 caps every node
+    (cpu_groups.py)."""
     from dllama_py.bench import run_bench
 
     workers, procs, relay, net = [], [], None, None
+    groups = cpu_groups.NodeCpuGroups(quota, int(args.cpu_period_ms * 1000)) if quota else None
+    place = (lambda k: lambda pid: groups.place(pid, k)) if groups else (lambda k: None)
     logs = Path(tempfile.mkdtemp(prefix="dlbench-"))
     mode = "loopback"
     try:
@@ -345,7 +386,7 @@ def measure(model: str, nodes: int, exchange: str, args, layout, link: tuple[flo
             net = NetnsNetwork(nodes - 1, link if use_netem else None).__enter__()
             for i in range(1, nodes):
                 proc, addr = start_worker(net.worker_ip(i), net.worker_ns(i), logs / f"worker{i}.log",
-                                          args.worker_model, args.threads)
+                                          args.worker_model, args.threads, place(i))
                 procs.append(proc)
                 workers.append(addr)
             mode = "netns, " + ("netem" if use_netem else "emulator" if link else "bridge")
@@ -354,7 +395,8 @@ def measure(model: str, nodes: int, exchange: str, args, layout, link: tuple[flo
                 workers = relay.addresses
         else:
             for i in range(1, nodes):
-                proc, addr = start_worker("127.0.0.1", None, logs / f"worker{i}.log", args.worker_model, args.threads)
+                proc, addr = start_worker("127.0.0.1", None, logs / f"worker{i}.log", args.worker_model, args.threads,
+                                          place(i))
                 procs.append(proc)
                 workers.append(addr)
             if nodes > 1 and link:
@@ -363,9 +405,15 @@ def measure(model: str, nodes: int, exchange: str, args, layout, link: tuple[flo
                 mode = "emulator"
         if link and nodes > 1:
             mode += f" {link[0]:g} ms, " + (f"{link[1]:g} Mbit/s" if link[1] else "no rate limit")
-        r = run_bench(model, threads=args.threads, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
-                      bandwidth_gbps=1.0, max_seq_len=args.prompt_tokens + args.gen_tokens + 16, print_table=False,
-                      workers=workers or None, exchange=exchange)
+        if groups:
+            groups.place_self(0)  # the root runs here; the emulator, started before, stays outside
+        try:
+            r = run_bench(model, threads=args.threads, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
+                          bandwidth_gbps=1.0, max_seq_len=args.prompt_tokens + args.gen_tokens + 16, print_table=False,
+                          workers=workers or None, exchange=exchange)
+        finally:
+            if groups:
+                groups.release_self()
     except BaseException:
         for i in range(1, nodes):
             log = logs / f"worker{i}.log"
@@ -379,9 +427,12 @@ def measure(model: str, nodes: int, exchange: str, args, layout, link: tuple[flo
             relay.stop()
         if net:
             net.__exit__(None, None, None)
+        if groups:
+            groups.close()
     p = layout.params
     sent, received = predicted_bytes(p["dim"], p["n_layers"], p["vocab_size"], nodes, exchange)
     return dict(nodes=nodes, exchange=exchange if nodes > 1 else "-", network=mode if nodes > 1 else "-", link=link,
+                quota=quota,
                 decode=r.decode_tokens_per_s, prefill=r.prefill_tokens_per_s, weight_bytes=r.weight_bytes_per_token,
                 sent=r.net_bytes_sent_per_token, received=r.net_bytes_received_per_token,
                 sync=r.sync_share, sync_ms=r.sync_share / r.decode_tokens_per_s * 1e3,
@@ -396,14 +447,14 @@ def add_model(rows: list[dict], calibration: dict, layout):
     from time_model import Link, token_seconds
 
     p = layout.params
-    one = next((r for r in rows if r["nodes"] == 1), None)
-    if one is None:
-        return
     for r in rows:
+        one = next((x for x in rows if x["nodes"] == 1 and x["quota"] == r["quota"]), None)
+        if one is None:
+            continue
         exchanges = 2 * p["n_layers"] + 2
         compute = one["weight_bytes"] and r["weight_bytes"] / one["weight_bytes"] / one["decode"]
         loop = next((x for x in rows if x["nodes"] == r["nodes"] and x["link"] is None
-                     and x["exchange"] == r["exchange"]), None)
+                     and x["exchange"] == r["exchange"] and x["quota"] == r["quota"]), None)
         if r["nodes"] == 1 or loop is None:
             continue
         overhead = max(0.0, (1 / loop["decode"] - compute) / exchanges)
@@ -418,9 +469,11 @@ def add_model(rows: list[dict], calibration: dict, layout):
 
 
 def print_table(rows: list[dict]):
-    head = ["nodes", "exchange", "network", "decode tok/s", "modelled tok/s", "prefill tok/s", "sent kB/tok",
+    quotas = any(r["quota"] for r in rows)
+    head = ["nodes"] + (["cpu quota"] if quotas else []) + ["exchange", "network", "decode tok/s", "modelled tok/s", "prefill tok/s", "sent kB/tok",
             "recv kB/tok", "sync", "sync ms/tok", "overhead us/exchange", "predicted sent/recv kB"]
-    body = [[str(r["nodes"]), r["exchange"], r["network"], f"{r['decode']:.2f}",
+    body = [[str(r["nodes"])] + ([f"{r['quota']:g}" if r["quota"] else "none"] if quotas else []) +
+            [r["exchange"], r["network"], f"{r['decode']:.2f}",
              f"{r['model']:.2f}" if "model" in r else "", f"{r['prefill']:.1f}",
              f"{r['sent'] / 1e3:.1f}", f"{r['received'] / 1e3:.1f}", f"{r['sync']:.0%}", f"{r['sync_ms']:.1f}",
              f"{r['overhead_us']:.0f}" if "overhead_us" in r else "",
@@ -454,6 +507,12 @@ def main(argv=None) -> int:
                     help="with --netns: use the link emulator even where netem exists")
     ap.add_argument("--worker-model", default=None,
                     help="workers load their share from this local copy instead of from the root")
+    ap.add_argument("--node-cpu-quota", type=float, nargs="+", default=[0.0],
+                    help="emulate slower PCs: cap every node (1-node baseline too) at this share of one core in a "
+                         "cgroup of its own, pinned to its own core where there are enough; several values (0 = "
+                         "no cap) make rows of each (needs root and cgroup v1; see benchmarks/cpu_groups.py)")
+    ap.add_argument("--cpu-period-ms", type=float, default=5.0,
+                    help="with --node-cpu-quota: the cgroup period in which a node gets its quota (default 5)")
     args = ap.parse_args(argv)
     try:
         from dllama_py import _core  # noqa: F401
@@ -466,6 +525,10 @@ def main(argv=None) -> int:
         ap.error("keep runs short: 1..256 decode tokens, 1..512 prompt tokens")
     if any(not 0 <= x <= 1000 for x in args.latency_ms or []) or any(not 0 <= x <= 1e5 for x in args.rate_mbit):
         ap.error("--latency-ms: 0..1000, --rate-mbit: 0..100000")
+    if any(q < 0 or q > 64 for q in args.node_cpu_quota) or not 1 <= args.cpu_period_ms <= 1000:
+        ap.error("--node-cpu-quota: 0..64 (cores; 0 = no cap), --cpu-period-ms: 1..1000")
+    if any(args.node_cpu_quota) and cpu_groups.available():
+        ap.error(f"--node-cpu-quota: {cpu_groups.available()}")
     if args.netns:
         if os.geteuid() != 0:
             ap.error("--netns needs root (ip netns, tc)")
@@ -488,18 +551,23 @@ def main(argv=None) -> int:
         for link in links:
             calibration[link] = calibrate_link("127.0.0.1", *link)
             print_calibration(calibration[link])
-    configs = [(exchange, nodes, link) for exchange in args.exchange for nodes in args.nodes
-               for link in [None] + (links if nodes > 1 else [])]
-    configs = [c for i, c in enumerate(configs) if c[1] > 1 or not any(x[1] == 1 for x in configs[:i])]
+    for quota in args.node_cpu_quota:
+        if quota:
+            print_quota_bandwidth(quota, int(args.cpu_period_ms * 1000))
+    configs = [(exchange, nodes, link, quota) for quota in args.node_cpu_quota for exchange in args.exchange
+               for nodes in args.nodes for link in [None] + (links if nodes > 1 else [])]
+    configs = [c for i, c in enumerate(configs)
+               if c[1] > 1 or not any(x[1] == 1 and x[3] == c[3] for x in configs[:i])]
     runs: dict = {c: [] for c in configs}
     try:
         # Repeats are rounds over every configuration, so a load that comes and goes hits them alike.
         for _ in range(args.repeats):
             for c in configs:
-                exchange, nodes, link = c
-                r = measure(args.model, nodes, exchange, args, layout, link)
+                exchange, nodes, link, quota = c
+                r = measure(args.model, nodes, exchange, args, layout, link, quota)
                 runs[c].append(r)
-                print(f"  {nodes} node(s) {exchange} {r['network']}: {r['decode']:.2f} tok/s, "
+                capped = f", cpu quota {quota:g}" if quota else ""
+                print(f"  {nodes} node(s) {exchange} {r['network']}{capped}: {r['decode']:.2f} tok/s, "
                       f"sent {r['sent'] / 1e3:.1f} kB/tok, sync {r['sync']:.0%}", file=sys.stderr, flush=True)
     finally:
         if args.netns:

@@ -1,0 +1,111 @@
+"""One cgroup v1 CPU group per benchmark node: each node process gets a CPU quota of its own and a core
+of its own where there are enough, so that N nodes on one small VM behave more like N slower PCs.
+
+Why (distributed_bench.py --node-cpu-quota): on the 2-vCPU VM these benchmarks were written on, one
+thread reads memory at ~40 GB/s and two threads together at only ~43 GB/s, and one 1B-model decode thread
+alone already reads ~28 GB/s. Two nodes on that VM therefore share one memory bus that one node nearly
+fills, which separate PCs do not; and they share two cores with the link emulator and anything else
+running. A quota q (0 < q <= 1 of one core) slows every node, the 1-node baseline included, to about
+q of its speed: each node then emulates a slower PC (a node at 44 tok/s becomes a ~22 tok/s one at
+q = 0.5), and N nodes draw about N·q cores, which leaves the emulator room to run on time. The quota
+does not give each node its own memory bus: while two nodes compute at the same moment they still
+share it. Results measured with it say so (the benchmark prints the quota and what it costs).
+
+Uses /sys/fs/cgroup/cpu (cgroup v1, root). Groups are named dlbench-<pid>-<k> and removed on exit.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CPU_ROOT = Path("/sys/fs/cgroup/cpu")
+
+
+def available() -> str | None:
+    """None if per-node groups can be made here, else why not."""
+    if not (CPU_ROOT / "cpu.cfs_quota_us").exists():
+        return f"no cgroup v1 cpu controller at {CPU_ROOT}"
+    if not os.access(CPU_ROOT, os.W_OK):
+        return f"{CPU_ROOT} is not writable (needs root)"
+    return None
+
+
+class NodeCpuGroups:
+    """Per-node CPU groups. `place(pid, k)` puts process pid (all its threads) into node k's group,
+    capped at quota·period every period, and pins it to core k mod the cores this process may use.
+    `place_self(k)` does it to this process (the root runs in-process) and `release_self()` undoes it.
+    A context manager: on exit every group is removed (processes still in one are moved out first)."""
+
+    def __init__(self, quota: float, period_us: int, pin: bool = True):
+        if not 0 < quota <= 64 or not 1000 <= period_us <= 1_000_000:
+            raise ValueError("quota: 0 < q <= 64 cores; period: 1000..1000000 us")
+        self.quota, self.period_us, self.pin = quota, period_us, pin
+        self.cores = sorted(os.sched_getaffinity(0))
+        self.groups: dict[int, Path] = {}
+        self._own_affinity = None
+
+    def core_of(self, k: int) -> int:
+        return self.cores[k % len(self.cores)]
+
+    def _group(self, k: int) -> Path:
+        if k not in self.groups:
+            g = CPU_ROOT / f"dlbench-{os.getpid()}-{k}"
+            g.mkdir(exist_ok=True)
+            (g / "cpu.cfs_period_us").write_text(str(self.period_us))
+            (g / "cpu.cfs_quota_us").write_text(str(round(self.quota * self.period_us)))
+            self.groups[k] = g
+        return self.groups[k]
+
+    def place(self, pid: int, k: int):
+        (self._group(k) / "cgroup.procs").write_text(str(pid))
+        if self.pin:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                os.sched_setaffinity(int(tid), {self.core_of(k)})
+
+    def place_self(self, k: int):
+        """Threads started later (the root's thread pool) inherit the group and the calling thread's
+        core; threads this process already has are moved to the group but keep their affinity."""
+        self._own_affinity = os.sched_getaffinity(0)
+        (self._group(k) / "cgroup.procs").write_text(str(os.getpid()))
+        if self.pin:
+            os.sched_setaffinity(0, {self.core_of(k)})
+
+    def release_self(self):
+        (CPU_ROOT / "cgroup.procs").write_text(str(os.getpid()))
+        if self._own_affinity is not None:
+            os.sched_setaffinity(0, self._own_affinity)
+            self._own_affinity = None
+
+    def throttled_share(self) -> dict[int, float]:
+        """Per group: the share of its periods in which it ran out of quota (cpu.stat)."""
+        out = {}
+        for k, g in self.groups.items():
+            stat = dict(line.split() for line in (g / "cpu.stat").read_text().splitlines())
+            periods = int(stat.get("nr_periods", 0))
+            out[k] = int(stat.get("nr_throttled", 0)) / periods if periods else 0.0
+        return out
+
+    def close(self):
+        if self._own_affinity is not None or str(os.getpid()) in self._pids_anywhere():
+            self.release_self()
+        for g in self.groups.values():
+            for pid in (g / "cgroup.procs").read_text().split():
+                try:
+                    (CPU_ROOT / "cgroup.procs").write_text(pid)
+                except OSError:
+                    pass  # it exited meanwhile
+            try:
+                g.rmdir()
+            except OSError:
+                pass
+        self.groups.clear()
+
+    def _pids_anywhere(self) -> set[str]:
+        return {pid for g in self.groups.values() for pid in (g / "cgroup.procs").read_text().split()}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
