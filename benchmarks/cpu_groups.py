@@ -11,6 +11,10 @@ q = 0.5), and N nodes draw about N·q cores, which leaves the emulator room to r
 does not give each node its own memory bus: while two nodes compute at the same moment they still
 share it. Results measured with it say so (the benchmark prints the quota and what it costs).
 
+The groups also get a large cpu.shares (SHARES: 10 ordinary processes' worth), so that other jobs on
+the machine (compilers, tests) do not take a node's quota away while it computes, as they cannot on a PC
+of its own. A node still gets no more than its quota.
+
 Uses /sys/fs/cgroup/cpu (cgroup v1, root). Groups are named dlbench-<pid>-<k> and removed on exit.
 """
 
@@ -20,6 +24,7 @@ import os
 from pathlib import Path
 
 CPU_ROOT = Path("/sys/fs/cgroup/cpu")
+SHARES = 10240  # an ordinary process has 1024
 
 
 def available() -> str | None:
@@ -54,6 +59,7 @@ class NodeCpuGroups:
             g.mkdir(exist_ok=True)
             (g / "cpu.cfs_period_us").write_text(str(self.period_us))
             (g / "cpu.cfs_quota_us").write_text(str(round(self.quota * self.period_us)))
+            (g / "cpu.shares").write_text(str(SHARES))
             self.groups[k] = g
         return self.groups[k]
 
