@@ -13,7 +13,9 @@ share it. Results measured with it say so (the benchmark prints the quota and wh
 
 The groups also get a large cpu.shares (SHARES: 10 ordinary processes' worth), so that other jobs on
 the machine (compilers, tests) do not take a node's quota away while it computes, as they cannot on a PC
-of its own. A node still gets no more than its quota.
+of its own. A node still gets no more than its quota. The link emulator, which stands for the network
+and not for any PC, goes into a group of its own with no quota and the most shares (`place_network`),
+so that nodes waiting for it do not delay the packets they wait for.
 
 Uses /sys/fs/cgroup/cpu (cgroup v1, root). Groups are named dlbench-<pid>-<k> and removed on exit.
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 
 CPU_ROOT = Path("/sys/fs/cgroup/cpu")
 SHARES = 10240  # an ordinary process has 1024
+NETWORK_SHARES = 262144  # the most cgroup v1 allows
 
 
 def available() -> str | None:
@@ -69,6 +72,16 @@ class NodeCpuGroups:
             for tid in os.listdir(f"/proc/{pid}/task"):
                 os.sched_setaffinity(int(tid), {self.core_of(k)})
 
+    def place_network(self, pid: int):
+        """The link emulator: no quota, no pinning, more shares than any node."""
+        g = self.groups.get("network")
+        if g is None:
+            g = CPU_ROOT / f"dlbench-{os.getpid()}-network"
+            g.mkdir(exist_ok=True)
+            (g / "cpu.shares").write_text(str(NETWORK_SHARES))
+            self.groups["network"] = g
+        (g / "cgroup.procs").write_text(str(pid))
+
     def place_self(self, k: int):
         """Threads started later (the root's thread pool) inherit the group and the calling thread's
         core; threads this process already has are moved to the group but keep their affinity."""
@@ -83,7 +96,7 @@ class NodeCpuGroups:
             os.sched_setaffinity(0, self._own_affinity)
             self._own_affinity = None
 
-    def throttled_share(self) -> dict[int, float]:
+    def throttled_share(self) -> dict:
         """Per group: the share of its periods in which it ran out of quota (cpu.stat)."""
         out = {}
         for k, g in self.groups.items():

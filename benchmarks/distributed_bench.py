@@ -393,6 +393,8 @@ def measure(model: str, nodes: int, exchange: str, args, layout, link: tuple[flo
             if link and not use_netem:
                 relay = Relay(f"{SUBNET}.1", workers, *link)
                 workers = relay.addresses
+                if groups:
+                    groups.place_network(relay.proc.pid)
         else:
             for i in range(1, nodes):
                 proc, addr = start_worker("127.0.0.1", None, logs / f"worker{i}.log", args.worker_model, args.threads,
@@ -402,6 +404,8 @@ def measure(model: str, nodes: int, exchange: str, args, layout, link: tuple[flo
             if nodes > 1 and link:
                 relay = Relay("127.0.0.1", workers, *link)
                 workers = relay.addresses
+                if groups:
+                    groups.place_network(relay.proc.pid)
                 mode = "emulator"
         if link and nodes > 1:
             mode += f" {link[0]:g} ms, " + (f"{link[1]:g} Mbit/s" if link[1] else "no rate limit")
