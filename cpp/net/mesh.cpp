@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 
@@ -69,6 +70,22 @@ void check_timeout(int timeout_ms) {
     if (timeout_ms <= 0) {
         throw std::invalid_argument("the mesh timeout must be positive, got " + std::to_string(timeout_ms));
     }
+}
+
+// How long a collective keeps retrying its sockets before it sleeps in poll(): $DLLAMA_NET_SPIN_US
+// microseconds (0..10000, default 0). A node that sleeps pays the wake-up (tens of microseconds on
+// a VM) on every exchange; one that spins burns its core meanwhile, which only pays where each node
+// has a core to itself (docs/distributed.md, "Measurements"). A bad value is reported and ignored.
+double spin_seconds_from_env() {
+    const char* text = std::getenv("DLLAMA_NET_SPIN_US");
+    if (!text || !*text) return 0;
+    char* end = nullptr;
+    const long us = std::strtol(text, &end, 10);
+    if (*end != '\0' || us < 0 || us > 10000) {
+        std::fprintf(stderr, "dllama-py: ignoring DLLAMA_NET_SPIN_US=%s (expected 0..10000 microseconds)\n", text);
+        return 0;
+    }
+    return (double)us * 1e-6;
 }
 
 std::string node_label(int node, const std::string& address) {
@@ -283,7 +300,7 @@ struct Mesh::Transfer {
 
 Mesh::Mesh(int node, std::vector<Socket> peers, int timeout_ms, int heartbeat_ms, int idle_limit_ms)
     : node_(node), peers_(std::move(peers)), heartbeat_ms_(heartbeat_ms), idle_limit_ms_(idle_limit_ms),
-      idle_since_ms_(now_ms()) {
+      spin_seconds_(spin_seconds_from_env()), idle_since_ms_(now_ms()) {
     set_timeout(timeout_ms);
     reset_stats();
 }
@@ -691,11 +708,12 @@ void Mesh::run(std::vector<Transfer>& transfers) {
 }
 
 // Moves every transfer at once: sends and receives whatever the sockets take without blocking,
-// and poll()s all pending sockets when none moved. Sending and receiving together means no node
-// waits for a peer that is itself blocked on a full send buffer. The timeout counts from the last
-// byte that moved.
+// and poll()s all pending sockets when none moved for spin_seconds_. Sending and receiving together
+// means no node waits for a peer that is itself blocked on a full send buffer. The timeout counts
+// from the last byte that moved.
 void Mesh::move_all(std::vector<Transfer>& transfers) {
     int64_t last_progress = now_ms();
+    double spin_start = spin_seconds_ > 0 ? now_seconds() : 0;
     std::vector<pollfd> fds;
     for (;;) {
         bool pending = false, progressed = false;
@@ -718,6 +736,11 @@ void Mesh::move_all(std::vector<Transfer>& transfers) {
         if (!pending) return;
         if (progressed) {
             last_progress = now_ms();
+            if (spin_seconds_ > 0) spin_start = now_seconds();
+            continue;
+        }
+        if (spin_seconds_ > 0 && now_seconds() - spin_start < spin_seconds_) {
+            std::this_thread::yield();  // a node that shares its core lets the others run
             continue;
         }
         const int64_t left = timeout_ms_ < 0 ? -1 : std::max<int64_t>(0, timeout_ms_ - (now_ms() - last_progress));

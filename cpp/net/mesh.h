@@ -228,6 +228,7 @@ private:
     int timeout_ms_;
     int heartbeat_ms_;   // the root's: how often idle workers are pinged
     int idle_limit_ms_;  // a worker's: how long a silent root is waited for
+    double spin_seconds_;  // how long a collective retries its sockets before it sleeps ($DLLAMA_NET_SPIN_US)
     // The root's heartbeats: a thread that pings idle workers; `step_mutex_` is held from begin_step
     // to end_step and by each heartbeat round, so that the two never interleave on a socket.
     mutable std::mutex step_mutex_;  // also guards the byte counts that stats() reads

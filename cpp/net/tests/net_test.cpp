@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -409,6 +410,22 @@ void test_mesh_sizes() {
     }
 }
 
+// Collectives that spin before they sleep ($DLLAMA_NET_SPIN_US) move the same bytes; a bad value is
+// ignored with a warning.
+void test_spinning_collectives() {
+    for (const char* spin : {"200", "not a number"}) {
+        setenv("DLLAMA_NET_SPIN_US", spin, 1);
+        Cluster c = make_cluster(2, "");
+        unsetenv("DLLAMA_NET_SPIN_US");
+        const bool ok = c.nodes.size() == 3 && c.nodes[0] && c.nodes[1] && c.nodes[2];
+        check(ok, std::string("mesh of 3 nodes with DLLAMA_NET_SPIN_US=") + spin);
+        if (!ok) continue;
+        test_all_reduce(c, 4096, Exchange::F32, 5);
+        test_all_reduce(c, 2080, Exchange::Q80, 6);
+        test_broadcast_gather(c);
+    }
+}
+
 // A host name (every address getaddrinfo gives is tried) and IPv6 loopback, where available.
 void test_addresses() {
     Listener v4("127.0.0.1", 0);
@@ -576,6 +593,7 @@ int main() {
         {"auth", test_auth},
         {"handshake", test_handshake},
         {"mesh sizes", test_mesh_sizes},
+        {"spinning collectives", test_spinning_collectives},
         {"addresses", test_addresses},
         {"worker survives bad connections", test_worker_survives_bad_connections},
         {"setup failures", test_setup_failures},
