@@ -369,11 +369,16 @@ def start_worker(host: str, netns: str | None, log_path: Path, model: str | None
 # --- one measurement --------------------------------------------------------------------------
 
 def measure(model: str, nodes: int, exchange: str, args, layout, link: tuple[float, float] | None,
-            quota: float = 0) -> dict:
+            quota: float = 0, spin_us: int | None = None) -> dict:
     """One run of `nodes` nodes; link = (one-way latency ms, rate Mbit/s) puts the link emulator between
     every pair of nodes (None: plain loopback or, with --netns, the bridge); quota > 0 caps every node
-    (cpu_groups.py)."""
+    (cpu_groups.py); spin_us sets $DLLAMA_NET_SPIN_US for every node."""
     from dllama_py.bench import run_bench
+
+    if spin_us is None:
+        os.environ.pop("DLLAMA_NET_SPIN_US", None)
+    else:
+        os.environ["DLLAMA_NET_SPIN_US"] = str(spin_us)  # the workers inherit it; the root's mesh reads it
 
     workers, procs, relay, net = [], [], None, None
     groups = cpu_groups.NodeCpuGroups(quota, int(args.cpu_period_ms * 1000)) if quota else None
@@ -436,7 +441,7 @@ def measure(model: str, nodes: int, exchange: str, args, layout, link: tuple[flo
     p = layout.params
     sent, received = predicted_bytes(p["dim"], p["n_layers"], p["vocab_size"], nodes, exchange)
     return dict(nodes=nodes, exchange=exchange if nodes > 1 else "-", network=mode if nodes > 1 else "-", link=link,
-                quota=quota,
+                quota=quota, spin=spin_us,
                 decode=r.decode_tokens_per_s, prefill=r.prefill_tokens_per_s, weight_bytes=r.weight_bytes_per_token,
                 sent=r.net_bytes_sent_per_token, received=r.net_bytes_received_per_token,
                 sync=r.sync_share, sync_ms=r.sync_share / r.decode_tokens_per_s * 1e3,
@@ -453,12 +458,13 @@ def add_model(rows: list[dict], calibration: dict, layout):
     p = layout.params
     for r in rows:
         one = next((x for x in rows if x["nodes"] == 1 and x["quota"] == r["quota"]), None)
+        same = [x for x in rows if x["quota"] == r["quota"] and x["spin"] == r["spin"]]
         if one is None:
             continue
         exchanges = 2 * p["n_layers"] + 2
         compute = one["weight_bytes"] and r["weight_bytes"] / one["weight_bytes"] / one["decode"]
-        loop = next((x for x in rows if x["nodes"] == r["nodes"] and x["link"] is None
-                     and x["exchange"] == r["exchange"] and x["quota"] == r["quota"]), None)
+        loop = next((x for x in same if x["nodes"] == r["nodes"] and x["link"] is None
+                     and x["exchange"] == r["exchange"]), None)
         if r["nodes"] == 1 or loop is None:
             continue
         overhead = max(0.0, (1 / loop["decode"] - compute) / exchanges)
@@ -474,9 +480,11 @@ def add_model(rows: list[dict], calibration: dict, layout):
 
 def print_table(rows: list[dict]):
     quotas = any(r["quota"] for r in rows)
-    head = ["nodes"] + (["cpu quota"] if quotas else []) + ["exchange", "network", "decode tok/s", "modelled tok/s", "prefill tok/s", "sent kB/tok",
+    spins = any(r["spin"] is not None for r in rows)
+    head = ["nodes"] + (["cpu quota"] if quotas else []) + (["spin us"] if spins else []) + ["exchange", "network", "decode tok/s", "modelled tok/s", "prefill tok/s", "sent kB/tok",
             "recv kB/tok", "sync", "sync ms/tok", "overhead us/exchange", "predicted sent/recv kB"]
     body = [[str(r["nodes"])] + ([f"{r['quota']:g}" if r["quota"] else "none"] if quotas else []) +
+            ([str(r["spin"]) if r["spin"] is not None else "-"] if spins else []) +
             [r["exchange"], r["network"], f"{r['decode']:.2f}",
              f"{r['model']:.2f}" if "model" in r else "", f"{r['prefill']:.1f}",
              f"{r['sent'] / 1e3:.1f}", f"{r['received'] / 1e3:.1f}", f"{r['sync']:.0%}", f"{r['sync_ms']:.1f}",
@@ -515,6 +523,9 @@ def main(argv=None) -> int:
                     help="emulate slower PCs: cap every node (1-node baseline too) at this share of one core in a "
                          "cgroup of its own, pinned to its own core where there are enough; several values (0 = "
                          "no cap) make rows of each (needs root and cgroup v1; see benchmarks/cpu_groups.py)")
+    ap.add_argument("--net-spin-us", type=int, nargs="+", default=[None],
+                    help="rows with $DLLAMA_NET_SPIN_US set to each value on every node (how long collectives "
+                         "retry before they sleep), e.g. 0 100")
     ap.add_argument("--cpu-period-ms", type=float, default=5.0,
                     help="with --node-cpu-quota: the cgroup period in which a node gets its quota (default 5)")
     args = ap.parse_args(argv)
@@ -531,6 +542,8 @@ def main(argv=None) -> int:
         ap.error("--latency-ms: 0..1000, --rate-mbit: 0..100000")
     if any(q < 0 or q > 64 for q in args.node_cpu_quota) or not 1 <= args.cpu_period_ms <= 1000:
         ap.error("--node-cpu-quota: 0..64 (cores; 0 = no cap), --cpu-period-ms: 1..1000")
+    if any(x is not None and not 0 <= x <= 10000 for x in args.net_spin_us):
+        ap.error("--net-spin-us: 0..10000")
     if any(args.node_cpu_quota) and cpu_groups.available():
         ap.error(f"--node-cpu-quota: {cpu_groups.available()}")
     if args.netns:
@@ -558,8 +571,8 @@ def main(argv=None) -> int:
     for quota in args.node_cpu_quota:
         if quota:
             print_quota_bandwidth(quota, int(args.cpu_period_ms * 1000))
-    configs = [(exchange, nodes, link, quota) for quota in args.node_cpu_quota for exchange in args.exchange
-               for nodes in args.nodes for link in [None] + (links if nodes > 1 else [])]
+    configs = [(exchange, nodes, link, quota, spin) for quota in args.node_cpu_quota for exchange in args.exchange
+               for nodes in args.nodes for spin in args.net_spin_us for link in [None] + (links if nodes > 1 else [])]
     configs = [c for i, c in enumerate(configs)
                if c[1] > 1 or not any(x[1] == 1 and x[3] == c[3] for x in configs[:i])]
     runs: dict = {c: [] for c in configs}
@@ -567,10 +580,10 @@ def main(argv=None) -> int:
         # Repeats are rounds over every configuration, so a load that comes and goes hits them alike.
         for _ in range(args.repeats):
             for c in configs:
-                exchange, nodes, link, quota = c
-                r = measure(args.model, nodes, exchange, args, layout, link, quota)
+                exchange, nodes, link, quota, spin = c
+                r = measure(args.model, nodes, exchange, args, layout, link, quota, spin)
                 runs[c].append(r)
-                capped = f", cpu quota {quota:g}" if quota else ""
+                capped = (f", cpu quota {quota:g}" if quota else "") + (f", spin {spin} us" if spin is not None else "")
                 print(f"  {nodes} node(s) {exchange} {r['network']}{capped}: {r['decode']:.2f} tok/s, "
                       f"sent {r['sent'] / 1e3:.1f} kB/tok, sync {r['sync']:.0%}", file=sys.stderr, flush=True)
     finally:
