@@ -299,10 +299,10 @@ def print_calibration(c: dict):
 # --- emulated machines (cpu_groups.py) ----------------------------------------------------------
 
 def read_bandwidth(quota: float = 0, period_us: int = 5000) -> float:
-    """One thread's read bandwidth (bytes/s, _core.read_bandwidth over 256 MiB) in a child process,
-    under a node's CPU quota when quota > 0."""
+    """One thread's read bandwidth (bytes/s) in a child process, under a node's CPU quota when quota > 0:
+    the better of 2 passes over 1 GiB, each long enough (~30-100 ms) to average over many periods."""
     code = ("import sys; sys.stdin.readline(); from dllama_py import _core; "
-            "print(_core.read_bandwidth(1 << 28, 1, 5))")
+            "print(_core.read_bandwidth(1 << 30, 1, 2))")
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     groups = cpu_groups.NodeCpuGroups(quota, period_us) if quota else None
     try:
@@ -318,8 +318,8 @@ def read_bandwidth(quota: float = 0, period_us: int = 5000) -> float:
 def print_quota_bandwidth(quota: float, period_us: int):
     free, capped = read_bandwidth(), read_bandwidth(quota, period_us)
     print(f"cpu quota {quota:g} of a core every {period_us / 1000:g} ms per node: one thread reads "
-          f"{capped / 1e9:.1f} GB/s on average (without the quota {free / 1e9:.1f} GB/s); each node emulates a "
-          f"PC about {quota:g}x as fast as one core here", flush=True)
+          f"{capped / 1e9:.1f} GB/s on average (an ordinary process, outside the groups: {free / 1e9:.1f} GB/s); "
+          f"each node emulates a PC about {quota:g}x as fast as one core here", flush=True)
 
 
 # --- workers ----------------------------------------------------------------------------------
