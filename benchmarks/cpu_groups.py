@@ -5,11 +5,13 @@ Why (distributed_bench.py --node-cpu-quota): on the 2-vCPU VM these benchmarks w
 thread reads memory at ~40 GB/s and two threads together at only ~43 GB/s, and one 1B-model decode thread
 alone already reads ~28 GB/s. Two nodes on that VM therefore share one memory bus that one node nearly
 fills, which separate PCs do not; and they share two cores with the link emulator and anything else
-running. A quota q (0 < q <= 1 of one core) slows every node, the 1-node baseline included, to about
-q of its speed: each node then emulates a slower PC (a node at 44 tok/s becomes a ~22 tok/s one at
-q = 0.5), and N nodes draw about N·q cores, which leaves the emulator room to run on time. The quota
-does not give each node its own memory bus: while two nodes compute at the same moment they still
-share it. Results measured with it say so (the benchmark prints the quota and what it costs).
+running. With q = 1 each node has a core of its own and nothing is throttled. A quota q < 1 slows
+every node, the 1-node baseline included, to about q of its speed: each node then emulates a slower PC
+(a node at 44 tok/s becomes a ~17-22 tok/s one at q = 0.5), and N nodes draw about N·q cores, which
+leaves the emulator room to run. But the kernel throttles a group only at its scheduler tick (4 ms at
+HZ=250 without HRTICK), so a node that waits for the network gets the wait back out of time it would
+have been throttled anyway: q < 1 hides part of the links' cost (measured in docs/distributed.md).
+No quota gives each node its own memory bus: nodes that compute at the same moment still share it.
 
 The groups also get a large cpu.shares (SHARES: 10 ordinary processes' worth), so that other jobs on
 the machine (compilers, tests) do not take a node's quota away while it computes, as they cannot on a PC

@@ -33,11 +33,11 @@ Networks:
   addresses created here and 127.0.0.1 are ever used.
 
 Emulated machines: --node-cpu-quota Q.. (0 = none) runs every node process, the 1-node baseline's
-too, in a cgroup of its own capped at Q of one core (every --cpu-period-ms) and pinned to a core of its
-own where there are enough (benchmarks/cpu_groups.py says why: on a small VM one node nearly fills the
-shared memory bus, and nodes, emulator and other jobs share few cores; the quota makes each node a
-slower PC). Each quota is a row of its own, and the script first prints what the quota leaves of one
-thread's read bandwidth. The link emulator itself is never capped.
+too, in a cgroup of its own capped at Q of one core (every --cpu-period-ms), ahead of other jobs, and
+pinned to a core of its own where there are enough; the link emulator gets a group with no cap
+(benchmarks/cpu_groups.py says why). Q = 1 gives each node a core of its own; Q < 1 makes each node a
+slower PC but hides part of the links' cost (the kernel throttles at its tick; docs/distributed.md).
+Each quota is a set of rows of its own, and the script first prints one thread's read bandwidth under it.
 
 On a machine with fewer cores than nodes × threads, tokens/s say nothing about scaling; the bytes per
 token and the sync time with against without the emulated links are what to read.
@@ -458,9 +458,9 @@ def add_model(rows: list[dict], calibration: dict, layout):
     p = layout.params
     for r in rows:
         one = next((x for x in rows if x["nodes"] == 1 and x["quota"] == r["quota"]), None)
-        same = [x for x in rows if x["quota"] == r["quota"] and x["spin"] == r["spin"]]
         if one is None:
             continue
+        same = [x for x in rows if x["quota"] == r["quota"] and x["spin"] == r["spin"]]
         exchanges = 2 * p["n_layers"] + 2
         compute = one["weight_bytes"] and r["weight_bytes"] / one["weight_bytes"] / one["decode"]
         loop = next((x for x in same if x["nodes"] == r["nodes"] and x["link"] is None
@@ -481,8 +481,9 @@ def add_model(rows: list[dict], calibration: dict, layout):
 def print_table(rows: list[dict]):
     quotas = any(r["quota"] for r in rows)
     spins = any(r["spin"] is not None for r in rows)
-    head = ["nodes"] + (["cpu quota"] if quotas else []) + (["spin us"] if spins else []) + ["exchange", "network", "decode tok/s", "modelled tok/s", "prefill tok/s", "sent kB/tok",
-            "recv kB/tok", "sync", "sync ms/tok", "overhead us/exchange", "predicted sent/recv kB"]
+    head = (["nodes"] + (["cpu quota"] if quotas else []) + (["spin us"] if spins else []) +
+            ["exchange", "network", "decode tok/s", "modelled tok/s", "prefill tok/s", "sent kB/tok", "recv kB/tok",
+             "sync", "sync ms/tok", "overhead us/exchange", "predicted sent/recv kB"])
     body = [[str(r["nodes"])] + ([f"{r['quota']:g}" if r["quota"] else "none"] if quotas else []) +
             ([str(r["spin"]) if r["spin"] is not None else "-"] if spins else []) +
             [r["exchange"], r["network"], f"{r['decode']:.2f}",
