@@ -22,7 +22,7 @@ from hf_models import N_PREFILL
 from worker_protocol import (COPY_PREFIX, FORWARD, STEP, FakeRoot, ModelSetup, WorkerProcess, frame, model_identity,
                              step_header, u8)
 
-from dllama_py import Engine
+from dllama_py import Engine, _core
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,13 @@ BAD_SETUPS = {
     "2^24 tensors": (dict(tensor_count=1 << 24), "tensor count is 16777216, but at most"),
     "a KV cache larger than the machine": (dict(seq_len=1 << 22, n_layers=1024), "MiB of memory and swap"),
     "unknown exchange": (dict(exchange=7), "unknown exchange type 7"),
+    "a split weight for one node of two": (dict(split=[1.0]), "bad SETUP: split has 1 weight for 2 nodes"),
+    "split weights for 3 nodes of 2": (dict(split=[1.0, 1.0, 1.0]), "split weight count is 3, but at most 2"),
+    "2^30 split weights": (dict(split_count=1 << 30), "split weight count is 1073741824, but at most"),
+    "a NaN split weight": (dict(split=[1.0, float("nan")]), "split weight of node 1 is nan, expected a number above 0"),
+    "a zero split weight": (dict(split=[0.0, 1.0]), "split weight of node 0 is 0, expected a number above 0"),
+    "a negative split weight": (dict(split=[1.0, -2.0]), "split weight of node 1 is -2, expected"),
+    "a huge split weight": (dict(split=[1.0, 1e30]), "split weight of node 1 is 1e+30, expected"),
     "unknown architecture": (dict(arch="gpt9"), "no graph builder named 'gpt9'"),
     "terminal escapes in a name": (dict(arch="llama\x1b[2J"), "arch contains byte 27"),
 }
@@ -406,7 +413,7 @@ def test_cluster_check(llama, capsys):
         stopped.close()
         assert main(["cluster", "check", good.address, wrong.address, stopped.address, "--secret", "s3cret"]) == 1
         lines = capsys.readouterr().out.splitlines()
-        assert lines[0].startswith(f"{good.address}: ok, protocol 4, secret accepted, ")
+        assert lines[0].startswith(f"{good.address}: ok, protocol {_core.protocol_version()}, secret accepted, ")
         assert "cores" in lines[0] and "RAM free" in lines[0] and "round trip" in lines[0]
         assert lines[1] == f"{wrong.address}: NOT READY: {wrong.address}: authentication failed: wrong secret"
         assert lines[2] == f"{stopped.address}: NOT READY: {stopped.address}: connection refused"
