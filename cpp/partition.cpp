@@ -41,7 +41,7 @@ Partition make_partition(int node, int n_nodes, std::vector<float> weights) {
     if ((int)weights.size() != n_nodes)
         throw std::invalid_argument("split has " + std::to_string(weights.size()) +
                                     (weights.size() == 1 ? " weight" : " weights") + " for " + std::to_string(n_nodes) +
-                                    " nodes (one per node, root first)");
+                                    (n_nodes == 1 ? " node" : " nodes") + " (one per node, root first)");
     bool all_equal = true;
     for (size_t i = 0; i < weights.size(); i++) {
         const float w = weights[i];

@@ -152,9 +152,13 @@ def auto_split(layout, cfg, bandwidths: list[float], available: list[int]) -> Au
         over = [i for i in range(n) if need[i] > available[i]]
         if not over:
             return AutoSplit(weights, list(bandwidths), capped)
+        if len(over) == n:  # lowering every weight moves nothing
+            break
         for i in over:
-            weights[i] = round(weights[i] * 0.95 * available[i] / need[i], 4)
+            weights[i] = float(f"{weights[i] * 0.95 * available[i] / need[i]:.3g}")
             capped += [] if i in capped else [i]
+        if min(weights) < AUTO_STEP / 100:
+            break
     worst = max(range(n), key=lambda i: need[i] - available[i])
     raise ValueError(f"split auto: the model does not fit the nodes' free RAM: node {worst} needs "
                      f"{_gb(need[worst])} and has {_gb(available[worst])} (at {cfg.seq_len} positions of context)")
