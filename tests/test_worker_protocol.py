@@ -431,7 +431,8 @@ def test_cluster_check(llama, capsys):
 
 def test_second_session_comes_from_the_workers_cache(tiny_models, llama, reference, tmp_path):
     """A second session with the same model and split sends < 1% of the first's weight bytes and gets the
-    same logits; another split, another model, or another fine-tune of the same shapes re-streams."""
+    same logits; another split (node count or --split weights), another model, or another fine-tune of
+    the same shapes re-streams."""
     from hf_models import random_model
 
     from dllama_py.convert import convert
@@ -439,8 +440,8 @@ def test_second_session_comes_from_the_workers_cache(tiny_models, llama, referen
     ids, single = reference
     cache = tmp_path / "cache"
 
-    def session(workers, path=llama):
-        with Engine(path, threads=1, workers=[w.address for w in workers], exchange="f32") as eng:
+    def session(workers, path=llama, split=None):
+        with Engine(path, threads=1, workers=[w.address for w in workers], exchange="f32", split=split) as eng:
             logits = np.concatenate([eng.forward(ids[:N_PREFILL])] + [eng.forward([t]) for t in ids[N_PREFILL:]])
             return logits, eng.load_net_stats["bytes_sent"]
 
@@ -454,6 +455,13 @@ def test_second_session_comes_from_the_workers_cache(tiny_models, llama, referen
 
         three, sent_split = session([w1, w2])  # another split: each worker's share is new to it
         assert sent_split > 0.5 * sent_first and np.abs(three - single).max() <= 1e-4 * single.std()
+
+        folders = {f for f in cache.iterdir() if f.is_dir()}
+        uneven, sent_uneven = session([w1], split=[1, 3])  # the same nodes, weighted: a folder of its own
+        assert sent_uneven > 0.5 * sent_first and np.abs(uneven - single).max() <= 1e-4 * single.std()
+        assert len({f for f in cache.iterdir() if f.is_dir()} - folders) == 1
+        _, sent_again = session([w1], split=[1, 3])
+        assert sent_again < 0.01 * sent_first
 
         hf_dir = tmp_path / "tuned"  # the same shapes and header, other weights: like a fine-tune
         random_model("llama", seed=123).save_pretrained(hf_dir)
