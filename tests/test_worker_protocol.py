@@ -422,6 +422,17 @@ def test_cluster_check(llama, capsys):
         out = capsys.readouterr().out
         assert "on 2 nodes (weights and KV cache): root " in out and " fits" in out and f"{good.address} " in out
         assert "expected decode: about" in out
+        # Planned for a split: by hand, and what --split auto would choose (one line, then the plan).
+        check = ["cluster", "check", good.address, "--secret", "s3cret", "-m", str(llama), "-t", "1", "--split"]
+        assert main(check + ["3,1"]) == 0
+        assert "on 2 nodes (weights and KV cache): root " in capsys.readouterr().out
+        assert main(check + ["auto"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        auto = next(i for i, line in enumerate(lines) if line.startswith("split auto: "))
+        assert "(read GB/s: root " in lines[auto] and f", {good.address} " in lines[auto]
+        assert lines[auto + 1].startswith(f"{llama} on 2 nodes (weights and KV cache): root ")
+        assert main(check + ["1,2,3"]) == 1
+        assert "--split 1,2,3: split has 3 weights for 2 nodes" in capsys.readouterr().err
         # A probe starts no session: the worker still serves a root.
         with Engine(llama, threads=1, workers=[good.address], secret="s3cret") as eng:
             assert eng.forward([1, 2]).shape == (2, 384)

@@ -119,8 +119,9 @@ def parse_split(value) -> list[float] | str | None:
         raise ValueError(f"expected one weight per node, root first (e.g. 2,1,1), or auto; got {value!r}") from None
 
 
-AUTO_STEP = 0.05  # auto weights are multiples of this (the fastest node has 1): the same machines get the
-# same split from session to session, and so do the keys of the workers' slice caches
+# Auto weights are multiples of this (the fastest node has 1): the same machines get the same split from
+# session to session, and so do the keys of the workers' slice caches.
+AUTO_STEP = 0.05
 
 
 @dataclass
@@ -164,6 +165,12 @@ def auto_split(layout, cfg, bandwidths: list[float], available: list[int]) -> Au
                      f"{_gb(need[worst])} and has {_gb(available[worst])} (at {cfg.seq_len} positions of context)")
 
 
+def auto_split_of_probes(layout, cfg, probes: list[Probe], root_bandwidth: float, root_available: int) -> AutoSplit:
+    """auto_split with the root's figures and what the workers' probes reported."""
+    return auto_split(layout, cfg, [root_bandwidth] + [p.info["read_bandwidth"] for p in probes],
+                      [root_available] + [p.info["available_ram_bytes"] for p in probes])
+
+
 def choose_auto_split(layout, cfg, workers: list[str], secret: str, threads: int, timeout: float = 5.0) -> AutoSplit:
     """Probes the workers (their read bandwidth and free RAM), measures this machine the same way, and
     weighs the nodes by auto_split."""
@@ -171,9 +178,7 @@ def choose_auto_split(layout, cfg, workers: list[str], secret: str, threads: int
     for p in probes:
         if not p.ok:
             raise RuntimeError(f"split auto: {p.error}")
-    bandwidths = [_core.node_read_bandwidth(threads)] + [p.info["read_bandwidth"] for p in probes]
-    available = [available_ram()] + [p.info["available_ram_bytes"] for p in probes]
-    return auto_split(layout, cfg, bandwidths, available)
+    return auto_split_of_probes(layout, cfg, probes, _core.node_read_bandwidth(threads), available_ram())
 
 
 def check(addresses: list[str], secret: str, model: str | None = None, threads: int | None = None,
@@ -198,8 +203,7 @@ def check(addresses: list[str], secret: str, model: str | None = None, threads: 
     try:
         if split == "auto":
             layout = read_layout(Path(model))
-            chosen = auto_split(layout, model_config(layout, None), [bandwidth] + [pr.info["read_bandwidth"] for pr in probes],
-                                [available] + [pr.info["available_ram_bytes"] for pr in probes])
+            chosen = auto_split_of_probes(layout, model_config(layout, None), probes, bandwidth, available)
             out(chosen.line(nodes))
             split = chosen.weights
         p = plan(model, probes, bandwidth, available, split=split)
