@@ -51,7 +51,7 @@ private:
     net::Exchange exchange_;
 };
 
-// --- SETUP: every field of the config (config.h's table, in order), the tensor table ---------------
+// --- SETUP: the split, every field of the config (config.h's table, in order), the tensor table ------
 
 void put(net::Writer& w, int v) { w.i32(v); }
 void put(net::Writer& w, bool v) { w.i32(v ? 1 : 0); }
