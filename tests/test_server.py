@@ -205,6 +205,9 @@ def test_completions(scripted):
                            stream_options={"include_usage": True}))
     assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == "Yé"
     assert chunks[-1].usage.completion_tokens == 3
+    reply = c.create(model="scripted", prompt="X", temperature=0, max_tokens=5, extra_body={"ignore_eos": True})
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 5  # past <|observation|>
+    assert reply.choices[0].text.startswith("Yé")
     reply = c.create(model="scripted", prompt="X", temperature=0, echo=True)
     assert reply.choices[0].text == "XYé"
     ids = scripted.state.tokenizer.encode("X")

@@ -71,6 +71,7 @@ class SamplingParams:
     top_logprobs: int | None = None  # None: no log-probabilities; 0: the chosen token's only
     grammar: str | None = None  # JSON grammar (constrained.json_grammar) the output must follow
     grammar_after: str | None = None  # ... once this text has been generated (e.g. "</think>")
+    ignore_eos: bool = False  # end-of-sequence tokens do not end the generation
 
 
 @dataclass
@@ -97,7 +98,7 @@ class Generation:
     """One request in the scheduler: its slot, sampling state and the queue its events go to."""
 
     def __init__(self, prompt: list[int], params: SamplingParams, eos: set[int], tokenizer, vocab_size: int):
-        self.prompt, self.params, self.eos = prompt, params, eos
+        self.prompt, self.params, self.eos = prompt, params, set() if params.ignore_eos else eos
         self.sampler = Sampler(params.temperature, params.top_p, params.top_k, params.seed)
         self.adjust = LogitAdjustments(vocab_size, params.presence_penalty, params.frequency_penalty,
                                        params.logit_bias)
