@@ -1,10 +1,13 @@
 """Runs the server's generations on the engine: `submit` a request, read its tokens as an async stream,
 `cancel` it. Requests take one of `parallel` sequence slots; the rest wait in a bounded queue.
 
-One thread owns the engine and loops: admit waiting requests into free slots, advance the running ones
-by one step (a prefill chunk or one token each), hand each token to its request's asyncio queue. The
-backend is the Engine's KV-cache slots (`engine.scheduler`, an Engine made with max_sequences = the
-server's slots): its `decode` runs one token of every decoding sequence in a single forward step.
+One thread owns the engine and loops: admit waiting requests into free slots, advance the decoding ones
+by one token and the oldest prompt still being read by one chunk, hand the tokens to their requests'
+asyncio queues. A step's tokens are handed over together, in one call per event loop just before the
+next forward pass: the loop is woken once per step, not per token, and streams them while the forward
+pass runs without the GIL. The backend is the Engine's KV-cache slots (`engine.scheduler`, an Engine
+made with max_sequences = the server's slots): its `decode` runs one token of every decoding sequence in
+a single forward step.
 """
 
 from __future__ import annotations
@@ -137,6 +140,11 @@ class Generation:
             self.cancel()
 
 
+def _deliver(events: list[tuple[Generation, TokenEvent | Finished]]) -> None:
+    for gen, event in events:
+        gen.queue.put_nowait(event)
+
+
 class Scheduler:
     def __init__(self, backend: Backend, tokenizer, parallel: int = 1, max_queue: int = 64, draft: str | None = None,
                  draft_tokens: int = 4):
@@ -156,6 +164,7 @@ class Scheduler:
         self.drafted_tokens = self.accepted_tokens = 0  # speculative guesses checked and kept
         self.requests_finished = 0
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps, for tokens/s
+        self._outbox: list[tuple[Generation, TokenEvent | Finished]] = []  # events not yet handed over
         self._thread = threading.Thread(target=self._run, name="dllama-scheduler", daemon=True)
         self._thread.start()
 
@@ -207,10 +216,20 @@ class Scheduler:
 
     # -- the engine thread ------------------------------------------------------------------------
     def _emit(self, gen: Generation, event) -> None:
-        try:
-            gen.loop.call_soon_threadsafe(gen.queue.put_nowait, event)
-        except RuntimeError:  # the request's event loop is gone
-            gen.cancelled = True
+        self._outbox.append((gen, event))
+
+    def _flush(self) -> None:
+        """Hands the events emitted so far to their requests' queues: one wake-up per event loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for gen, event in self._outbox:
+            by_loop.setdefault(gen.loop, []).append((gen, event))
+        self._outbox = []
+        for loop, events in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, events)
+            except RuntimeError:  # the requests' event loop is gone
+                for gen, _ in events:
+                    gen.cancelled = True
 
     def _finish(self, gen: Generation, reason: str, error: Exception | None = None) -> None:
         gen.done = True
@@ -238,6 +257,8 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self._cond:
+                if not self._stopping and not self._waiting and self.slots_busy == 0:
+                    self._flush()
                 while not self._stopping and not self._waiting and self.slots_busy == 0:
                     self._cond.wait()
                 if self._stopping:
@@ -258,14 +279,17 @@ class Scheduler:
                         self._finish(gen, "error", error)
         for gen in [*self._waiting, *(g for g in self._slots if g is not None)]:
             self._finish(gen, "error", RuntimeError("the server is shutting down"))
+        self._flush()
 
     def _step(self, running: list[Generation]) -> None:
-        """Advance each running generation by one token (or, speculating, by the guesses the model keeps
-        and one more), or by one chunk of its prompt."""
+        """Advance each decoding generation by one token (or, speculating, by the guesses the model keeps
+        and one more), and the oldest prompt still being read by one chunk: the streams get a token
+        between every two chunks, however many requests arrive."""
         decoding = [g for g in running if g.pending is not None]
         if decoding:
             guesses = [self._guesses(g) for g in decoding]
             rows = [(g.slot, g.pending) for g in decoding]
+            self._flush()
             logits = self.backend.decode(rows, guesses) if any(guesses) else self.backend.decode(rows)
             row = 0
             for gen, drafts in zip(decoding, guesses):
@@ -283,10 +307,12 @@ class Scheduler:
                 with self._cond:
                     self.prompt_tokens += len(gen.prompt) - gen.cached
             end = min(len(gen.prompt), gen.prefilled + PREFILL_CHUNK)
+            self._flush()
             logits = self.backend.extend(gen.slot, gen.prompt[:end])
             gen.prefilled = end
             if end == len(gen.prompt):
                 self._next_token(gen, logits.reshape(-1))
+            break
         if self.draft == "mtp":
             self._guess_with_mtp([g for g in running if g.pending is not None and not g.done])
 
