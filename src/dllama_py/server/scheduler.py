@@ -3,9 +3,9 @@
 
 One thread owns the engine and loops: admit waiting requests into free slots, advance the decoding ones
 by one token and the oldest prompt still being read by one chunk, hand the tokens to their requests'
-asyncio queues. A step's tokens are handed over together, in one call per event loop just before the
-next forward pass: the loop is woken once per step, not per token, and streams them while the forward
-pass runs without the GIL. The backend is the Engine's KV-cache slots (`engine.scheduler`, an Engine
+asyncio queues. A step's tokens are handed over together, just before the next forward pass, by a
+second thread that wakes each event loop once per step (not per token): the loop streams them while
+the forward pass runs without the GIL. The backend is the Engine's KV-cache slots (`engine.scheduler`, an Engine
 made with max_sequences = the server's slots): its `decode` runs one token of every decoding sequence in
 a single forward step.
 """
@@ -164,9 +164,13 @@ class Scheduler:
         self.drafted_tokens = self.accepted_tokens = 0  # speculative guesses checked and kept
         self.requests_finished = 0
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps, for tokens/s
-        self._outbox: list[tuple[Generation, TokenEvent | Finished]] = []  # events not yet handed over
+        self._outbox: list[tuple[Generation, TokenEvent | Finished]] = []  # events of the step being made
+        self._handoff: list[tuple[Generation, TokenEvent | Finished] | None] = []  # to the loops; None: the end
+        self._handoff_cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="dllama-scheduler", daemon=True)
         self._thread.start()
+        self._handoff_thread = threading.Thread(target=self._hand_over, name="dllama-handoff", daemon=True)
+        self._handoff_thread.start()
 
     # -- the asyncio side -------------------------------------------------------------------------
     def submit(self, prompt: list[int], params: SamplingParams) -> Generation:
@@ -213,23 +217,46 @@ class Scheduler:
             self._stopping = True
             self._cond.notify()
         self._thread.join()
+        with self._handoff_cond:
+            self._handoff.append(None)  # the end, after the last events
+            self._handoff_cond.notify()
+        self._handoff_thread.join()
 
     # -- the engine thread ------------------------------------------------------------------------
     def _emit(self, gen: Generation, event) -> None:
         self._outbox.append((gen, event))
 
     def _flush(self) -> None:
-        """Hands the events emitted so far to their requests' queues: one wake-up per event loop."""
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        for gen, event in self._outbox:
-            by_loop.setdefault(gen.loop, []).append((gen, event))
-        self._outbox = []
-        for loop, events in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, events)
-            except RuntimeError:  # the requests' event loop is gone
-                for gen, _ in events:
-                    gen.cancelled = True
+        """Passes the events emitted so far to the handoff thread, which wakes their event loops. Waking a
+        loop from this thread (a socket write releases the GIL) let the loop take the GIL while this
+        thread, about to start the next forward pass, waited for it; the handoff thread waits instead,
+        until the forward pass releases the GIL. (8 streams, busy machine: median time between two
+        forward passes 1.26 -> 0.60 ms.)"""
+        if self._outbox:
+            with self._handoff_cond:
+                self._handoff += self._outbox
+                self._handoff_cond.notify()
+            self._outbox = []
+
+    def _hand_over(self) -> None:
+        while True:
+            with self._handoff_cond:
+                while not self._handoff:
+                    self._handoff_cond.wait()
+                events, self._handoff = self._handoff, []
+            by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+            for item in events:
+                if item is None:
+                    continue
+                by_loop.setdefault(item[0].loop, []).append(item)
+            for loop, items in by_loop.items():  # one wake-up per event loop
+                try:
+                    loop.call_soon_threadsafe(_deliver, items)
+                except RuntimeError:  # the requests' event loop is gone
+                    for gen, _ in items:
+                        gen.cancelled = True
+            if events[-1] is None:
+                return
 
     def _finish(self, gen: Generation, reason: str, error: Exception | None = None) -> None:
         gen.done = True
