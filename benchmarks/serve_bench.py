@@ -5,7 +5,8 @@
 Each case is CLIENTS@PARALLEL: that many clients at once against a server started with `--parallel
 PARALLEL`. One server per parallel value runs for the whole benchmark (subprocesses on free ports; an
 idle one sleeps), and the cases take turns round by round, so that other jobs' load on a shared machine
-hits them alike; ratios are taken within a round.
+hits them alike; the first case (the baseline) runs again after every other case, and each ratio is to
+the mean of the baseline runs just before and after it.
 
 A client is one streamed completion from the official async `openai` client (one event loop for all):
 a prompt of ~--prompt-tokens tokens, different per request so no prefix is shared, temperature 0,
@@ -20,7 +21,7 @@ Per case (median over rounds):
   a wave of requests spends reading its prompts;
 - TTFT p50 / p95: request sent to its first token's chunk;
 - per-client tok/s: mean of each request's tokens after the first / its first-to-last-token time;
-- decode × the first case's decode in the same round (the first case should be 1@1, one client's).
+- decode × the baseline's (the first case, e.g. 1@1: one client's) around it, median over rounds.
 
 The clients run niced (--client-nice, default 10): on a machine of few cores their own work (the openai
 client parses every chunk, ~1 ms each) would otherwise take cores from the server, which clients on
@@ -119,15 +120,28 @@ async def bench(urls: dict[int, str], cases: list[tuple[int, int]], args) -> Non
     for p in urls:  # warm-up: first-call costs out of the figures
         await run_case(clients[p], 1, p, 8, 4, rng)
     rows: dict[tuple[int, int], list[dict]] = {case: [] for case in cases}
+    ratios: dict[tuple[int, int], list[float]] = {case: [] for case in cases[1:]}
+    base_case = cases[0]
+
+    async def run(case):
+        result = await run_case(clients[case[1]], *case, args.prompt_tokens, args.max_tokens, rng)
+        rows[case].append(result)
+        return result.get("decode", 0.0)
+
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     for r in range(args.rounds):
-        for case in cases:
-            rows[case].append(await run_case(clients[case[1]], *case, args.prompt_tokens, args.max_tokens, rng))
-        base = rows[cases[0]][-1].get("decode")
-        print(f"round {r + 1}: decode tok/s " + ", ".join(
-            f"{c}@{p} {rows[(c, p)][-1].get('decode', 0):.1f}" for c, p in cases)
-            + (f"; x first: " + ", ".join(f"{rows[case][-1].get('decode', 0) / base:.2f}" for case in cases[1:])
-               if base else ""), flush=True)
+        # the baseline runs before and after every other case; a ratio is to the mean of the two
+        before = await run(base_case)
+        line = [f"{base_case[0]}@{base_case[1]} {before:.1f}"]
+        for case in cases[1:]:
+            decode = await run(case)
+            after = await run(base_case)
+            if before and after:
+                ratios[case].append(decode / ((before + after) / 2))
+            line.append(f"{case[0]}@{case[1]} {decode:.1f} ({ratios[case][-1] if before and after else 0:.2f}x), "
+                        f"{base_case[0]}@{base_case[1]} {after:.1f}")
+            before = after
+        print(f"round {r + 1}: decode tok/s " + ", ".join(line), flush=True)
     print(f"\nload average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{args.model}: {args.threads} threads, prompts of ~{args.prompt_tokens} tokens, {args.max_tokens} "
           f"tokens per reply, {args.rounds} rounds (medians)")
@@ -136,13 +150,12 @@ async def bench(urls: dict[int, str], cases: list[tuple[int, int]], args) -> Non
     for case in cases:
         runs = rows[case]
         ok = [run for run in runs if run["answered"]]
-        ratios = [run["decode"] / first["decode"] for run, first in zip(runs, rows[cases[0]])
-                  if run["answered"] and first["answered"] and first["decode"]]
         ttft = [t for run in ok for t in run["ttft"]]
+        ratio = np.median(ratios[case]) if case in ratios and ratios[case] else 1.0
         print(f"{case[0]:7d} {case[1]:10d} {sum(x['answered'] for x in runs):8d} {sum(x['failed'] for x in runs):6d} "
               f"{np.median([x['aggregate'] for x in ok]):15.1f} {np.median([x['decode'] for x in ok]):12.1f} "
               f"{np.percentile(ttft, 50):10.2f} {np.percentile(ttft, 95):10.2f} "
-              f"{np.median([x['per_client'] for x in ok]):16.1f} {np.median(ratios):14.2f}")
+              f"{np.median([x['per_client'] for x in ok]):16.1f} {ratio:14.2f}")
         for error in sorted({e for run in runs for e in run["errors"]}):
             print(f"    failed: {error}")
 
