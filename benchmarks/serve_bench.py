@@ -18,10 +18,13 @@ Per case (median over rounds):
 - aggregate tok/s: all completion tokens / wall time from the first request sent to the last reply;
 - decode tok/s: tokens per second while every slot the case can fill (min(clients, parallel)) held a
   request between its first and last token: the aggregate decode rate of a full batch, without the time
-  a wave of requests spends reading its prompts;
+  a wave of requests spends reading its prompts; "median step": the same batch over the median time
+  between two tokens of a stream in those windows (as `dllama-py bench --parallel` reports, since
+  on a busy machine a few slow steps weigh on the mean);
 - TTFT p50 / p95: request sent to its first token's chunk;
 - per-client tok/s: mean of each request's tokens after the first / its first-to-last-token time;
-- decode × the baseline's (the first case, e.g. 1@1: one client's) around it, median over rounds.
+- decode and median-step decode × the baseline's (the first case, e.g. 1@1: one client's) around it,
+  median over rounds.
 
 The clients run niced (--client-nice, default 10): on a machine of few cores their own work (~0.16 ms
 of CPU per streamed token) would otherwise take cores from the server, which clients on other machines
@@ -83,8 +86,9 @@ async def one_request(client, prompt: str, max_tokens: int) -> dict:
             "tokens": tokens}
 
 
-def full_batch_rate(results: list[dict], batch: int) -> float:
-    """Tokens per second while `batch` requests were between their first and last token at once."""
+def full_batch_rates(results: list[dict], batch: int) -> tuple[float, float]:
+    """Tokens per second while `batch` requests were between their first and last token at once: all
+    tokens over the time, and batch / the median time between two tokens of a request."""
     changes = sorted([(r["first"], 1) for r in results] + [(r["last"], -1) for r in results],
                      key=lambda c: (c[0], -c[1]))
     windows, active = [], 0
@@ -95,7 +99,11 @@ def full_batch_rate(results: list[dict], batch: int) -> float:
     times = np.sort(np.concatenate([r["times"] for r in results]))
     tokens = sum(np.searchsorted(times, b, "right") - np.searchsorted(times, a, "right") for a, b in windows)
     seconds = sum(b - a for a, b in windows)
-    return tokens / seconds if seconds > 0 else 0.0
+    gaps = [b - a for r in results for a, b in zip(r["times"], r["times"][1:])
+            if any(start <= a and b <= end for start, end in windows)]
+    if seconds <= 0 or not gaps:
+        return 0.0, 0.0
+    return tokens / seconds, batch / float(np.median(gaps))
 
 
 async def run_case(client, clients: int, parallel: int, prompt_tokens: int, max_tokens: int,
@@ -108,10 +116,11 @@ async def run_case(client, clients: int, parallel: int, prompt_tokens: int, max_
     errors = [r["error"] for r in results if "error" in r]
     if not ok:
         return {"answered": 0, "failed": len(errors), "errors": errors}
+    decode, median_step = full_batch_rates(ok, min(clients, parallel)) if len(ok) == clients else (0.0, 0.0)
     return {"answered": len(ok), "failed": len(errors), "errors": errors,
             "tokens": sum(r["tokens"] for r in ok),
             "aggregate": sum(r["tokens"] for r in ok) / (max(r["done"] for r in ok) - began),
-            "decode": full_batch_rate(ok, min(clients, parallel)) if len(ok) == clients else 0.0,
+            "decode": decode, "median_step": median_step,
             "ttft": [r["first"] - r["sent"] for r in ok],
             "per_client": float(np.mean([(r["tokens"] - 1) / (r["last"] - r["first"]) for r in ok
                                          if r["last"] > r["first"]] or [0.0]))}
@@ -126,42 +135,50 @@ async def bench(urls: dict[int, str], cases: list[tuple[int, int]], args) -> Non
     for p in urls:  # warm-up: first-call costs out of the figures
         await run_case(clients[p], 1, p, 8, 4, rng)
     rows: dict[tuple[int, int], list[dict]] = {case: [] for case in cases}
-    ratios: dict[tuple[int, int], list[float]] = {case: [] for case in cases[1:]}
+    ratios: dict[tuple[int, int], dict[str, list[float]]] = {c: {"decode": [], "median_step": []} for c in cases}
     base_case = cases[0]
 
     async def run(case):
         result = await run_case(clients[case[1]], *case, args.prompt_tokens, args.max_tokens, rng)
         rows[case].append(result)
-        return result.get("decode", 0.0)
+        return result
+
+    def name(case):
+        return f"{case[0]}@{case[1]}"
 
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     for r in range(args.rounds):
         # the baseline runs before and after every other case; a ratio is to the mean of the two
         before = await run(base_case)
-        line = [f"{base_case[0]}@{base_case[1]} {before:.1f}"]
+        line = [f"{name(base_case)} {before.get('decode', 0):.1f}"]
         for case in cases[1:]:
-            decode = await run(case)
+            result = await run(case)
             after = await run(base_case)
-            if before and after:
-                ratios[case].append(decode / ((before + after) / 2))
-            line.append(f"{case[0]}@{case[1]} {decode:.1f} ({ratios[case][-1] if before and after else 0:.2f}x), "
-                        f"{base_case[0]}@{base_case[1]} {after:.1f}")
+            for key, found in ratios[case].items():
+                base = (before.get(key, 0) + after.get(key, 0)) / 2
+                if before.get(key) and after.get(key) and result.get(key):
+                    found.append(result[key] / base)
+            line.append(f"{name(case)} {result.get('decode', 0):.1f} "
+                        f"({ratios[case]['decode'][-1] if ratios[case]['decode'] else 0:.2f}x), "
+                        f"{name(base_case)} {after.get('decode', 0):.1f}")
             before = after
         print(f"round {r + 1}: decode tok/s " + ", ".join(line), flush=True)
     print(f"\nload average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{args.model}: {args.threads} threads, prompts of ~{args.prompt_tokens} tokens, {args.max_tokens} "
-          f"tokens per reply, {args.rounds} rounds (medians)")
+          f"tokens per reply, {args.rounds} rounds (medians; x: to the baseline {name(base_case)} around each run)")
     print(f"{'clients':>7s} {'--parallel':>10s} {'answered':>8s} {'failed':>6s} {'aggregate tok/s':>15s} "
-          f"{'decode tok/s':>12s} {'TTFT p50 s':>10s} {'TTFT p95 s':>10s} {'per-client tok/s':>16s} {'decode x first':>14s}")
+          f"{'decode tok/s':>12s} {'x':>5s} {'median step':>11s} {'x':>5s} {'TTFT p50 s':>10s} {'TTFT p95 s':>10s} "
+          f"{'per-client tok/s':>16s}")
     for case in cases:
         runs = rows[case]
         ok = [run for run in runs if run["answered"]]
         ttft = [t for run in ok for t in run["ttft"]]
-        ratio = np.median(ratios[case]) if case in ratios and ratios[case] else 1.0
+        vs_base = {key: np.median(found) if found else 1.0 for key, found in ratios[case].items()}
         print(f"{case[0]:7d} {case[1]:10d} {sum(x['answered'] for x in runs):8d} {sum(x['failed'] for x in runs):6d} "
               f"{np.median([x['aggregate'] for x in ok]):15.1f} {np.median([x['decode'] for x in ok]):12.1f} "
+              f"{vs_base['decode']:5.2f} {np.median([x['median_step'] for x in ok]):11.1f} {vs_base['median_step']:5.2f} "
               f"{np.percentile(ttft, 50):10.2f} {np.percentile(ttft, 95):10.2f} "
-              f"{np.median([x['per_client'] for x in ok]):16.1f} {ratio:14.2f}")
+              f"{np.median([x['per_client'] for x in ok]):16.1f}")
         for error in sorted({e for run in runs for e in run["errors"]}):
             print(f"    failed: {error}")
 
