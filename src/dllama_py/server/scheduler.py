@@ -5,9 +5,9 @@ One thread owns the engine and loops: admit waiting requests into free slots, ad
 by one token and the oldest prompt still being read by one chunk, hand the tokens to their requests'
 asyncio queues. A step's tokens are handed over together, just before the next forward pass, by a
 second thread that wakes each event loop once per step (not per token): the loop streams them while
-the forward pass runs without the GIL. The backend is the Engine's KV-cache slots (`engine.scheduler`, an Engine
-made with max_sequences = the server's slots): its `decode` runs one token of every decoding sequence in
-a single forward step.
+the forward pass runs without the GIL. The backend is the Engine's KV-cache slots (`engine.scheduler`,
+an Engine made with max_sequences = the server's slots): its `decode` runs one token of every decoding
+sequence in a single forward step.
 """
 
 from __future__ import annotations
