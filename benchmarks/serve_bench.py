@@ -194,7 +194,7 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--max-seq-len", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--client-nice", type=int, default=10, help="niceness of the clients (the servers keep 0)")
+    ap.add_argument("--client-nice", type=int, default=10, help="niceness added for the clients (the servers keep the caller's)")
     args = ap.parse_args()
     cases = [tuple(int(x) for x in c.split("@")) for c in args.cases.split(",")]
     servers = {}
