@@ -230,8 +230,8 @@ class Scheduler:
         """Passes the events emitted so far to the handoff thread, which wakes their event loops. Waking a
         loop from this thread (a socket write releases the GIL) let the loop take the GIL while this
         thread, about to start the next forward pass, waited for it; the handoff thread waits instead,
-        until the forward pass releases the GIL. (8 streams, busy machine: median time between two
-        forward passes 1.26 -> 0.60 ms.)"""
+        until the forward pass releases the GIL. (Time between two forward passes of 8 streams, quiet
+        machine: mean 0.76 -> 0.52 ms, p90 1.17 -> 0.55 ms.)"""
         if self._outbox:
             with self._handoff_cond:
                 self._handoff += self._outbox
