@@ -205,6 +205,9 @@ def test_completions(scripted):
                            stream_options={"include_usage": True}))
     assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == "Yé"
     assert chunks[-1].usage.completion_tokens == 3
+    reply = c.create(model="scripted", prompt="X", temperature=0, max_tokens=5, extra_body={"ignore_eos": True})
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 5  # past <|observation|>
+    assert reply.choices[0].text.startswith("Yé")
     reply = c.create(model="scripted", prompt="X", temperature=0, echo=True)
     assert reply.choices[0].text == "XYé"
     ids = scripted.state.tokenizer.encode("X")
@@ -406,18 +409,20 @@ def closed_by_server(s, deadline: float) -> bool:
 
 
 def test_silent_or_trickling_headers_are_cut_off(tiny):
+    """header_timeout is 1 s here: the trickle would need 8 s to finish its headers."""
     silent = raw_socket(tiny, b"")
     trickle = raw_socket(tiny, b"GET /health HTTP/1.1\r\n")
-    t0 = time.monotonic()
-    for byte in b"Host: x\r\nX-Slow: " + b"y" * 20:  # a byte every 0.2 s: the headers never complete in time
+    cut_off_while_sending = False
+    for byte in b"Host: x\r\nX-Slow: " + b"y" * 30:  # a byte every 0.2 s
         time.sleep(0.2)
         try:
             trickle.sendall(bytes([byte]))
         except OSError:
+            cut_off_while_sending = True
             break
         assert tiny.raw("GET", "/health")[0] == 200  # others are served meanwhile
-    assert closed_by_server(trickle, t0 + 10) and closed_by_server(silent, t0 + 10)
-    assert time.monotonic() - t0 < 10
+    assert cut_off_while_sending or closed_by_server(trickle, time.monotonic() + 5)
+    assert closed_by_server(silent, time.monotonic() + 5)
     silent.close()
     trickle.close()
 

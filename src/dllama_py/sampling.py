@@ -3,6 +3,8 @@ penalties and logit bias; log-probabilities of the chosen tokens."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -142,19 +144,19 @@ class LogitAdjustments:
         self._counts[token] = self._counts.get(token, 0) + 1
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = np.asarray(logits, dtype=np.float64).reshape(-1)
-    finite = x[np.isfinite(x)]
-    top = finite.max() if finite.size else 0.0
-    return x - (top + np.log(np.exp(x - top).sum()))
-
-
 def token_logprobs(logits: np.ndarray, token: int, top_n: int = 0) -> tuple[float, list[tuple[int, float]]]:
-    """The log-probability of `token` under softmax(logits) and the `top_n` most likely tokens with theirs."""
-    lp = log_softmax(logits)
+    """The log-probability of `token` under softmax(logits) and the `top_n` most likely tokens with theirs.
+
+    Only the normalizer is computed over the vocabulary, in float32 (a float64 log-softmax of every entry
+    cost ~0.5 ms per token on a 32k vocabulary: a fifth of a batched decode step of 8 streams)."""
+    x = np.asarray(logits, dtype=np.float32).reshape(-1)
+    top = float(x.max())
+    if not math.isfinite(top):  # every logit -inf (masked): log-probabilities NaN, not an error
+        top = 0.0
+    normalizer = top + math.log(float(np.exp(x - np.float32(top)).sum(dtype=np.float64)))
     if top_n <= 0:
-        return float(lp[token]), []
-    top_n = min(top_n, lp.size)
-    best = np.argpartition(-lp, top_n - 1)[:top_n]
-    best = best[np.argsort(-lp[best], kind="stable")]
-    return float(lp[token]), [(int(t), float(lp[t])) for t in best]
+        return float(x[token]) - normalizer, []
+    top_n = min(top_n, x.size)
+    best = np.argpartition(-x, top_n - 1)[:top_n]
+    best = best[np.argsort(-x[best], kind="stable")]
+    return float(x[token]) - normalizer, [(int(t), float(x[t]) - normalizer) for t in best]

@@ -166,7 +166,8 @@ def _sampling(state: _State, req, prompt_len: int, max_tokens: int | None, top_l
                            top_p=DEFAULT_TOP_P if req.top_p is None else req.top_p, top_k=req.top_k or 0,
                            seed=None if seed is None else (seed + i) % 2**64, presence_penalty=req.presence_penalty,
                            frequency_penalty=req.frequency_penalty, logit_bias=bias or None,
-                           top_logprobs=top_logprobs, grammar=grammar, grammar_after=grammar_after)
+                           top_logprobs=top_logprobs, grammar=grammar, grammar_after=grammar_after,
+                           ignore_eos=req.ignore_eos)
             for i in range(req.n)]
 
 

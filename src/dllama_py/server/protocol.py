@@ -104,6 +104,7 @@ class SamplingRequest(_Strict):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     return_tokens_as_token_ids: bool = False  # vLLM's extension: logprobs name tokens "token_id:<id>"
+    ignore_eos: bool = False  # vLLM's and llama.cpp's extension: generate past end-of-sequence (benchmarks)
 
 
 class ContentPart(_Strict):

@@ -1,10 +1,13 @@
 """Runs the server's generations on the engine: `submit` a request, read its tokens as an async stream,
 `cancel` it. Requests take one of `parallel` sequence slots; the rest wait in a bounded queue.
 
-One thread owns the engine and loops: admit waiting requests into free slots, advance the running ones
-by one step (a prefill chunk or one token each), hand each token to its request's asyncio queue. The
-backend is the Engine's KV-cache slots (`engine.scheduler`, an Engine made with max_sequences = the
-server's slots): its `decode` runs one token of every decoding sequence in a single forward step.
+One thread owns the engine and loops: admit waiting requests into free slots, advance the decoding ones
+by one token and the oldest prompt still being read by one chunk, hand the tokens to their requests'
+asyncio queues. A step's tokens are handed over together, just before the next forward pass, by a
+second thread that wakes each event loop once per step (not per token): the loop streams them while
+the forward pass runs without the GIL. The backend is the Engine's KV-cache slots (`engine.scheduler`,
+an Engine made with max_sequences = the server's slots): its `decode` runs one token of every decoding
+sequence in a single forward step.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class SamplingParams:
     top_logprobs: int | None = None  # None: no log-probabilities; 0: the chosen token's only
     grammar: str | None = None  # JSON grammar (constrained.json_grammar) the output must follow
     grammar_after: str | None = None  # ... once this text has been generated (e.g. "</think>")
+    ignore_eos: bool = False  # end-of-sequence tokens do not end the generation
 
 
 @dataclass
@@ -97,7 +101,7 @@ class Generation:
     """One request in the scheduler: its slot, sampling state and the queue its events go to."""
 
     def __init__(self, prompt: list[int], params: SamplingParams, eos: set[int], tokenizer, vocab_size: int):
-        self.prompt, self.params, self.eos = prompt, params, eos
+        self.prompt, self.params, self.eos = prompt, params, set() if params.ignore_eos else eos
         self.sampler = Sampler(params.temperature, params.top_p, params.top_k, params.seed)
         self.adjust = LogitAdjustments(vocab_size, params.presence_penalty, params.frequency_penalty,
                                        params.logit_bias)
@@ -136,6 +140,11 @@ class Generation:
             self.cancel()
 
 
+def _deliver(events: list[tuple[Generation, TokenEvent | Finished]]) -> None:
+    for gen, event in events:
+        gen.queue.put_nowait(event)
+
+
 class Scheduler:
     def __init__(self, backend: Backend, tokenizer, parallel: int = 1, max_queue: int = 64, draft: str | None = None,
                  draft_tokens: int = 4):
@@ -155,8 +164,13 @@ class Scheduler:
         self.drafted_tokens = self.accepted_tokens = 0  # speculative guesses checked and kept
         self.requests_finished = 0
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps, for tokens/s
+        self._outbox: list[tuple[Generation, TokenEvent | Finished]] = []  # events of the step being made
+        self._handoff: list[tuple[Generation, TokenEvent | Finished] | None] = []  # to the loops; None: the end
+        self._handoff_cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="dllama-scheduler", daemon=True)
         self._thread.start()
+        self._handoff_thread = threading.Thread(target=self._hand_over, name="dllama-handoff", daemon=True)
+        self._handoff_thread.start()
 
     # -- the asyncio side -------------------------------------------------------------------------
     def submit(self, prompt: list[int], params: SamplingParams) -> Generation:
@@ -203,13 +217,46 @@ class Scheduler:
             self._stopping = True
             self._cond.notify()
         self._thread.join()
+        with self._handoff_cond:
+            self._handoff.append(None)  # the end, after the last events
+            self._handoff_cond.notify()
+        self._handoff_thread.join()
 
     # -- the engine thread ------------------------------------------------------------------------
     def _emit(self, gen: Generation, event) -> None:
-        try:
-            gen.loop.call_soon_threadsafe(gen.queue.put_nowait, event)
-        except RuntimeError:  # the request's event loop is gone
-            gen.cancelled = True
+        self._outbox.append((gen, event))
+
+    def _flush(self) -> None:
+        """Passes the events emitted so far to the handoff thread, which wakes their event loops. Waking a
+        loop from this thread (a socket write releases the GIL) let the loop take the GIL while this
+        thread, about to start the next forward pass, waited for it; the handoff thread waits instead,
+        until the forward pass releases the GIL. (Time between two forward passes of 8 streams, quiet
+        machine: mean 0.76 -> 0.52 ms, p90 1.17 -> 0.55 ms.)"""
+        if self._outbox:
+            with self._handoff_cond:
+                self._handoff += self._outbox
+                self._handoff_cond.notify()
+            self._outbox = []
+
+    def _hand_over(self) -> None:
+        while True:
+            with self._handoff_cond:
+                while not self._handoff:
+                    self._handoff_cond.wait()
+                events, self._handoff = self._handoff, []
+            by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+            for item in events:
+                if item is None:
+                    continue
+                by_loop.setdefault(item[0].loop, []).append(item)
+            for loop, items in by_loop.items():  # one wake-up per event loop
+                try:
+                    loop.call_soon_threadsafe(_deliver, items)
+                except RuntimeError:  # the requests' event loop is gone
+                    for gen, _ in items:
+                        gen.cancelled = True
+            if events[-1] is None:
+                return
 
     def _finish(self, gen: Generation, reason: str, error: Exception | None = None) -> None:
         gen.done = True
@@ -237,6 +284,8 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self._cond:
+                if not self._stopping and not self._waiting and self.slots_busy == 0:
+                    self._flush()
                 while not self._stopping and not self._waiting and self.slots_busy == 0:
                     self._cond.wait()
                 if self._stopping:
@@ -257,14 +306,17 @@ class Scheduler:
                         self._finish(gen, "error", error)
         for gen in [*self._waiting, *(g for g in self._slots if g is not None)]:
             self._finish(gen, "error", RuntimeError("the server is shutting down"))
+        self._flush()
 
     def _step(self, running: list[Generation]) -> None:
-        """Advance each running generation by one token (or, speculating, by the guesses the model keeps
-        and one more), or by one chunk of its prompt."""
+        """Advance each decoding generation by one token (or, speculating, by the guesses the model keeps
+        and one more), and the oldest prompt still being read by one chunk: the streams get a token
+        between every two chunks, however many requests arrive."""
         decoding = [g for g in running if g.pending is not None]
         if decoding:
             guesses = [self._guesses(g) for g in decoding]
             rows = [(g.slot, g.pending) for g in decoding]
+            self._flush()
             logits = self.backend.decode(rows, guesses) if any(guesses) else self.backend.decode(rows)
             row = 0
             for gen, drafts in zip(decoding, guesses):
@@ -282,10 +334,12 @@ class Scheduler:
                 with self._cond:
                     self.prompt_tokens += len(gen.prompt) - gen.cached
             end = min(len(gen.prompt), gen.prefilled + PREFILL_CHUNK)
+            self._flush()
             logits = self.backend.extend(gen.slot, gen.prompt[:end])
             gen.prefilled = end
             if end == len(gen.prompt):
                 self._next_token(gen, logits.reshape(-1))
+            break
         if self.draft == "mtp":
             self._guess_with_mtp([g for g in running if g.pending is not None and not g.done])
 
