@@ -24,12 +24,16 @@ import argparse
 import sys
 from pathlib import Path
 
+import re
+
 import numpy as np
 import torch
 
 from dllama_py import Engine, _core
+from dllama_py import convert as conversion
 from dllama_py.convert import convert
 from dllama_py.default_model import INSTALL_HINT, bundled_gguf
+from dllama_py.model_file import FloatType
 
 PROMPTS = ["What is the capital of France?", "Write a short poem about the sea.",
            "Explain why the sky is blue in two sentences.", "Give me three tips for learning to program.",
@@ -191,6 +195,40 @@ def converted(out: Path, dtype: str, pure=False) -> Path:
     return path
 
 
+def converted_mix(out: Path, name: str, dtype: str, override) -> Path:
+    """A file with the converter's types except where override(tensor name, layer) gives another (a mix the
+    converter does not make by default; the one rule, convert.storage_type, is patched for the call)."""
+    path = out / f"smollm2-mix-{re.sub('[^a-z0-9]+', '-', name.lower())}.m"
+    rule = conversion.storage_type
+
+    def patched(spec, weight_type, pure=False):
+        m = re.match(r"layers\.(\d+)\.", spec.name)
+        return override(spec.name, int(m.group(1)) if m else -1) or rule(spec, weight_type, pure)
+
+    if not path.exists():
+        conversion.storage_type = patched
+        try:
+            convert(bundled_gguf(), path, dtype=dtype, progress=False, log=lambda *a: None)
+        finally:
+            conversion.storage_type = rule
+    return path
+
+
+def more_bits(layer: int, n_layers: int = 30) -> bool:
+    """llama.cpp's use_more_bits layer choice (its K-quant mixes give these layers' ffn_down more bits)."""
+    return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
+
+
+MIXES = [  # (label, dtype, override(tensor name, layer) -> FloatType or None)
+    ("q80, head at F16 (its input not quantized)", "q80", lambda n, i: FloatType.F16 if n == "lm_head" else None),
+    ("q40, attn.o at Q80", "q40", lambda n, i: FloatType.Q80 if n.endswith("attn.o") else None),
+    ("q40, ffn.down at Q80", "q40", lambda n, i: FloatType.Q80 if n.endswith("ffn.down") else None),
+    ("q40, ffn.down at Q80 in layers 0-3", "q40", lambda n, i: FloatType.Q80 if n.endswith("ffn.down") and i < 4 else None),
+    ("q40, ffn.down at Q80 in llama.cpp's more-bits layers", "q40",
+     lambda n, i: FloatType.Q80 if n.endswith("ffn.down") and more_bits(i) else None),
+]
+
+
 # ---- llama.cpp ----
 def llama_cpp_rows(out: Path, seqs):
     import llama_cpp
@@ -247,6 +285,9 @@ def main():
             row("engine", f"{name}, KV default", engine_hits(path, seqs))
             if dtype in ("q80", "q40"):
                 row("engine", f"{name}, KV F32", engine_hits(path, seqs, kv_cache="f32"))
+        for label, dtype, override in MIXES:
+            path = converted_mix(args.out, label, dtype, override)
+            row("engine", f"{label} ({path.stat().st_size / 1e6:.1f} MB)", engine_hits(path, seqs))
     if "sim" in parts:
         sim = Simulation(model)
         variants = [
@@ -282,6 +323,15 @@ def main():
     if "llama.cpp" in parts:
         for label, hits in llama_cpp_rows(args.out, seqs):
             row("llama", label, hits)
+            if label == "llama.cpp Q8_0":
+                ours = engine_hits(converted(args.out, "q80"), seqs)
+                for k in (N_ISSUE, len(seqs)):
+                    a, b = np.concatenate(ours[:k]), np.concatenate(hits[:k])
+                    print(f"         {k}x{N_TOKENS}: where our q80 and llama.cpp Q8_0 differ: only ours right "
+                          f"{(a & ~b).sum()}, only llama.cpp right {(~a & b).sum()} (both wrong {(~a & ~b).sum()})")
+        miss = margins[~np.concatenate(engine_hits(converted(args.out, "q80"), seqs))]
+        print(f"reference top-1 margin where our q80 misses: median {np.median(miss):.3f} logit "
+              f"(all positions: {np.median(margins):.3f})")
 
 
 if __name__ == "__main__":
