@@ -158,3 +158,13 @@ def test_distributed_bench_runs_against_the_installed_package(tiny_models, tmp_p
     assert r.returncode == 0, r.stderr
     rows = [line for line in r.stdout.splitlines() if re.match(r"\| [12] +\|", line)]
     assert len(rows) == 2 and "loopback" in rows[1]
+
+
+@pytest.mark.parametrize("flag, value", [("--draft-tokens", "0"), ("--max-seq-len", "-3"), ("--body-timeout", "nan"),
+                                         ("--header-timeout", "-1"), ("--header-timeout", "abc")])
+def test_bad_option_values_are_one_line_errors_naming_the_option(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["serve", flag, value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {flag}" in error and "Traceback" not in error

@@ -183,3 +183,25 @@ def test_too_little_disk_is_refused_before_downloading(repo_dir, tmp_path, monke
     finally:
         hub.close()
     assert not any(name.endswith(".safetensors") for _, name, _ in hub.log)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("config.json", "{not json", "config.json: cannot be read as JSON"),
+    ("config.json", "[1, 2]", "config.json: not a JSON object"),
+    ("model.safetensors.index.json", '{"weight_map": [1]}', "weight_map is not an object"),
+    ("model.safetensors.index.json", '{"weight_map": {"a": "../x.safetensors"}}', "is not a file name"),
+])
+def test_corrupt_repo_files_are_named(repo_dir, tmp_path, name, content, message):
+    import shutil
+
+    corrupt = tmp_path / "repo"
+    shutil.copytree(repo_dir, corrupt)
+    (corrupt / name).write_text(content)
+    hub = FakeHub({REPO: corrupt})
+    try:
+        result = run_pull(hub, tmp_path, REPO, "-o", str(tmp_path / "m.m"))
+    finally:
+        hub.close()
+    assert result.returncode == 1, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not any(f.endswith(".safetensors") for _, f, _ in hub.log)

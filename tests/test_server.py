@@ -85,7 +85,7 @@ def scripted(scripted_engine):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_engine):
-    running = Running(tiny_engine, max_queue=128, body_timeout=1.0, max_body_bytes=1 << 20)
+    running = Running(tiny_engine, max_queue=128, body_timeout=1.0, header_timeout=1.0, max_body_bytes=1 << 20)
     yield running
     running.server.stop()
 
@@ -392,6 +392,34 @@ def test_short_or_trickling_body_is_408(tiny):
     short.close()
     trickle.close()
     assert tiny.raw("GET", "/health")[0] == 200
+
+
+def closed_by_server(s, deadline: float) -> bool:
+    """Whether the server closes s (EOF or reset) before `deadline` (time.monotonic())."""
+    s.settimeout(max(0.01, deadline - time.monotonic()))
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_silent_or_trickling_headers_are_cut_off(tiny):
+    silent = raw_socket(tiny, b"")
+    trickle = raw_socket(tiny, b"GET /health HTTP/1.1\r\n")
+    t0 = time.monotonic()
+    for byte in b"Host: x\r\nX-Slow: " + b"y" * 20:  # a byte every 0.2 s: the headers never complete in time
+        time.sleep(0.2)
+        try:
+            trickle.sendall(bytes([byte]))
+        except OSError:
+            break
+        assert tiny.raw("GET", "/health")[0] == 200  # others are served meanwhile
+    assert closed_by_server(trickle, t0 + 10) and closed_by_server(silent, t0 + 10)
+    assert time.monotonic() - t0 < 10
+    silent.close()
+    trickle.close()
 
 
 def test_fifty_clients_two_requests_each_all_answered(tiny):

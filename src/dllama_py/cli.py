@@ -20,6 +20,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 86400:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be a number of seconds in (0, 86400], not {text}")
+    return value
+
+
 MODEL_HELP = ("a .m file, or a model's name or repo id from `dllama-py list` once pulled "
               "(default: SmolLM2-135M-Instruct, converted on first use)")
 
@@ -237,7 +244,8 @@ def cmd_serve(args) -> int:
         raise RuntimeError(f"serve needs the server extra ({e.name} is missing): pip install 'dllama_py[server]'") from None
     options = ServerOptions(parallel=args.parallel, max_queue=args.queue_size, api_key=args.api_key or None,
                             cors_origins=args.cors_origin, max_body_bytes=args.max_body_mb << 20,
-                            body_timeout=args.body_timeout, model_name=args.model_name)
+                            body_timeout=args.body_timeout, header_timeout=args.header_timeout,
+                            model_name=args.model_name)
     with _engine(args, max_sequences=args.parallel) as eng:
         serve(eng, args.host, args.port, options)
     return 0
@@ -368,8 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                    help="allow browsers on this origin to call the API (repeatable; '*' for any)")
     p.add_argument("--max-body-mb", type=int, default=8, help="largest request body in MiB (default 8; 413 above)")
-    p.add_argument("--body-timeout", type=float, default=15.0,
+    p.add_argument("--body-timeout", type=_seconds, default=15.0,
                    help="seconds a request body may take to arrive (default 15; 408 after)")
+    p.add_argument("--header-timeout", type=_seconds, default=15.0,
+                   help="seconds a request's line and headers may take to arrive (default 15; the connection is "
+                        "closed after)")
     p.add_argument("--model-name", default=None, help="the model id the API reports (default: the file's name)")
     p.set_defaults(func=cmd_serve)
 

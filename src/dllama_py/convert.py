@@ -11,7 +11,6 @@ CONVERSION_ERRORS, naming the file and the key or tensor.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -35,6 +34,7 @@ from .architectures import (
 )
 from .gguf_import import GGUFCheckpoint, is_gguf
 from .header_rules import check_header
+from .json_files import read_json_object
 from .model_file import FloatType, Header, ModelFileError, encode_header
 from .safetensors_reader import Checkpoint, CheckpointError
 from .tensor_lists import RowPermutation
@@ -119,13 +119,7 @@ def read_config(hf_dir: Path) -> dict:
     config_path = hf_dir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: is {hf_dir} a Hugging Face checkpoint directory or a GGUF file?")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # ValueError: bad JSON or UTF-8
-        raise CheckpointError(f"{config_path}: cannot be read as JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{config_path}: not a JSON object")
-    return config
+    return read_json_object(config_path, CheckpointError)
 
 
 @dataclass

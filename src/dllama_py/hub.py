@@ -23,7 +23,8 @@ from tqdm import tqdm
 from . import tokenizer as tokenizer_bundle
 from .catalog import pulled_path
 from .convert import describe_skipped, fp8_block_size, install, plan_file, without_missing_mtp, write_tensor
-from .safetensors_reader import SCALE_SUFFIX, Checkpoint, CheckpointError
+from .json_files import read_json_object
+from .safetensors_reader import SCALE_SUFFIX, Checkpoint, CheckpointError, read_weight_map
 
 INDEX = "model.safetensors.index.json"
 SMALL_FILES = ("config.json", INDEX, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -94,7 +95,7 @@ def pull(repo: str, dtype: str = "q40", revision: str | None = None, output: str
         raise RuntimeError(message) from None
     if not (work / "config.json").is_file():
         raise FileNotFoundError(f"{repo} has no config.json: not a transformers checkpoint")
-    config = json.loads((work / "config.json").read_text())
+    config = read_json_object(work / "config.json", CheckpointError)
     block = fp8_block_size(config, f"{repo}/config.json")
     shards = _shards(work, sizes, repo)
     checkpoint_bytes = sum(sizes.get(s, 0) for s in shards)
@@ -206,7 +207,7 @@ def _download(repo: str, name: str, commit: str, work: Path) -> Path:
 
 def _shards(work: Path, sizes: dict[str, int], repo: str) -> list[str]:
     if (work / INDEX).is_file():
-        return sorted(set(json.loads((work / INDEX).read_text())["weight_map"].values()))
+        return sorted(set(read_weight_map(work / INDEX, shards_present=False).values()))
     shards = sorted(n for n in sizes if n.endswith(".safetensors") and "/" not in n)
     if not shards:
         raise FileNotFoundError(f"{repo} has no *.safetensors files")
@@ -216,7 +217,7 @@ def _shards(work: Path, sizes: dict[str, int], repo: str) -> list[str]:
 def _weight_map(work: Path, shards: list[str]) -> dict[str, str] | None:
     """Tensor -> shard from the index; None for a single-file checkpoint (its header says it all)."""
     if (work / INDEX).is_file():
-        return json.loads((work / INDEX).read_text())["weight_map"]
+        return read_weight_map(work / INDEX, shards_present=False)
     if len(shards) > 1:
         raise CheckpointError(f"{len(shards)} safetensors files but no {INDEX}")
     return None

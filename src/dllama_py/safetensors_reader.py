@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .json_files import read_json_object
+
 # The dtypes we convert from, as numpy reads their bytes.
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64, "F8_E4M3": np.uint8}
 # Bytes per element of every safetensors dtype: a header may list tensors we never read.
@@ -140,7 +142,7 @@ class Checkpoint:
         if files is not None:
             shard_names, weight_map = files, None
         elif index.exists():
-            weight_map = _read_weight_map(index)
+            weight_map = read_weight_map(index)
             shard_names = sorted(set(weight_map.values()))
         else:
             shard_names = sorted(p.name for p in self.directory.glob("*.safetensors"))
@@ -222,17 +224,15 @@ class Checkpoint:
         self.close()
 
 
-def _read_weight_map(index: Path) -> dict[str, str]:
-    """The index's tensor -> shard map; shards must be files in the checkpoint directory itself."""
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
-    except (OSError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{index}: not a safetensors index: {e}") from None
+def read_weight_map(index: Path, shards_present: bool = True) -> dict[str, str]:
+    """The index's tensor -> shard map; shards must be file names in the checkpoint directory itself (and,
+    with `shards_present`, exist there; a pull fetches them one at a time)."""
+    weight_map = read_json_object(index, CheckpointError).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"{index}: weight_map is not an object of tensor -> shard file names")
     for shard in set(weight_map.values()):
         if Path(shard).name != shard or shard in ("", ".", ".."):
             raise CheckpointError(f"{index}: shard {shard!r} is not a file name in the checkpoint directory")
-        if not (index.parent / shard).is_file():
+        if shards_present and not (index.parent / shard).is_file():
             raise CheckpointError(f"{index}: shard {shard!r} does not exist")
     return weight_map

@@ -19,6 +19,7 @@ import tokenizers
 from tokenizers import AddedToken
 
 from .chat_template import render_chat_template
+from .json_files import read_json_object
 
 TOKENIZER_SUFFIX = ".tokenizer.json"
 BUNDLE_FORMAT = "dllama_py-tokenizer"
@@ -84,15 +85,7 @@ def write_bundle(bundle: dict[str, Any], path: str | Path) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:  # ValueError: bad JSON or UTF-8
-        raise TokenizerError(f"{path}: cannot be read as JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise TokenizerError(f"{path}: not a JSON object")
-    return value
+    return read_json_object(path, TokenizerError) if path.is_file() else {}
 
 
 def _text_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from ..constrained import ConstraintError, json_grammar
 from ..engine import Engine
 from ..reasoning import THINK_END, ThinkingSplitter, prompt_starts_in_thinking
 from ..tool_calls import ToolCallStream, forced_call_prefix, tool_call_format
+from .http_protocol import HeaderDeadlineProtocol
 from .protocol import ApiError, ChatRequest, CompletionRequest, NamedToolChoice, validation_error
 from .scheduler import Finished, Generation, QueueFull, SamplingParams, Scheduler, TokenEvent
 
@@ -49,6 +50,7 @@ class ServerOptions:
     cors_origins: list[str] | None = None
     max_body_bytes: int = 8 << 20
     body_timeout: float = 15.0  # seconds for a whole request body to arrive
+    header_timeout: float = 15.0  # seconds for a request's line and headers to arrive
     model_name: str | None = None
 
 
@@ -541,8 +543,9 @@ class ApiServer:
         self.socket.bind((host, port))
         self.socket.listen(backlog)
         self.host, self.port = host, self.socket.getsockname()[1]
+        protocol = type("Protocol", (HeaderDeadlineProtocol,), {"header_timeout": self.app.state.server.options.header_timeout})
         config = uvicorn.Config(self.app, backlog=backlog, log_level="warning", access_log=False,
-                                timeout_keep_alive=30, lifespan="on")
+                                timeout_keep_alive=30, lifespan="on", http=protocol)
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
