@@ -70,16 +70,16 @@ def fake_quant(w: np.ndarray, dtype: str) -> np.ndarray:
     return (q * b["d"].astype(np.float32)[:, None]).reshape(rows.shape)
 
 
-def q8_activations(x: torch.Tensor) -> torch.Tensor:
+def q8_activations(x: torch.Tensor, f16_scale: bool = True) -> torch.Tensor:
     """x rounded the way our matmuls quantize their input (kernels::quantize_x) and llama.cpp's Q8_0 does:
-    32-value blocks, scale amax / 127 stored as f16, values x / scale rounded half away from zero."""
+    32-value blocks, scale amax / 127 stored as f16 (or kept f32), values x / scale rounded half away from zero."""
     shape = x.shape
     g = x.reshape(-1, 32)
     scale = g.abs().amax(-1, keepdim=True) / 127.0
     inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
     v = g * inv
     q = torch.sign(v) * torch.floor(v.abs() + 0.5)
-    return (q * scale.half().float()).reshape(shape)
+    return (q * (scale.half().float() if f16_scale else scale)).reshape(shape)
 
 
 # ---- the reference ----
@@ -124,6 +124,7 @@ class Simulation:
         self.original = {n: p.detach().clone() for n, p in model.named_parameters()}
         self.act_classes: set[str] = set()
         self.kv_f16 = False
+        self.f16_scale = True
         for layer in model.model.layers:
             for cls, name in HF_NAMES.items():
                 mod = layer.get_submodule(name)
@@ -143,12 +144,12 @@ class Simulation:
 
     def _pre_hook(self, cls):
         def hook(module, args):
-            return (q8_activations(args[0]),) + args[1:] if cls in self.act_classes else None
+            return (q8_activations(args[0], self.f16_scale),) + args[1:] if cls in self.act_classes else None
         return hook
 
-    def configure(self, weights: dict[str, str], act_classes=(), kv_f16=False):
+    def configure(self, weights: dict[str, str], act_classes=(), kv_f16=False, f16_scale=True):
         """weights: class ('embed', 'head' or one of MATRICES) -> 'f32' / 'q80' / 'q40' / 'q40pure'."""
-        self.act_classes, self.kv_f16 = set(act_classes), kv_f16
+        self.act_classes, self.kv_f16, self.f16_scale = set(act_classes), kv_f16, f16_scale
         params = dict(self.model.named_parameters())
         for name, orig in self.original.items():
             if name == "model.embed_tokens.weight":
@@ -301,6 +302,8 @@ def main():
             ("q80 as our engine: weights, Q8 act., KV F16", uniform("q80"), ALL, True),
             ("q80 as engine, head input F32", uniform("q80"), ALL - {"head"}, True),
         ]
+        f32_scale = [("activations Q8 only, f32 scales", {}, ALL, False),
+                     ("q80 as engine, f32 activation scales", uniform("q80"), ALL, True)]
         for cls in MATRICES + ("head",):
             variants.append((f"q80 weights of {cls} only (act. F32)", {cls: "q80"}, (), False))
         for cls in MATRICES + ("head",):
@@ -319,6 +322,9 @@ def main():
             variants.append((f"q40 as engine, {cls} kept at q80", dict(q40, **{cls: "q80"}), ALL, True))
         for label, weights, acts, kv in variants:
             sim.configure(weights, acts, kv)
+            row("sim", label, sim.hits(seqs))
+        for label, weights, acts, kv in f32_scale:
+            sim.configure(weights, acts, kv, f16_scale=False)
             row("sim", label, sim.hits(seqs))
     if "llama.cpp" in parts:
         for label, hits in llama_cpp_rows(args.out, seqs):
