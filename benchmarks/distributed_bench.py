@@ -4,6 +4,7 @@ over loopback or emulated links, next to what benchmarks/time_model.py predicts.
     python benchmarks/distributed_bench.py /tmp/llama-1b-q40.m
     python benchmarks/distributed_bench.py /tmp/llama-1b-q40.m --nodes 2 4 --exchange f32
     python benchmarks/distributed_bench.py /tmp/llama-1b-q40.m --nodes 1 2 --latency-ms 0 0.1 0.5 --rate-mbit 1000 10000
+    python benchmarks/distributed_bench.py /tmp/llama-1b-q40.m --nodes 2 --slow-node 1 --slow-quota 0.5 --split equal auto 2,1
 
 It runs the installed package (`pip install .`); in a development checkout built with cmake, prefix
 the commands with PYTHONPATH=src. The workers import the same dllama_py as this script.
@@ -32,6 +33,11 @@ Networks:
   the bridge are removed at the end, and leftovers of an earlier run at the start. Only 10.77.0.0/24
   addresses created here and 127.0.0.1 are ever used.
 
+Uneven splits: --split equal auto 2,1 ... runs each multi-node row once per split (weights apply to the
+node counts they have one weight per node for; `auto` is --split auto). --slow-node K --slow-quota Q
+slows worker K down on purpose: it runs in a cgroup (v1 cpu controller, needs root) that lets it use Q of
+one CPU (in 10 ms periods), from before its first probe, so --split auto's measurement sees it too.
+
 On a machine with fewer cores than nodes × threads, tokens/s say nothing about scaling; the bytes per
 token and the sync time with against without the emulated links are what to read.
 """
@@ -54,20 +60,26 @@ BRIDGE = "br-dlbench"
 NS_PREFIX = "dlbench-w"
 VETH_HOST, VETH_NS = "dlb-h", "dlb-n"  # + worker index; names stay under 15 characters
 MAX_WORKERS = 60
-
+CPU_CGROUP = Path("/sys/fs/cgroup/cpu")
+SLOW_GROUP = CPU_CGROUP / "dlbench-slow"
+SLOW_PERIOD_US = 10_000  # short periods: the slowed worker stalls a step for at most a few ms
 
 
 # --- the traffic formula ----------------------------------------------------------------------
 
-def predicted_bytes(dim: int, n_layers: int, vocab: int, nodes: int, exchange: str) -> tuple[int, int]:
-    """(sent, received) by the root per decoded token."""
+def predicted_bytes(dim: int, n_layers: int, vocab: int, nodes: int, exchange: str,
+                    split: list[float] | None = None) -> tuple[int, int]:
+    """(sent, received) by the root per decoded token; split: the nodes' weights (None: equal)."""
     if nodes < 2:
         return 0, 0
     from time_model import partial_bytes
 
+    from dllama_py import _core
+
     b = partial_bytes(dim, exchange)
     reduce = 2 * n_layers * (nodes - 1) * b
-    root_share = vocab * 1 // nodes  # Partition{0, N}.share(vocab).size()
+    begin, end = _core.node_share(vocab, 0, nodes, split or [])
+    root_share = end - begin
     return reduce + (nodes - 1) * (1 + 16 + 12 + 4 * dim), reduce + 4 * (vocab - root_share)  # STEP, header, row, embedding
 
 
@@ -150,6 +162,34 @@ class NetnsNetwork:
 
     def __exit__(self, *exc):
         self.cleanup()
+
+
+# --- a worker slowed on purpose ---------------------------------------------------------------
+
+class SlowedCpu:
+    """A cgroup v1 cpu group whose processes get `quota` of one CPU; a context manager that removes it
+    (its processes must have exited by then)."""
+
+    def __init__(self, quota: float):
+        self.quota = quota
+
+    def __enter__(self):
+        SLOW_GROUP.mkdir(exist_ok=True)
+        (SLOW_GROUP / "cpu.cfs_period_us").write_text(str(SLOW_PERIOD_US))
+        (SLOW_GROUP / "cpu.cfs_quota_us").write_text(str(int(self.quota * SLOW_PERIOD_US)))
+        return self
+
+    def add(self, pid: int):
+        (SLOW_GROUP / "cgroup.procs").write_text(str(pid))  # every thread of the process, and later ones
+
+    def __exit__(self, *exc):
+        for _ in range(50):  # the group can be removed once its last process is gone
+            try:
+                SLOW_GROUP.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
+        print(f"note: could not remove {SLOW_GROUP} (a process is still in it)", file=sys.stderr)
 
 
 # --- the link emulator (benchmarks/link_emulator.cpp) ------------------------------------------
@@ -309,7 +349,8 @@ def _stop(proc: subprocess.Popen):
             proc.wait()
 
 
-def start_worker(host: str, netns: str | None, log_path: Path, model: str | None, threads: int):
+def start_worker(host: str, netns: str | None, log_path: Path, model: str | None, threads: int,
+                 slowed: SlowedCpu | None = None):
     cmd = [sys.executable, "-m", "dllama_py.cli", "worker", "--host", host, "--port", "0", "--threads", str(threads)]
     if model:
         cmd += ["--model", model]
@@ -320,6 +361,8 @@ def start_worker(host: str, netns: str | None, log_path: Path, model: str | None
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     log.close()
+    if slowed:  # before it listens, so before any probe measures it
+        slowed.add(proc.pid)
     line = _readline(proc, 60.0, f"worker on {host}")
     prefix = "dllama-py worker listening on "
     if not line.startswith(prefix):
@@ -331,9 +374,11 @@ def start_worker(host: str, netns: str | None, log_path: Path, model: str | None
 
 # --- one measurement --------------------------------------------------------------------------
 
-def measure(model: str, nodes: int, exchange: str, args, layout, link: tuple[float, float] | None) -> dict:
+def measure(model: str, nodes: int, exchange: str, args, layout, link: tuple[float, float] | None,
+            split: str | None = None) -> dict:
     """One run of `nodes` nodes; link = (one-way latency ms, rate Mbit/s) puts the link emulator between
-    every pair of nodes (None: plain loopback or, with --netns, the bridge)."""
+    every pair of nodes (None: plain loopback or, with --netns, the bridge); split: as --split (None:
+    equal)."""
     from dllama_py.bench import run_bench
 
     workers, procs, relay, net = [], [], None, None
@@ -354,7 +399,8 @@ def measure(model: str, nodes: int, exchange: str, args, layout, link: tuple[flo
                 workers = relay.addresses
         else:
             for i in range(1, nodes):
-                proc, addr = start_worker("127.0.0.1", None, logs / f"worker{i}.log", args.worker_model, args.threads)
+                proc, addr = start_worker("127.0.0.1", None, logs / f"worker{i}.log", args.worker_model, args.threads,
+                                          args.slowed if i == args.slow_node else None)
                 procs.append(proc)
                 workers.append(addr)
             if nodes > 1 and link:
@@ -365,7 +411,7 @@ def measure(model: str, nodes: int, exchange: str, args, layout, link: tuple[flo
             mode += f" {link[0]:g} ms, " + (f"{link[1]:g} Mbit/s" if link[1] else "no rate limit")
         r = run_bench(model, threads=args.threads, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
                       bandwidth_gbps=1.0, max_seq_len=args.prompt_tokens + args.gen_tokens + 16, print_table=False,
-                      workers=workers or None, exchange=exchange)
+                      workers=workers or None, exchange=exchange, split=split)
     except BaseException:
         for i in range(1, nodes):
             log = logs / f"worker{i}.log"
@@ -380,8 +426,10 @@ def measure(model: str, nodes: int, exchange: str, args, layout, link: tuple[flo
         if net:
             net.__exit__(None, None, None)
     p = layout.params
-    sent, received = predicted_bytes(p["dim"], p["n_layers"], p["vocab_size"], nodes, exchange)
+    sent, received = predicted_bytes(p["dim"], p["n_layers"], p["vocab_size"], nodes, exchange, r.split)
+    weights = ",".join(f"{w:g}" for w in r.split) if r.split else "equal"
     return dict(nodes=nodes, exchange=exchange if nodes > 1 else "-", network=mode if nodes > 1 else "-", link=link,
+                split="-" if nodes == 1 else f"auto: {weights}" if split == "auto" else weights,
                 decode=r.decode_tokens_per_s, prefill=r.prefill_tokens_per_s, weight_bytes=r.weight_bytes_per_token,
                 sent=r.net_bytes_sent_per_token, received=r.net_bytes_received_per_token,
                 sync=r.sync_share, sync_ms=r.sync_share / r.decode_tokens_per_s * 1e3,
@@ -403,7 +451,7 @@ def add_model(rows: list[dict], calibration: dict, layout):
         exchanges = 2 * p["n_layers"] + 2
         compute = one["weight_bytes"] and r["weight_bytes"] / one["weight_bytes"] / one["decode"]
         loop = next((x for x in rows if x["nodes"] == r["nodes"] and x["link"] is None
-                     and x["exchange"] == r["exchange"]), None)
+                     and x["exchange"] == r["exchange"] and x["split"] == r["split"]), None)
         if r["nodes"] == 1 or loop is None:
             continue
         overhead = max(0.0, (1 / loop["decode"] - compute) / exchanges)
@@ -417,7 +465,7 @@ def add_model(rows: list[dict], calibration: dict, layout):
         r["model"] = 1 / t["total"]
 
 
-def print_table(rows: list[dict]):
+def print_table(rows: list[dict], with_split: bool = False):
     head = ["nodes", "exchange", "network", "decode tok/s", "modelled tok/s", "prefill tok/s", "sent kB/tok",
             "recv kB/tok", "sync", "sync ms/tok", "overhead us/exchange", "predicted sent/recv kB"]
     body = [[str(r["nodes"]), r["exchange"], r["network"], f"{r['decode']:.2f}",
@@ -425,6 +473,10 @@ def print_table(rows: list[dict]):
              f"{r['sent'] / 1e3:.1f}", f"{r['received'] / 1e3:.1f}", f"{r['sync']:.0%}", f"{r['sync_ms']:.1f}",
              f"{r['overhead_us']:.0f}" if "overhead_us" in r else "",
              f"{r['pred_sent'] / 1e3:.1f} / {r['pred_received'] / 1e3:.1f}"] for r in rows]
+    if with_split:
+        head.insert(3, "split")
+        for b, r in zip(body, rows):
+            b.insert(3, r["split"])
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -454,6 +506,13 @@ def main(argv=None) -> int:
                     help="with --netns: use the link emulator even where netem exists")
     ap.add_argument("--worker-model", default=None,
                     help="workers load their share from this local copy instead of from the root")
+    ap.add_argument("--split", nargs="+", default=None, metavar="equal|auto|W,W,...",
+                    help="run each multi-node row with each of these splits (weights: for the node count that "
+                         "has one weight per node)")
+    ap.add_argument("--slow-node", type=int, default=None, metavar="K",
+                    help="slow worker node K (1..N-1) down on purpose: a cgroup CPU quota (needs root)")
+    ap.add_argument("--slow-quota", type=float, default=0.5, metavar="Q",
+                    help="with --slow-node: the share of one CPU it gets (default 0.5)")
     args = ap.parse_args(argv)
     try:
         from dllama_py import _core  # noqa: F401
@@ -466,6 +525,12 @@ def main(argv=None) -> int:
         ap.error("keep runs short: 1..256 decode tokens, 1..512 prompt tokens")
     if any(not 0 <= x <= 1000 for x in args.latency_ms or []) or any(not 0 <= x <= 1e5 for x in args.rate_mbit):
         ap.error("--latency-ms: 0..1000, --rate-mbit: 0..100000")
+    if args.slow_node is not None:
+        if not 0.01 <= args.slow_quota <= 1 or args.slow_node < 1 or args.netns:
+            ap.error("--slow-node: a worker node 1..N-1, --slow-quota 0.01..1, not with --netns")
+        if not (CPU_CGROUP / "cgroup.procs").exists() or os.geteuid() != 0:
+            ap.error(f"--slow-node needs root and the cgroup v1 cpu controller at {CPU_CGROUP}")
+    splits = [None if s == "equal" else s for s in args.split or ["equal"]]
     if args.netns:
         if os.geteuid() != 0:
             ap.error("--netns needs root (ip netns, tc)")
@@ -488,30 +553,38 @@ def main(argv=None) -> int:
         for link in links:
             calibration[link] = calibrate_link("127.0.0.1", *link)
             print_calibration(calibration[link])
-    configs = [(exchange, nodes, link) for exchange in args.exchange for nodes in args.nodes
-               for link in [None] + (links if nodes > 1 else [])]
+    configs = [(exchange, nodes, link, split) for exchange in args.exchange for nodes in args.nodes
+               for link in [None] + (links if nodes > 1 else []) for split in (splits if nodes > 1 else [None])
+               if split in (None, "auto") or len(split.split(",")) == nodes]
     configs = [c for i, c in enumerate(configs) if c[1] > 1 or not any(x[1] == 1 for x in configs[:i])]
     runs: dict = {c: [] for c in configs}
+    args.slowed = SlowedCpu(args.slow_quota) if args.slow_node is not None else None
+    if args.slowed:
+        print(f"worker node {args.slow_node} slowed to {args.slow_quota:g} of one CPU (cgroup {SLOW_GROUP})", flush=True)
+        args.slowed.__enter__()
     try:
         # Repeats are rounds over every configuration, so a load that comes and goes hits them alike.
         for _ in range(args.repeats):
             for c in configs:
-                exchange, nodes, link = c
-                r = measure(args.model, nodes, exchange, args, layout, link)
+                exchange, nodes, link, split = c
+                r = measure(args.model, nodes, exchange, args, layout, link, split)
                 runs[c].append(r)
-                print(f"  {nodes} node(s) {exchange} {r['network']}: {r['decode']:.2f} tok/s, "
+                print(f"  {nodes} node(s) {exchange} {r['network']} split {r['split']}: {r['decode']:.2f} tok/s, "
                       f"sent {r['sent'] / 1e3:.1f} kB/tok, sync {r['sync']:.0%}", file=sys.stderr, flush=True)
     finally:
         if args.netns:
             NetnsNetwork.cleanup()
+        if args.slowed:
+            args.slowed.__exit__(None, None, None)
     rows = []
     for c in configs:
         r = dict(runs[c][0])
         for key in ("decode", "prefill", "sent", "received", "sync", "sync_ms"):
             r[key] = statistics.median(x[key] for x in runs[c])
+        r["split"] = " / ".join(dict.fromkeys(x["split"] for x in runs[c]))  # auto may choose anew each round
         rows.append(r)
     add_model(rows, calibration, layout)
-    print_table(rows)
+    print_table(rows, with_split=args.split is not None)
     return 0
 
 

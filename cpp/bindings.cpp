@@ -127,8 +127,8 @@ PYBIND11_MODULE(_core, m) {
     py::class_<Model>(m, "Model")
         .def(py::init([](const std::string& path, const ModelConfig& cfg, const std::vector<TensorInfo>& tensors,
                          int n_threads, const std::vector<std::string>& workers, const std::string& secret,
-                         const std::string& exchange, int timeout_ms, int heartbeat_ms, py::object progress,
-                         const py::object& workers_progress) {
+                         const std::string& exchange, const std::vector<float>& split, int timeout_ms,
+                         int heartbeat_ms, py::object progress, const py::object& workers_progress) {
                  py::gil_scoped_release release;
                  if (workers.empty() && progress.is_none())
                      return build_model(cfg, std::make_shared<TensorStore>(path, tensors), n_threads);
@@ -149,6 +149,7 @@ PYBIND11_MODULE(_core, m) {
                  options.workers = workers;
                  options.secret = secret;
                  options.exchange = exchange == "f32" ? net::Exchange::F32 : net::Exchange::Q80;
+                 options.split = split;
                  options.timeout_ms = timeout_ms;
                  options.heartbeat_ms = heartbeat_ms;
                  if (!workers_progress.is_none()) {
@@ -161,7 +162,7 @@ PYBIND11_MODULE(_core, m) {
              }),
              py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("n_threads"),
              py::arg("workers") = std::vector<std::string>{}, py::arg("secret") = "", py::arg("exchange") = "q80",
-             py::arg("timeout_ms") = net::kDefaultTimeoutMs, py::arg("heartbeat_ms") = net::kDefaultHeartbeatMs,
+             py::arg("split") = std::vector<float>{}, py::arg("timeout_ms") = net::kDefaultTimeoutMs, py::arg("heartbeat_ms") = net::kDefaultHeartbeatMs,
              py::arg("progress") = py::none(), py::arg("workers_progress") = py::none(),
              "progress(bytes read): while the weights load here; workers_progress(status): while workers load, "
              "status = [(bytes loaded, bytes expected) per worker]")
@@ -322,29 +323,51 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("n_bytes") = size_t(1) << 30, py::arg("n_threads") = 1, py::arg("repeats") = 3,
         "Best read bandwidth (bytes/s) over a buffer of n_bytes streamed by n_threads threads");
+    m.def(
+        "node_read_bandwidth",
+        [](int n_threads) {
+            py::gil_scoped_release release;
+            return node_read_bandwidth(n_threads);
+        },
+        py::arg("n_threads"),
+        "Sustained read bandwidth (bytes/s) with n_threads, measured as workers measure theirs for probes");
     m.def("cpu_features", &cpu_features);
-    // Node `node`'s share [begin, end) of a block's units by the graph's own rule (UnitSplit in blocks/block.h),
-    // for node_memory.py; ValueError when some node would get none.
+    // The split rule (partition.h), for node_memory.py and the CLI. `split`: the --split weights, root first
+    // ([]: equal shares); ValueError naming the split when they are not one valid weight per node.
+    m.def(
+        "check_split_weights", [](int n_nodes, const std::vector<float>& split) { make_partition(0, n_nodes, split); },
+        py::arg("n_nodes"), py::arg("split"));
+    // Node `node`'s contiguous share [begin, end) of n units (the output head's vocabulary rows).
+    m.def(
+        "node_share",
+        [](int64_t n_units, int node, int n_nodes, const std::vector<float>& split) {
+            const Range r = make_partition(node, n_nodes, split).share(n_units);
+            return std::make_pair(r.begin, r.end);
+        },
+        py::arg("n_units"), py::arg("node"), py::arg("n_nodes"), py::arg("split") = std::vector<float>{});
+    // Node `node`'s share [begin, end) of a block's units by the graph's own rule (UnitSplit in
+    // blocks/block.h); ValueError naming the constraint when some node would get none.
     m.def(
         "unit_share",
         [](const std::string& tensor, const std::string& unit, int64_t units, int64_t width, FloatType type, int node,
-           int n_nodes) {
-            const Range r = UnitSplit{tensor, unit, units, width, type}.share(Partition{node, n_nodes});
+           int n_nodes, const std::vector<float>& split) {
+            const Range r = UnitSplit{tensor, unit, units, width, type}.share(make_partition(node, n_nodes, split));
             return std::make_pair(r.begin, r.end);
         },
         py::arg("tensor"), py::arg("unit"), py::arg("units"), py::arg("width"), py::arg("type"), py::arg("node"),
-        py::arg("n_nodes"));
+        py::arg("n_nodes"), py::arg("split") = std::vector<float>{});
     // What node `node` of `n_nodes` really takes: the bytes of weights it reads from the file as it builds its
     // share of the graph, and its KV cache. It builds the share (the memory is taken for a moment): for checking
     // the estimates of node_memory.py on small models.
     m.def(
         "measure_node_share",
         [](const std::string& path, const ModelConfig& cfg, const std::vector<TensorInfo>& tensors, int node,
-           int n_nodes) {
+           int n_nodes, const std::vector<float>& split) {
             py::gil_scoped_release release;
             auto counted = std::make_shared<CountingSource>(std::make_shared<TensorStore>(path, tensors));
-            auto model = build_model(cfg, counted, 1, Partition{node, n_nodes});
+            auto model = build_model(cfg, counted, 1, make_partition(node, n_nodes, split));
             return std::make_pair(counted->bytes_read(), (uint64_t)model->kv_cache_bytes());
         },
-        py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("node"), py::arg("n_nodes"));
+        py::arg("path"), py::arg("config"), py::arg("tensors"), py::arg("node"), py::arg("n_nodes"),
+        py::arg("split") = std::vector<float>{});
 }

@@ -51,7 +51,7 @@ private:
     net::Exchange exchange_;
 };
 
-// --- SETUP: every field of the config (config.h's table, in order), the tensor table ---------------
+// --- SETUP: the split, every field of the config (config.h's table, in order), the tensor table ------
 
 void put(net::Writer& w, int v) { w.i32(v); }
 void put(net::Writer& w, bool v) { w.i32(v ? 1 : 0); }
@@ -90,11 +90,13 @@ ModelConfig read_config(net::Reader& r) {
 }
 
 std::vector<uint8_t> setup_frame(const ModelConfig& cfg, const std::string& identity, net::Exchange exchange,
-                                 const std::vector<TensorInfo>& tensors) {
+                                 const Partition& split, const std::vector<TensorInfo>& tensors) {
     net::Writer w;
     w.u8(kSetup);
     w.string(identity);
     w.u8((uint8_t)exchange);
+    w.u32((uint32_t)split.weights.size());
+    for (float weight : split.weights) w.f32(weight);
     write_config(w, cfg);
     w.u32((uint32_t)tensors.size());
     for (const TensorInfo& t : tensors) {
@@ -271,19 +273,26 @@ std::vector<TensorInfo> read_tensors(net::Reader& r) {
     return tensors;
 }
 
-// What a worker's cached slices are keyed by besides the split: the model file's identity and the
-// tensor table (a root that sends another table for the same file gets its own folder).
-std::string cache_key(const std::string& identity, const std::vector<TensorInfo>& tensors) {
+// What a worker's cached slices are keyed by besides its node: the model file's identity, the tensor
+// table (a root that sends another table for the same file gets its own folder) and the split.
+std::string cache_key(const std::string& identity, const std::vector<TensorInfo>& tensors, const Partition& split) {
     net::Writer table;
     for (const TensorInfo& t : tensors) {
         table.string(t.name);
         table.i32((int32_t)t.type);
         for (uint64_t v : {(uint64_t)t.rows, (uint64_t)t.cols, t.offset}) table.u64(v);
     }
-    return identity + " " + net::hex(net::sha256(table.data().data(), table.data().size()));
+    const std::string weights = split.split_text();
+    return identity + " " + net::hex(net::sha256(table.data().data(), table.data().size())) +
+           (weights.empty() ? "" : " split " + weights);
 }
 
 }  // namespace
+
+double node_read_bandwidth(int n_threads) {
+    ThreadPool pool(n_threads);
+    return measure_sustained_read_bandwidth(size_t(256) << 20, 0.5, pool);
+}
 
 std::string model_identity(const std::string& path) {
     std::ifstream f(path, std::ios::binary | std::ios::ate);
@@ -319,10 +328,11 @@ std::unique_ptr<Model> build_root_model(const ModelConfig& config, const std::st
                                         const std::vector<TensorInfo>& tensors, int n_threads,
                                         const ClusterOptions& options) {
     auto store = std::make_shared<TensorStore>(path, tensors);
-    check_split(config, *store, (int)options.workers.size() + 1);
+    const Partition partition = make_partition(0, (int)options.workers.size() + 1, options.split);
+    check_split(config, *store, partition);
     auto mesh = net::Mesh::connect_root(options.workers, options.secret, options.timeout_ms, options.heartbeat_ms);
     const int n_nodes = mesh->n_nodes();
-    const std::vector<uint8_t> setup = setup_frame(config, model_identity(path), options.exchange, tensors);
+    const std::vector<uint8_t> setup = setup_frame(config, model_identity(path), options.exchange, partition, tensors);
 
     // Each worker loads its share at once, asking for slices; one thread per worker answers.
     std::vector<LoadProgress> progress(n_nodes);
@@ -376,7 +386,7 @@ std::unique_ptr<Model> build_root_model(const ModelConfig& config, const std::st
     mesh->start_heartbeats();  // the workers now wait for steps, however long the root takes
 
     auto collective = std::make_shared<MeshCollective>(std::move(mesh), options.exchange);
-    return build_model(config, store, n_threads, Partition{0, n_nodes}, collective);
+    return build_model(config, store, n_threads, partition, collective);
 }
 
 Worker::Worker(const std::string& host, int port, int n_threads, std::string secret, std::string local_model,
@@ -398,10 +408,7 @@ net::WorkerInfo Worker::describe() {
         if (key == "MemAvailable:" && meminfo >> kb) info.available_ram_bytes = kb * 1024;
         meminfo.ignore(1 << 10, '\n');
     }
-    std::call_once(bandwidth_measured_, [this] {
-        ThreadPool pool(n_threads_);
-        read_bandwidth_ = (uint64_t)measure_read_bandwidth(size_t(256) << 20, 2, pool);
-    });
+    std::call_once(bandwidth_measured_, [this] { read_bandwidth_ = (uint64_t)node_read_bandwidth(n_threads_); });
     info.read_bandwidth = read_bandwidth_;
     if (!local_model_.empty()) info.model_identity = model_identity(local_model_);
     return info;
@@ -422,6 +429,14 @@ bool Worker::serve_one(int wait_ms) {
         const uint8_t exchange = r.u8("exchange");
         if (exchange > (uint8_t)net::Exchange::Q80) throw net::ProtocolError("unknown exchange type " + std::to_string(exchange));
         collective = std::make_shared<MeshCollective>(std::move(mesh), (net::Exchange)exchange);
+        std::vector<float> split(r.count("split weight count", sizeof(float), n_nodes));
+        for (float& w : split) w = r.f32("split weight");
+        Partition partition;
+        try {
+            partition = make_partition(node, n_nodes, std::move(split));
+        } catch (const std::invalid_argument& e) {
+            throw net::ProtocolError(std::string("bad SETUP: ") + e.what());
+        }
         const ModelConfig cfg = read_config(r);
         validate_config(cfg);
         const std::vector<TensorInfo> tensors = read_tensors(r);
@@ -430,7 +445,7 @@ bool Worker::serve_one(int wait_ms) {
         uint64_t total = 0;
         for (const TensorInfo& t : tensors)
             if (t.name != "embedding") total += tensor_bytes(t);  // the embedding stays on the root
-        const uint64_t share = total / n_nodes;  // about: some tensors are replicated
+        const uint64_t share = (uint64_t)(total * partition.fraction());  // about: some tensors are replicated
         check_memory(cfg, n_threads_, share);
 
         std::mutex send_mutex;  // the loading thread's requests and the progress reports
@@ -445,8 +460,8 @@ bool Worker::serve_one(int wait_ms) {
         } else {
             weights = std::make_shared<RemoteWeights>(root, send_mutex, tensors);
             if (!cache_.dir.empty()) {
-                auto cache = std::make_unique<SliceCache>(cache_.dir, cache_.max_bytes, cache_key(identity, tensors),
-                                                          node, n_nodes, share);
+                auto cache = std::make_unique<SliceCache>(cache_.dir, cache_.max_bytes,
+                                                          cache_key(identity, tensors, partition), node, n_nodes, share);
                 from += ", cached in " + cache->folder();
                 weights = cached = std::make_shared<CachedWeights>(weights, std::move(cache));
             }
@@ -456,7 +471,7 @@ bool Worker::serve_one(int wait_ms) {
         std::unique_ptr<Model> model;
         {
             ProgressReports progress(root, send_mutex, *counted, share);
-            model = build_model(cfg, counted, n_threads_, Partition{node, n_nodes}, collective);
+            model = build_model(cfg, counted, n_threads_, partition, collective);
         }
         const uint64_t loaded = counted->bytes_read();
         std::fprintf(stderr, "worker: this node's share takes %.1f MB of weights (%.1f MB of them from the cache) "

@@ -1,7 +1,7 @@
 // Running one model across machines (tensor parallelism over TCP).
 //
 // The root (node 0) holds the .m file. It connects to the workers (net::Mesh), sends each a SETUP
-// frame (the model config, the worker's node index and the tensor table), then answers the weight
+// frame (the model config, the split's weights and the tensor table), then answers the weight
 // requests each worker makes while it builds its share of the graph, so workers need no model file
 // (or read a local copy, checked against the root's by identity, or slices they cached from an earlier
 // session). A worker checks everything SETUP says before it sizes anything from it, and reports its
@@ -25,12 +25,17 @@ struct ClusterOptions {
     std::vector<std::string> workers;  // "host:port"
     std::string secret;                // shared secret; empty: none
     net::Exchange exchange = net::Exchange::Q80;
+    std::vector<float> split;          // each node's relative share, root first (--split); empty: equal
     int timeout_ms = net::kDefaultTimeoutMs;      // I/O timeout while a step (or the setup) is in flight
     int heartbeat_ms = net::kDefaultHeartbeatMs;  // pings to idle workers
     // While the workers load their shares: called every 200 ms with (bytes loaded, bytes expected) per
     // worker, in node order from node 1 (expected is an estimate until the worker is done).
     std::function<void(const std::vector<std::pair<uint64_t, uint64_t>>&)> progress;
 };
+
+// The sustained read bandwidth (bytes/s) of this machine with n_threads: what a worker reports to probes
+// and the root measures of itself, so that --split auto compares like with like.
+double node_read_bandwidth(int n_threads);
 
 // The identity a worker's local model copy must share with the root's: a hash of the header and the size.
 std::string model_identity(const std::string& path);

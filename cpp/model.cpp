@@ -270,13 +270,13 @@ void Model::run_chunk(Pass pass, float* x, const StepRow* rows, int n, float* lo
     matmul(lm_head_, head_in_, head_out_.data(), pool_);
     std::vector<size_t> bytes_per_node(part_.n_nodes);
     for (int i = 0; i < part_.n_nodes; i++)
-        bytes_per_node[i] = sizeof(float) * n_out * Partition{i, part_.n_nodes}.share(vocab).size();
+        bytes_per_node[i] = sizeof(float) * n_out * part_.for_node(i).share(vocab).size();
     head_all_.resize((size_t)n_out * vocab);
     collective_->gather_to_root(head_out_.data(), mine * sizeof(float), head_all_.data(), bytes_per_node);
     if (part_.node != 0) return;
     const float* src = head_all_.data();
     for (int i = 0; i < part_.n_nodes; i++) {
-        const Range share = Partition{i, part_.n_nodes}.share(vocab);
+        const Range share = part_.for_node(i).share(vocab);
         for (int t = 0; t < n_out; t++, src += share.size())
             std::memcpy(logits + (size_t)t * vocab + share.begin, src, sizeof(float) * share.size());
     }

@@ -163,8 +163,8 @@ std::unique_ptr<Model> build_model(const ModelConfig& config, std::shared_ptr<co
                                    std::shared_ptr<Collective> collective = nullptr);
 std::vector<std::string> builder_names();
 
-// Throws std::invalid_argument when some block of the model cannot be split across n_nodes, naming
-// the tightest constraint and the node counts that work (checked before any worker is contacted).
-void check_split(const ModelConfig& config, const WeightSource& weights, int n_nodes);
+// Throws std::invalid_argument when some node of the partition would get none of a block's units,
+// naming the tightest constraint and the splits that work (checked before any worker is contacted).
+void check_split(const ModelConfig& config, const WeightSource& weights, const Partition& partition);
 
 }  // namespace dllama

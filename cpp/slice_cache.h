@@ -1,10 +1,10 @@
 // The weight slices a worker received from roots, kept on disk so that the next session with the same
 // model and split needs none of them again (a model of tens of GB takes minutes to stream).
 //
-// One folder per session key under the cache directory, named by the SHA-256 of (model identity and
-// tensor table, node, node count): a changed model has another identity (model_identity covers the
-// header, the size and samples of the content) and a changed split another key, so neither ever meets
-// a stale slice. In the
+// One folder per session key under the cache directory, named by the SHA-256 of (model identity,
+// tensor table and --split weights, node, node count): a changed model has another identity
+// (model_identity covers the header, the size and samples of the content) and a changed split another
+// key, so neither ever meets a stale slice. In the
 // folder, `data` holds the slices back to back and `index` one line per slice, appended as slices arrive:
 //     <tensor name> <row begin> <row end> <column begin> <column end> <offset in data> <bytes>
 // A line that does not parse, or points past the end of `data`, is ignored (a session that died while

@@ -51,8 +51,8 @@ def workers():
     w.close()
 
 
-def run(path, ids, workers=(), exchange=None, secret=None) -> np.ndarray:
-    with Engine(path, threads=1, workers=list(workers), exchange=exchange, secret=secret) as eng:
+def run(path, ids, workers=(), exchange=None, secret=None, split=None) -> np.ndarray:
+    with Engine(path, threads=1, workers=list(workers), exchange=exchange, secret=secret, split=split) as eng:
         logits = [eng.forward(ids[:N_PREFILL])] + [eng.forward([t]) for t in ids[N_PREFILL:]]
         assert eng.n_nodes == 1 + len(workers)
     return np.concatenate(logits)
@@ -79,16 +79,17 @@ def test_q80_exchange_within_q80_bound(tiny_models, workers, name, n_workers):
     assert (split.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
 
 
-@pytest.mark.parametrize("n_workers", [1, 3])
+@pytest.mark.parametrize("n_workers, split", [(1, None), (3, None), (2, [1, 2, 1])])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_batched_steps_with_workers_equal_each_sequence_alone(tiny_models, workers, name, n_workers):
-    """Sequences joining and leaving slots at different positions, with prefix copies, on 2 and 4 nodes."""
+def test_batched_steps_with_workers_equal_each_sequence_alone(tiny_models, workers, name, n_workers, split):
+    """Sequences joining and leaving slots at different positions, with prefix copies, on 2 and 4 nodes
+    and on 3 nodes with an uneven split."""
     path = tiny_models.converted(name, "f32")
     with Engine(path, threads=1, max_sequences=3, max_seq_len=128) as eng:
         seqs = make_sequences(eng.config.vocab_size, seed=len(name) + 100)
         references = [alone(eng.model, s) for s in seqs]
     with Engine(path, threads=2, max_sequences=3, max_seq_len=128, workers=workers.addresses[:n_workers],
-                exchange="f32") as eng:
+                exchange="f32", split=split) as eng:
         batched = run_batched(eng.model, seqs, seed=n_workers)
     assert max_error(batched, references) <= 1e-4
 
@@ -111,6 +112,22 @@ def test_q80_weights_and_exchange(tiny_models, workers, n_workers):
     split = run(tiny_models.converted("llama", "q80"), ids, workers.addresses[:n_workers], exchange="q80")
     assert np.abs(split - ref).max() <= 0.08 * ref.std()
     assert (split.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("name", ["llama", "glm4", "glm4_moe_air", "glm4_moe_lite"])
+def test_uneven_split_with_q80_exchange_and_quantized_weights(tiny_models, workers, name):
+    """--split with Q80 exchange: transformers' logits within the Q80 bound. With Q40 weights, whose shares
+    are whole 32-value groups, and F32 exchange: the 1-node Q40 logits."""
+    _, ids, ref = tiny_models.hf(name)
+    split = run(tiny_models.converted(name, "f32"), ids, workers.addresses[:2], exchange="q80", split=[1, 2, 1])
+    assert np.abs(split - ref).max() <= 0.08 * ref.std()
+    assert (split.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+    path = tiny_models.converted(name, "q40")
+    single = run(path, ids)
+    # the MoE models' 64-row experts are 2 groups of 32 rows: 2 nodes at most
+    for weights in [[3, 1]] + ([[2, 1, 1]] if "moe" not in name else []):
+        split = run(path, ids, workers.addresses[:len(weights) - 1], exchange="f32", split=weights)
+        assert np.abs(split - single).max() <= 1e-4 * single.std(), weights
 
 
 def test_traffic_is_counted(tiny_models, workers):
@@ -149,6 +166,10 @@ def test_impossible_split_names_the_constraint(tiny_models, workers):
     with pytest.raises(Exception, match=r"across 3 nodes: layers\.0\.attn\.o \(q40\) .* after every 2 of its 4 heads "
                                         r"of 48 columns; it runs on 1 to 2 nodes"):
         Engine(tiny_models.converted("glm4_moe_air", "q40"), threads=1, workers=workers.addresses[:2])
+    # Uneven: with 2 groups of heads (and of expert rows), a node with less than half the weight gets none.
+    with pytest.raises(ValueError, match=r"across 2 nodes: .* split 1,10 gives node 0 none of them: every node's "
+                                         r"weight must be at least 1/2 of the sum"):
+        Engine(tiny_models.converted("glm4_moe_air", "q40"), threads=1, workers=workers.addresses[:1], split=[1, 10])
 
 
 def test_dead_worker_is_reported_within_seconds(tiny_models, tmp_path):

@@ -160,3 +160,27 @@ def test_every_node_count(sweep_models, workers, arch):
                 if rel > BOUND:
                     failures.append(f"{n_heads}/{n_kv} heads, {nodes} nodes x {threads} threads: {rel:.2e} x std")
     assert not failures, f"{arch}: {len(failures)} runs off:\n" + "\n".join(failures)
+
+
+UNEVEN_SPLITS = ([3, 1], [1, 2, 1], [2, 1, 1])  # --split weights, root first
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_uneven_splits(sweep_models, workers, arch):
+    """Nodes weighted by --split, on the shapes the node counts do not divide: the 1-node logits, at every
+    prefill chunk and decode step (F32 exchange; Q80 and quantized weights: tests/test_distributed.py)."""
+    failures = []
+    for n_heads, n_kv in node_shapes(arch):
+        path, ids, ref = sweep_models.get(arch, n_heads, n_kv)
+        with Engine(path, threads=1) as eng:
+            single = run_steps(eng, ids)
+        for split in UNEVEN_SPLITS:
+            addresses = workers[1].addresses[:len(split) - 1]
+            with Engine(path, threads=1, workers=addresses, exchange="f32", split=split) as eng:
+                assert eng.split == split
+                logits = run_steps(eng, ids)
+            record_parity(f"{arch} uneven", "f32", 1, len(split), *error(logits, ref))
+            off = np.abs(logits - single).max() / single.std()
+            if off > 1e-4:
+                failures.append(f"{n_heads}/{n_kv} heads, split {split}, f32 exchange: {off:.2e} x std from 1 node")
+    assert not failures, f"{arch}: {len(failures)} runs off:\n" + "\n".join(failures)

@@ -22,7 +22,7 @@ from hf_models import N_PREFILL
 from worker_protocol import (COPY_PREFIX, FORWARD, STEP, FakeRoot, ModelSetup, WorkerProcess, frame, model_identity,
                              step_header, u8)
 
-from dllama_py import Engine
+from dllama_py import Engine, _core
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,13 @@ BAD_SETUPS = {
     "2^24 tensors": (dict(tensor_count=1 << 24), "tensor count is 16777216, but at most"),
     "a KV cache larger than the machine": (dict(seq_len=1 << 22, n_layers=1024), "MiB of memory and swap"),
     "unknown exchange": (dict(exchange=7), "unknown exchange type 7"),
+    "a split weight for one node of two": (dict(split=[1.0]), "bad SETUP: split has 1 weight for 2 nodes"),
+    "split weights for 3 nodes of 2": (dict(split=[1.0, 1.0, 1.0]), "split weight count is 3, but at most 2"),
+    "2^30 split weights": (dict(split_count=1 << 30), "split weight count is 1073741824, but at most"),
+    "a NaN split weight": (dict(split=[1.0, float("nan")]), "split weight of node 1 is nan, expected a number above 0"),
+    "a zero split weight": (dict(split=[0.0, 1.0]), "split weight of node 0 is 0, expected a number above 0"),
+    "a negative split weight": (dict(split=[1.0, -2.0]), "split weight of node 1 is -2, expected"),
+    "a huge split weight": (dict(split=[1.0, 1e30]), "split weight of node 1 is 1e+30, expected"),
     "unknown architecture": (dict(arch="gpt9"), "no graph builder named 'gpt9'"),
     "terminal escapes in a name": (dict(arch="llama\x1b[2J"), "arch contains byte 27"),
 }
@@ -406,7 +413,7 @@ def test_cluster_check(llama, capsys):
         stopped.close()
         assert main(["cluster", "check", good.address, wrong.address, stopped.address, "--secret", "s3cret"]) == 1
         lines = capsys.readouterr().out.splitlines()
-        assert lines[0].startswith(f"{good.address}: ok, protocol 4, secret accepted, ")
+        assert lines[0].startswith(f"{good.address}: ok, protocol {_core.protocol_version()}, secret accepted, ")
         assert "cores" in lines[0] and "RAM free" in lines[0] and "round trip" in lines[0]
         assert lines[1] == f"{wrong.address}: NOT READY: {wrong.address}: authentication failed: wrong secret"
         assert lines[2] == f"{stopped.address}: NOT READY: {stopped.address}: connection refused"
@@ -415,6 +422,17 @@ def test_cluster_check(llama, capsys):
         out = capsys.readouterr().out
         assert "on 2 nodes (weights and KV cache): root " in out and " fits" in out and f"{good.address} " in out
         assert "expected decode: about" in out
+        # Planned for a split: by hand, and what --split auto would choose (one line, then the plan).
+        check = ["cluster", "check", good.address, "--secret", "s3cret", "-m", str(llama), "-t", "1", "--split"]
+        assert main(check + ["3,1"]) == 0
+        assert "on 2 nodes (weights and KV cache): root " in capsys.readouterr().out
+        assert main(check + ["auto"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        auto = next(i for i, line in enumerate(lines) if line.startswith("split auto: "))
+        assert "(read GB/s: root " in lines[auto] and f", {good.address} " in lines[auto]
+        assert lines[auto + 1].startswith(f"{llama} on 2 nodes (weights and KV cache): root ")
+        assert main(check + ["1,2,3"]) == 1
+        assert "--split 1,2,3: split has 3 weights for 2 nodes" in capsys.readouterr().err
         # A probe starts no session: the worker still serves a root.
         with Engine(llama, threads=1, workers=[good.address], secret="s3cret") as eng:
             assert eng.forward([1, 2]).shape == (2, 384)
@@ -424,7 +442,8 @@ def test_cluster_check(llama, capsys):
 
 def test_second_session_comes_from_the_workers_cache(tiny_models, llama, reference, tmp_path):
     """A second session with the same model and split sends < 1% of the first's weight bytes and gets the
-    same logits; another split, another model, or another fine-tune of the same shapes re-streams."""
+    same logits; another split (node count or --split weights), another model, or another fine-tune of
+    the same shapes re-streams."""
     from hf_models import random_model
 
     from dllama_py.convert import convert
@@ -432,8 +451,8 @@ def test_second_session_comes_from_the_workers_cache(tiny_models, llama, referen
     ids, single = reference
     cache = tmp_path / "cache"
 
-    def session(workers, path=llama):
-        with Engine(path, threads=1, workers=[w.address for w in workers], exchange="f32") as eng:
+    def session(workers, path=llama, split=None):
+        with Engine(path, threads=1, workers=[w.address for w in workers], exchange="f32", split=split) as eng:
             logits = np.concatenate([eng.forward(ids[:N_PREFILL])] + [eng.forward([t]) for t in ids[N_PREFILL:]])
             return logits, eng.load_net_stats["bytes_sent"]
 
@@ -447,6 +466,13 @@ def test_second_session_comes_from_the_workers_cache(tiny_models, llama, referen
 
         three, sent_split = session([w1, w2])  # another split: each worker's share is new to it
         assert sent_split > 0.5 * sent_first and np.abs(three - single).max() <= 1e-4 * single.std()
+
+        folders = {f for f in cache.iterdir() if f.is_dir()}
+        uneven, sent_uneven = session([w1], split=[1, 3])  # the same nodes, weighted: a folder of its own
+        assert sent_uneven > 0.5 * sent_first and np.abs(uneven - single).max() <= 1e-4 * single.std()
+        assert len({f for f in cache.iterdir() if f.is_dir()} - folders) == 1
+        _, sent_again = session([w1], split=[1, 3])
+        assert sent_again < 0.01 * sent_first
 
         hf_dir = tmp_path / "tuned"  # the same shapes and header, other weights: like a fine-tune
         random_model("llama", seed=123).save_pretrained(hf_dir)

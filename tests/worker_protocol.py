@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 MAGIC = b"DLPYNET\0"
-VERSION = 4
+VERSION = 5
 ROLE_ROOT, ROLE_PEER = 1, 2
 # mesh frames
 JOIN, BUILD, READY, FAILED, START = 1, 2, 5, 6, 7
@@ -118,8 +118,10 @@ class ModelSetup:
     tensors: list  # [name, type, rows, cols, offset]
     identity: str
     exchange: int = 0  # 0 f32, 1 q80
+    split: list = field(default_factory=list)  # --split weights, one per node ([]: equal shares)
     rope_count: int | None = None  # counts sent in place of the true ones
     tensor_count: int | None = None
+    split_count: int | None = None
 
     @classmethod
     def from_model(cls, path, seq_len: int = 64) -> "ModelSetup":
@@ -138,7 +140,7 @@ class ModelSetup:
         """A deep copy; config fields (ints or floats) and attributes given by name are replaced."""
         out = ModelSetup(self.path, self.arch, self.weight_type, dict(self.ints), dict(self.floats),
                          list(self.rope_inv_freq), [list(t) for t in self.tensors], self.identity, self.exchange,
-                         self.rope_count, self.tensor_count)
+                         list(self.split), self.rope_count, self.tensor_count, self.split_count)
         for k, v in changes.items():
             if k in out.ints:
                 out.ints[k] = v
@@ -149,7 +151,10 @@ class ModelSetup:
         return out
 
     def payload(self) -> bytes:
-        out = u8(SETUP) + string(self.identity) + u8(self.exchange) + string(self.arch) + i32(self.weight_type)
+        out = u8(SETUP) + string(self.identity) + u8(self.exchange)
+        out += u32(len(self.split) if self.split_count is None else self.split_count)
+        out += b"".join(f32(w) for w in self.split)
+        out += string(self.arch) + i32(self.weight_type)
         for name, kind in CONFIG_FIELDS:
             if kind == "i":
                 out += i32(self.ints[name])
@@ -389,7 +394,8 @@ class FuzzCase:
 
 def _mutated_setup(base: ModelSetup, rng: random.Random) -> tuple[ModelSetup, str]:
     s = base.copy()
-    what = rng.choice(["int", "int", "int", "float", "freqs", "tensor", "tensor", "count", "arch", "exchange", "type"])
+    what = rng.choice(["int", "int", "int", "float", "freqs", "tensor", "tensor", "count", "arch", "exchange", "type",
+                       "split"])
     if what == "int":
         k = rng.choice(CONFIG_INTS)
         s.ints[k] = rng.choice(INT_EDGES)
@@ -413,6 +419,10 @@ def _mutated_setup(base: ModelSetup, rng: random.Random) -> tuple[ModelSetup, st
     if what == "arch":
         s.arch = rng.choice(["", "x" * 64, "llama\0", "qwen3_moe", "glm4_moe_lite", "glm"])
         return s, f"arch {s.arch!r}"
+    if what == "split":
+        n = rng.choice([1, 2, 2, 3, 65])
+        s.split = [rng.choice(FLOAT_EDGES + [1.0, 3.0]) for _ in range(n)]
+        return s, f"split {s.split}"
     if what == "exchange":
         s.exchange = rng.choice([2, 255])
         return s, f"exchange {s.exchange}"

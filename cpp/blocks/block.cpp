@@ -33,12 +33,25 @@ std::string UnitSplit::limit() const {
            n + (width > 1 ? " of " + std::to_string(width) + " columns" : "");
 }
 
+std::string UnitSplit::refusal(const Partition& part) const {
+    int empty_node = -1;
+    for (int k = 0; k < part.n_nodes && empty_node < 0; k++)
+        if (part.for_node(k).share_of(units, grain()).empty()) empty_node = k;
+    if (empty_node < 0) return "";
+    const int64_t most = max_nodes();
+    if (part.weights.empty() || most < part.n_nodes)
+        return limit() + "; it runs on " + (most == 1 ? std::string("1 node only") : "1 to " + std::to_string(most) + " nodes") +
+               (grain() > 1 ? " (more with F32 or F16 weights)" : "");
+    // Node k gets at least one of the `most` groups when its weight is at least 1/most of the sum.
+    return limit() + "; split " + part.split_text() + " gives node " + std::to_string(empty_node) +
+           " none of them: every node's weight must be at least 1/" + std::to_string(most) + " of the sum";
+}
+
 Range UnitSplit::share(const Partition& part) const {
-    const Range r = part.share_of(units, grain());
-    if (r.empty())
-        throw std::invalid_argument("cannot split " + tensor + " across " + std::to_string(part.n_nodes) +
-                                    " nodes: " + limit());
-    return r;
+    const std::string why = refusal(part);
+    if (!why.empty())
+        throw std::invalid_argument("cannot split " + tensor + " across " + std::to_string(part.n_nodes) + " nodes: " + why);
+    return part.share_of(units, grain());
 }
 
 }  // namespace dllama

@@ -63,7 +63,9 @@ struct UnitSplit {
     int64_t max_nodes() const { return units / grain(); }
     // Why no more than max_nodes() nodes can share it.
     std::string limit() const;
-    // This node's units; throws std::invalid_argument when a node would get none.
+    // "" when every node of the partition gets at least one unit; else why not and which splits work.
+    std::string refusal(const Partition& part) const;
+    // This node's units; throws std::invalid_argument (the refusal) when some node would get none.
     Range share(const Partition& part) const;
 };
 

@@ -41,24 +41,58 @@ static uint64_t sum_slice(const uint64_t* p, size_t n) {
 #endif
 }
 
-double measure_read_bandwidth(size_t n_bytes, int repeats, ThreadPool& pool) {
-    const size_t n = n_bytes / sizeof(uint64_t) / 64 * 64;
-    std::unique_ptr<uint64_t, void (*)(void*)> buf(static_cast<uint64_t*>(std::aligned_alloc(64, n * 8)), std::free);
-    uint64_t* p = buf.get();
-    pool.parallel_for(n, 4096, [&](size_t b, size_t e, int) {
-        for (size_t i = b; i < e; i++) p[i] = i;
-    });
-    std::vector<uint64_t> sink(pool.size());
-    double best = 0.0;
-    for (int r = 0; r < repeats; r++) {
-        const auto t0 = std::chrono::steady_clock::now();
-        pool.parallel_for(n, 4096, [&](size_t b, size_t e, int t) { sink[t] += sum_slice(p + b, e - b); });
-        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        best = std::max(best, n * 8.0 / s);
+namespace {
+
+// A buffer of about n_bytes, written once, that every thread of the pool reads its own slice of.
+class ReadPasses {
+public:
+    ReadPasses(size_t n_bytes, ThreadPool& pool)
+        : n_(n_bytes / sizeof(uint64_t) / 64 * 64),
+          buf_(static_cast<uint64_t*>(std::aligned_alloc(64, n_ * 8)), std::free),
+          pool_(pool),
+          sink_(pool.size()) {
+        uint64_t* p = buf_.get();
+        pool_.parallel_for(n_, 4096, [&](size_t b, size_t e, int) {
+            for (size_t i = b; i < e; i++) p[i] = i;
+        });
     }
-    volatile uint64_t keep = 0;
-    for (uint64_t v : sink) keep = keep + v;
+    ~ReadPasses() {
+        volatile uint64_t keep = 0;
+        for (uint64_t v : sink_) keep = keep + v;
+    }
+    size_t bytes() const { return n_ * 8; }
+    // One pass; returns its seconds.
+    double pass() {
+        const uint64_t* p = buf_.get();
+        const auto t0 = std::chrono::steady_clock::now();
+        pool_.parallel_for(n_, 4096, [&](size_t b, size_t e, int t) { sink_[t] += sum_slice(p + b, e - b); });
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+
+private:
+    size_t n_;
+    std::unique_ptr<uint64_t, void (*)(void*)> buf_;
+    ThreadPool& pool_;
+    std::vector<uint64_t> sink_;
+};
+
+}  // namespace
+
+double measure_read_bandwidth(size_t n_bytes, int repeats, ThreadPool& pool) {
+    ReadPasses passes(n_bytes, pool);
+    double best = 0.0;
+    for (int r = 0; r < repeats; r++) best = std::max(best, passes.bytes() / passes.pass());
     return best;
+}
+
+double measure_sustained_read_bandwidth(size_t n_bytes, double seconds, ThreadPool& pool) {
+    ReadPasses passes(n_bytes, pool);
+    double elapsed = 0.0, bytes = 0.0;
+    while (elapsed < seconds) {
+        elapsed += passes.pass();
+        bytes += passes.bytes();
+    }
+    return bytes / elapsed;
 }
 
 }  // namespace dllama

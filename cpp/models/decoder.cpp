@@ -82,10 +82,11 @@ std::unique_ptr<FeedForwardBlock> moe_ffn(Decoder& d, int l, MoeFeedForward::Sco
     return std::make_unique<MoeFeedForward>(d.weights(), layer_prefix(l) + "moe.", d.config(), scoring, d.partition());
 }
 
-void check_split(const ModelConfig& cfg, const WeightSource& weights, int n_nodes) {
-    if (n_nodes <= 1) return;
-    // Every layer's attention heads and each of its feed-forward networks' hidden rows (the MTP layer's too).
-    std::vector<UnitSplit> splits;
+void check_split(const ModelConfig& cfg, const WeightSource& weights, const Partition& part) {
+    if (part.n_nodes <= 1) return;
+    // Every layer's attention heads and each of its feed-forward networks' hidden rows (the MTP layer's
+    // too), and the output head's vocabulary rows.
+    std::vector<UnitSplit> splits = {UnitSplit{"lm_head", "vocabulary rows", cfg.vocab_size, 1, FloatType::F32}};
     for (int l = 0; l < cfg.n_layers + cfg.n_mtp_layers; l++) {
         const std::string p = layer_prefix(l);
         splits.push_back(UnitSplit::of(weights, p + "attn.o", cfg.n_heads, "heads"));
@@ -94,14 +95,12 @@ void check_split(const ModelConfig& cfg, const WeightSource& weights, int n_node
         for (const std::string& down : downs)
             if (weights.has(down)) splits.push_back(UnitSplit::of(weights, down, weights.info(down).cols, "hidden rows"));
     }
-    const UnitSplit& tightest = *std::min_element(
-        splits.begin(), splits.end(), [](const UnitSplit& a, const UnitSplit& b) { return a.max_nodes() < b.max_nodes(); });
-    const int64_t most = tightest.max_nodes();
-    if (most >= n_nodes) return;
-    throw std::invalid_argument("cannot split " + weights.describe() + " across " + std::to_string(n_nodes) +
-                                " nodes: " + tightest.limit() + "; it runs on " +
-                                (most == 1 ? std::string("1 node only") : "1 to " + std::to_string(most) + " nodes") +
-                                (tightest.grain() > 1 ? " (more with F32 or F16 weights)" : ""));
+    const UnitSplit* tightest = nullptr;  // of those that some node would get none of
+    for (const UnitSplit& s : splits)
+        if (!s.refusal(part).empty() && (!tightest || s.max_nodes() < tightest->max_nodes())) tightest = &s;
+    if (!tightest) return;
+    throw std::invalid_argument("cannot split " + weights.describe() + " across " + std::to_string(part.n_nodes) +
+                                " nodes: " + tightest->refusal(part));
 }
 
 std::unique_ptr<Model> build_decoder(const ModelConfig& cfg, std::shared_ptr<const WeightSource> weights, int n_threads,

@@ -8,7 +8,7 @@
 //
 // 1. HELLO, client -> server, 16 bytes
 //      0   8  magic "DLPYNET\0" = 44 4c 50 59 4e 45 54 00
-//      8   4  u32 protocol version (kProtocolVersion = 4)
+//      8   4  u32 protocol version (kProtocolVersion = 5)
 //     12   4  u32 role: 1 = root (opens a session), 2 = peer (a worker joining another worker),
 //             3 = probe (asks about the worker without starting a session; mesh.h)
 //    The server checks the magic first and drops the connection without answering if it is wrong.
@@ -44,8 +44,9 @@
 namespace dllama::net {
 
 // 2: batched steps (rows with slots), max_sequences in SETUP; 3: MTP steps, n_mtp_layers; 4: heartbeats
-// between steps (STEP/PING/PONG, the idle limit in JOIN), PROGRESS while loading, probes (role 3)
-constexpr uint32_t kProtocolVersion = 4;
+// between steps (STEP/PING/PONG, the idle limit in JOIN), PROGRESS while loading, probes (role 3);
+// 5: the --split weights in SETUP
+constexpr uint32_t kProtocolVersion = 5;
 constexpr char kMagic[8] = {'D', 'L', 'P', 'Y', 'N', 'E', 'T', '\0'};
 
 // Any is never sent: server_handshake accepts every role with it.

@@ -32,6 +32,7 @@ class BenchResult:
     kv_cache_bytes_per_token: int
     peak_rss_bytes: int
     nodes: int = 1
+    split: list[float] | None = None  # the nodes' weights (None: equal shares)
     net_bytes_sent_per_token: float = 0.0  # by this (root) node
     net_bytes_received_per_token: float = 0.0
     sync_share: float = 0.0  # of decode time spent in exchanges between nodes
@@ -54,7 +55,7 @@ class BenchResult:
         ]
         if self.nodes > 1:
             rows += [
-                ("nodes", self.nodes),
+                ("nodes", f"{self.nodes}" + (f", split {','.join(f'{w:g}' for w in self.split)}" if self.split else "")),
                 ("network per token (root)", f"sent {self.net_bytes_sent_per_token / 1e3:,.1f} kB, "
                                              f"received {self.net_bytes_received_per_token / 1e3:,.1f} kB"),
                 ("time in sync", f"{self.sync_share:.0%} of decode"),
@@ -102,16 +103,16 @@ def bench_speculation(eng, prompt: list[int], gen_tokens: int, draft: str, draft
 
 def run_bench(model_path, threads=None, prompt_tokens=128, gen_tokens=32, bandwidth_gbps=None, max_seq_len=None,
               print_table=True, workers=None, secret=None, exchange=None, tokenizer=None, draft=None,
-              draft_tokens=4, prompt_text=None) -> BenchResult:
+              draft_tokens=4, prompt_text=None, split=None) -> BenchResult:
     """prompt_text: a prompt (encoded with the model's tokenizer) instead of prompt_tokens random tokens.
-    draft: also measure greedy decoding with that speculation ("ngram" or "mtp")."""
+    draft: also measure greedy decoding with that speculation ("ngram" or "mtp"). split: as Engine's."""
     from . import _core
     from .engine import Engine
 
     t0 = time.perf_counter()
     eng = Engine(model_path, threads=threads, max_seq_len=max_seq_len or max(4096, prompt_tokens + gen_tokens + 1),
                  tokenizer=tokenizer, workers=workers, secret=secret, exchange=exchange, draft=draft,
-                 draft_tokens=draft_tokens)
+                 draft_tokens=draft_tokens, split=split)
     load_seconds = time.perf_counter() - t0
     with eng:
         vocab = eng.config.vocab_size
@@ -152,7 +153,7 @@ def run_bench(model_path, threads=None, prompt_tokens=128, gen_tokens=32, bandwi
             bandwidth_gb_per_s=bw / 1e9, bandwidth_share=traffic / bw, kv_cache_bytes=eng.kv_cache_bytes,
             kv_cache_bytes_per_token=eng.kv_cache_bytes // eng.context_length,
             peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            nodes=eng.n_nodes, net_bytes_sent_per_token=net["bytes_sent"] / gen_tokens,
+            nodes=eng.n_nodes, split=eng.split or None, net_bytes_sent_per_token=net["bytes_sent"] / gen_tokens,
             net_bytes_received_per_token=net["bytes_received"] / gen_tokens,
             sync_share=net["seconds_in_sync"] / decode_s, speculation=speculation,
         )
@@ -184,7 +185,7 @@ def parallel_table(results: list[ParallelResult]) -> str:
 
 def run_parallel_bench(model_path, parallel: list[int], threads=None, prompt_tokens=32, gen_tokens=32,
                        max_seq_len=None, print_table=True, workers=None, secret=None,
-                       exchange=None) -> list[ParallelResult]:
+                       exchange=None, split=None) -> list[ParallelResult]:
     """Decode steps of 1, 2, 4... streams: each stream count has its own KV-cache slots holding distinct
     random prompts, and gen_tokens rounds each run one greedy decode step of every stream count in turn,
     so that all of them see the same machine (a shared one gets busier and quieter over a run); each
@@ -195,7 +196,7 @@ def run_parallel_bench(model_path, parallel: list[int], threads=None, prompt_tok
         raise ValueError("--parallel needs stream counts >= 1, e.g. 1,2,4,8")
     with Engine(model_path, threads=threads, max_sequences=sum(parallel),
                 max_seq_len=max_seq_len or prompt_tokens + gen_tokens + 1, workers=workers, secret=secret,
-                exchange=exchange) as eng:
+                exchange=exchange, split=split) as eng:
         model = eng.model
         rng = np.random.default_rng(0)
         first = 0

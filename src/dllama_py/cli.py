@@ -47,6 +47,27 @@ def _draft_tokens(text: str) -> int:
     return value
 
 
+def _add_split_option(p: argparse.ArgumentParser, help: str):
+    p.add_argument("--split", default=None, metavar="W,W,...|auto", help=help)
+
+
+def _split(args, n_nodes: int | None):
+    """--split checked for n_nodes nodes (None: as many as it has weights): None, "auto" or the weights;
+    ValueError naming --split."""
+    from . import _core
+    from .cluster import parse_split
+
+    try:
+        split = parse_split(args.split)
+        if split == "auto" and (n_nodes or 1) == 1:
+            raise ValueError("auto needs workers (--workers) to weigh; or give weights, e.g. 2,1,1")
+        if isinstance(split, list):
+            _core.check_split_weights(n_nodes or len(split), split)
+    except ValueError as e:
+        raise ValueError(f"--split {args.split}: {e}") from None
+    return split
+
+
 def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("-m", "--model", default=None, help=MODEL_HELP)
     p.add_argument("--tokenizer", default=None, metavar="PATH",
@@ -60,6 +81,8 @@ def _add_run_options(p: argparse.ArgumentParser):
     p.add_argument("--secret", default=None, help=f"the workers' shared secret (default: ${SECRET_ENV})")
     p.add_argument("--exchange", choices=["q80", "f32"], default=None,
                    help="how partial sums travel between nodes (default: f32 for F32 models, else q80)")
+    _add_split_option(p, "each node's share of every layer, one weight per node, root first (e.g. 2,1,1; "
+                         "default: equal), or auto: by each node's measured read bandwidth, within its free RAM")
     p.add_argument("--draft", choices=["ngram", "mtp"], default=None,
                    help="speculative decoding: guess tokens by prompt lookup (ngram) or with the model's "
                         "multi-token-prediction layer (mtp, GLM-4.5 and later), and check them in one step")
@@ -72,6 +95,7 @@ def _engine(args, max_sequences: int = 1):
 
     from .engine import Engine
 
+    split = _split(args, 1 + len(args.workers or []))
     _resolve_model(args)
     # On a terminal only (disable=None); its last state (100%, the time it took) stays.
     with tqdm(unit="B", unit_scale=True, unit_divisor=1000, desc=f"loading {args.model}", delay=LOAD_PROGRESS_DELAY_S,
@@ -81,8 +105,8 @@ def _engine(args, max_sequences: int = 1):
             bar.update(done - bar.n)
 
         return Engine(args.model, threads=args.threads, max_seq_len=args.max_seq_len, tokenizer=args.tokenizer,
-                      workers=args.workers, secret=args.secret, exchange=args.exchange, load_progress=progress,
-                      max_sequences=max_sequences, draft=args.draft, draft_tokens=args.draft_tokens)
+                      workers=args.workers, secret=args.secret, exchange=args.exchange, split=split,
+                      load_progress=progress, max_sequences=max_sequences, draft=args.draft, draft_tokens=args.draft_tokens)
 
 
 def _add_sampling_options(p: argparse.ArgumentParser, max_tokens: int):
@@ -133,20 +157,27 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def _print_memory_per_node(layout, cfg, context: str):
+def _print_memory_per_node(layout, cfg, context: str, split: list[float] | None):
+    """Each node's memory for 1-4 nodes with equal shares, or for the nodes of `split`."""
     from .node_memory import node_memory
 
     print(f"memory per node at {context} (weights + KV cache; node 0 also reads the embedding table from the file):")
-    for n_nodes in range(1, 5):
+    for n_nodes in [len(split)] if split else range(1, 5):
+        label = f"{n_nodes} node{'s' if n_nodes > 1 else ' '}" + (f", split {','.join(f'{w:g}' for w in split)}"
+                                                                   if split else "")
         try:
-            nodes = [node_memory(layout, node, n_nodes, cfg.seq_len, cfg.kv_f16) for node in range(n_nodes)]
+            nodes = [node_memory(layout, node, n_nodes, cfg.seq_len, cfg.kv_f16, split=split or ())
+                     for node in range(n_nodes)]
         except ValueError as e:
-            print(f"  {n_nodes} node{'s' if n_nodes > 1 else ' '}: {e}")
+            print(f"  {label}: {e}")
             continue
         low, high = min(m.total for m in nodes[1:] or nodes), max(m.total for m in nodes[1:] or nodes)
-        workers = "" if n_nodes == 1 else f", each worker {_fmt_bytes(high)}" if low == high else \
-            f", workers {_fmt_bytes(low)} to {_fmt_bytes(high)}"
-        print(f"  {n_nodes} node{'s' if n_nodes > 1 else ' '}: root {_fmt_bytes(nodes[0].total)} "
+        if split:
+            workers = "".join(f", node {i} {_fmt_bytes(m.total)}" for i, m in enumerate(nodes[1:], 1))
+        else:
+            workers = "" if n_nodes == 1 else f", each worker {_fmt_bytes(high)}" if low == high else \
+                f", workers {_fmt_bytes(low)} to {_fmt_bytes(high)}"
+        print(f"  {label}: root {_fmt_bytes(nodes[0].total)} "
               f"({_fmt_bytes(nodes[0].weights)} weights, {_fmt_bytes(nodes[0].kv_cache)} KV cache, "
               f"{_fmt_bytes(nodes[0].mapped)} embedding){workers}")
     if layout.params.get("n_mtp_layers"):
@@ -161,6 +192,7 @@ def cmd_inspect(args) -> int:
     from .engine import model_config
     from .model_file import TENSOR_TYPE_KEYS
 
+    split = _split(args, None)
     _resolve_model(args)
     layout = read_layout(args.model)
     print(f"{layout.path}: {layout.arch.builder} ({layout.arch.arch_type.name}), weights {layout.weight_type.name}, "
@@ -176,7 +208,7 @@ def cmd_inspect(args) -> int:
     kv_per_token = (2 if cfg.kv_f16 else 4) * kv_values
     print(f"KV cache: {_fmt_bytes(kv_per_token)} per token ({kv_values // cfg.n_layers} {'f16' if cfg.kv_f16 else 'f32'} "
           f"values per layer), {_fmt_bytes(kv_per_token * cfg.seq_len)} at {context}")
-    _print_memory_per_node(layout, cfg, context)
+    _print_memory_per_node(layout, cfg, context, split)
     if args.tensors:
         print("tensors:")
         for t in layout.tensors:
@@ -190,6 +222,7 @@ def cmd_inspect(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_bench, run_parallel_bench
 
+    split = _split(args, 1 + len(args.workers or []))
     _resolve_model(args)
     if args.parallel:
         try:
@@ -198,12 +231,12 @@ def cmd_bench(args) -> int:
             raise ValueError(f"--parallel takes stream counts such as 1,2,4,8, not {args.parallel!r}") from None
         run_parallel_bench(args.model, streams, threads=args.threads, prompt_tokens=args.prompt_tokens,
                            gen_tokens=args.gen_tokens, max_seq_len=args.max_seq_len, workers=args.workers,
-                           secret=args.secret, exchange=args.exchange)
+                           secret=args.secret, exchange=args.exchange, split=split)
         return 0
     run_bench(args.model, threads=args.threads, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
               bandwidth_gbps=args.bandwidth, max_seq_len=args.max_seq_len, workers=args.workers, secret=args.secret,
               exchange=args.exchange, tokenizer=args.tokenizer, draft=args.draft, draft_tokens=args.draft_tokens,
-              prompt_text=args.prompt)
+              prompt_text=args.prompt, split=split)
     return 0
 
 
@@ -283,7 +316,8 @@ def cmd_cluster_check(args) -> int:
 
     from .cluster import check
 
-    return check(args.workers, args.secret or os.environ.get(SECRET_ENV, ""), args.model, args.threads)
+    return check(args.workers, args.secret or os.environ.get(SECRET_ENV, ""), args.model, args.threads,
+                 split=_split(args, 1 + len(args.workers)))
 
 
 def _version() -> str:
@@ -411,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", default=None, help="a .m file to plan the split of")
     p.add_argument("--secret", default=None, help=f"the workers' shared secret (default: ${SECRET_ENV})")
     p.add_argument("-t", "--threads", type=int, default=None, help="this machine's threads (for its bandwidth)")
+    _add_split_option(p, "with -m, plan this split: one weight per node, root first (e.g. 2,1,1), or auto "
+                         "(what --split auto would choose; default: equal)")
     p.set_defaults(func=cmd_cluster_check)
 
     p = sub.add_parser("inspect", help="show a .m file's header, tensors and memory per node")
@@ -418,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensors", action="store_true", help="list every tensor")
     p.add_argument("--max-seq-len", type=_positive_int, default=None,
                    help="context length for the KV cache figures (default: the model's, capped at 4096)")
+    _add_split_option(p, "memory per node for this split, one weight per node, root first (e.g. 2,1,1), "
+                         "instead of 1-4 nodes with equal shares")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("bench", help="measure prefill and decode speed",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -11,6 +12,7 @@ import numpy as np
 from . import _core
 from .architectures import ModelLayout, read_layout
 from .chat_template import ChatTemplateError
+from .cluster import choose_auto_split, parse_split
 from .model_file import NORM_EPSILON_CODES, FloatType, ModelFileError
 from .node_memory import node_memory
 from .reasoning import ThinkingSplitter, prompt_starts_in_thinking
@@ -134,7 +136,7 @@ class Engine:
                  secret: str | None = None, exchange: str | None = None, net_timeout: float | None = None,
                  kv_cache: str | None = None, load_progress: Callable[[int, int], None] | None = None,
                  max_sequences: int = 1, draft: str | None = None, draft_tokens: int = 4,
-                 heartbeat: float | None = None):
+                 heartbeat: float | None = None, split: list[float] | str | None = None):
         """kv_cache: "f16" or "f32" (default: f32 for F32 models, else f16).
         max_sequences: sequences the KV cache holds at once (each up to the context length); generations
         running at the same time (generate/chat from several threads, or scheduler.submit) share forward
@@ -145,6 +147,9 @@ class Engine:
         waits on a silent peer (default 5, or $DLLAMA_NET_TIMEOUT); heartbeat: seconds between pings to
         idle workers (default 10, or $DLLAMA_HEARTBEAT). Sessions may idle for hours. While workers
         load their shares, a progress bar shows their bytes (rate, ETA) on stderr.
+        split: each node's share of every layer in proportion to these weights, one per node, root first
+        (e.g. [2, 1, 1]; default: equal), or "auto": in proportion to each node's measured read bandwidth,
+        within its free RAM (the choice is printed on stderr); `split` holds the weights used.
         tokenizer: a tokenizer bundle, or a Hugging Face checkpoint directory or its tokenizer.json
         (default: the bundle beside the model, `<model>.tokenizer.json`).
         load_progress: called with (bytes of weights loaded, bytes in all) every 0.1 s while the weights load
@@ -171,6 +176,17 @@ class Engine:
         ]
         if exchange is None:
             exchange = "f32" if self.layout.weight_type == FloatType.F32 else "q80"
+        threads = threads or default_threads()
+        secret = secret or os.environ.get(SECRET_ENV, "")
+        split = parse_split(split)
+        if split == "auto":
+            if not workers:
+                raise ValueError("split auto needs workers to weigh")
+            chosen = choose_auto_split(self.layout, self.config, list(workers), secret, threads)
+            print(chosen.line(["root"] + list(workers)), file=sys.stderr, flush=True)
+            split = chosen.weights
+        self.split: list[float] = split or []
+        _core.check_split_weights(1 + len(workers or []), self.split)
         report = None
         if load_progress is not None and not workers:
             total = node_memory(self.layout, 0, 1, self.config.seq_len, self.config.kv_f16,
@@ -178,9 +194,9 @@ class Engine:
             report = lambda done: load_progress(min(done, total), total)  # noqa: E731
         workers_bar = _WorkerLoadBar() if workers else None
         try:
-            self._model = _core.Model(str(self.path), self.config, tensors, threads or default_threads(),
-                                      workers=list(workers or []), secret=secret or os.environ.get(SECRET_ENV, ""),
-                                      exchange=exchange, timeout_ms=_milliseconds(net_timeout, NET_TIMEOUT_ENV, 5.0),
+            self._model = _core.Model(str(self.path), self.config, tensors, threads,
+                                      workers=list(workers or []), secret=secret, exchange=exchange,
+                                      split=self.split, timeout_ms=_milliseconds(net_timeout, NET_TIMEOUT_ENV, 5.0),
                                       heartbeat_ms=_milliseconds(heartbeat, HEARTBEAT_ENV, 10.0), progress=report,
                                       workers_progress=workers_bar)
         finally:

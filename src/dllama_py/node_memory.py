@@ -3,23 +3,20 @@ file bytes it keeps mapped, and its share of the KV cache.
 
 The split rules are the C++ blocks' (cpp/blocks/*.cpp: attention by query heads with the KV heads they
 use, latent attention by heads, feed-forwards by rows of their hidden layer, the output head by
-vocabulary rows); heads and hidden rows are shared by the graph's own rule (_core.unit_share: whole
-groups that never cut a quantized output projection's blocks), the rest by cpp/partition.h's arithmetic.
+vocabulary rows), with the C++ rule itself: heads and hidden rows by _core.unit_share (whole groups that
+never cut a quantized output projection's blocks), the vocabulary by _core.node_share (cpp/partition.h),
+both weighted by --split when one is given.
 tests/test_node_memory.py holds these figures to what the C++ graph really reads and allocates when it
 builds each node's share (_core.measure_node_share), for every architecture and 1-4 nodes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import _core
 from .architectures import ModelLayout
-
-
-def share(n: int, node: int, n_nodes: int) -> tuple[int, int]:
-    """Node `node`'s contiguous share [begin, end) of n units (Partition::share)."""
-    return n * node // n_nodes, n * (node + 1) // n_nodes
 
 
 @dataclass
@@ -34,10 +31,11 @@ class NodeMemory:
 
 
 def node_memory(layout: ModelLayout, node: int, n_nodes: int, seq_len: int, kv_f16: bool,
-                mtp: bool = False) -> NodeMemory:
+                mtp: bool = False, split: Sequence[float] = ()) -> NodeMemory:
     """The memory node `node` of `n_nodes` takes for this model at a context of seq_len positions (with
-    its multi-token-prediction layer, when mtp); raises ValueError when the model cannot be split that
-    many ways."""
+    its multi-token-prediction layer, when mtp), the nodes' shares weighted by `split` (one weight per
+    node, root first; empty: equal); raises ValueError when the model cannot be split that way."""
+    split = list(split)
     p = layout.params
     n_layers = p["n_layers"] + (p.get("n_mtp_layers", 0) if mtp else 0)
     n_heads, n_kv_heads = p["n_heads"], p["n_kv_heads"]
@@ -49,7 +47,7 @@ def node_memory(layout: ModelLayout, node: int, n_nodes: int, seq_len: int, kv_f
     def unit_share(tensor: str, unit: str, units: int) -> tuple[int, int]:
         """Raises ValueError naming the constraint when some node would get none."""
         return _core.unit_share(tensor, unit, units, cols_of[tensor] // units, _core.FloatType(int(dtype_of[tensor])),
-                                node, n_nodes)
+                                node, n_nodes, split)
 
     h0, h1 = unit_share("layers.0.attn.o", "heads", n_heads)  # every layer's o has the same shape and type
     group = n_heads // n_kv_heads
@@ -70,7 +68,7 @@ def node_memory(layout: ModelLayout, node: int, n_nodes: int, seq_len: int, kv_f
         if role in ("mtp.enorm", "mtp.hnorm", "mtp.eh_proj"):  # the MTP layer's input, made by node 0
             return (rows, cols) if node == 0 else (0, 0)
         if role == "lm_head":
-            begin, end = share(rows, node, n_nodes)
+            begin, end = _core.node_share(rows, node, n_nodes, split)
             return end - begin, cols
         if role.startswith(("ffn.", "moe.experts.", "moe.shared.")):
             prefix = name[: name.rindex(".") + 1]
