@@ -29,10 +29,12 @@ pytestmark = pytest.mark.skipif(GGUF is None, reason=f"the real-weights model is
 PROMPTS = ["What is the capital of France?", "Write a short poem about the sea.",
            "Explain why the sky is blue in two sentences.", "Give me three tips for learning to program."]
 N_TOKENS = 48
-# Goals of issue #11 on this measure, and where our figures stand against them (see the report): the
-# issue's own numbers were q40 0.671 and q80 0.961 before this work, llama.cpp Q4_0 0.757 and Q8_0 0.974.
+# Goals of issue #11 on this measure. 192 positions make a coarse sample (one token is 0.005, the standard
+# error near 0.94 is ~0.017) and the misses sit at near-ties of the reference (median top-1 margin ~0.07
+# logit); benchmarks/quality_ablation.py measures 16 prompts, the causes, and llama.cpp on the same tokens
+# (docs/benchmarks.md, "Quality on real weights").
 GOALS = {"f32": ("max |error| / std", 1e-3), "q80": ("agreement", 0.97), "q40": ("agreement", 0.75)}
-# What these prompts give today (q80 0.938, q40 0.740), less one token of 192: a drop below is a regression.
+# What these prompts give today (q80 0.938, q40 0.740), less one or two tokens of 192: below is a regression.
 FLOORS = {"q80": 0.93, "q40": 0.73}
 
 
@@ -80,7 +82,8 @@ def test_quality_against_transformers(reference, converted, dtype):
     figure = worst if dtype == "f32" else agreement
     met = figure <= goal if dtype == "f32" else figure >= goal
     MEASURED.setdefault("SmolLM2-135M-Instruct (real weights) against transformers F32, 4 prompts x 48 tokens", []).append(
-        f"{dtype}: top-1 agreement {agreement:.3f}, max |error| / std {worst:.2e}; goal {measure} "
+        f"{dtype}: top-1 agreement {agreement:.3f} (standard error {np.sqrt(agreement * (1 - agreement) / len(agree)):.3f}), "
+        f"max |error| / std {worst:.2e}; goal {measure} "
         f"{'<=' if dtype == 'f32' else '>='} {goal}: {'met' if met else 'NOT met'}")
     if dtype == "f32":
         assert worst <= goal and agreement == 1.0
