@@ -202,9 +202,9 @@ def converted_mix(out: Path, name: str, dtype: str, override) -> Path:
     path = out / f"smollm2-mix-{re.sub('[^a-z0-9]+', '-', name.lower())}.m"
     rule = conversion.storage_type
 
-    def patched(spec, weight_type, pure=False):
+    def patched(spec, weight_type, n_layers, pure=False):
         m = re.match(r"layers\.(\d+)\.", spec.name)
-        return override(spec.name, int(m.group(1)) if m else -1) or rule(spec, weight_type, pure)
+        return override(spec.name, int(m.group(1)) if m else -1) or rule(spec, weight_type, n_layers, pure)
 
     if not path.exists():
         conversion.storage_type = patched
@@ -215,18 +215,12 @@ def converted_mix(out: Path, name: str, dtype: str, override) -> Path:
     return path
 
 
-def more_bits(layer: int, n_layers: int = 30) -> bool:
-    """llama.cpp's use_more_bits layer choice (its K-quant mixes give these layers' ffn_down more bits)."""
-    return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
-
-
-MIXES = [  # (label, dtype, override(tensor name, layer) -> FloatType or None)
+MIXES = [  # (label, dtype, override(tensor name, layer) -> FloatType or None: None keeps the converter's type)
     ("q80, head at F16 (its input not quantized)", "q80", lambda n, i: FloatType.F16 if n == "lm_head" else None),
     ("q40, attn.o at Q80", "q40", lambda n, i: FloatType.Q80 if n.endswith("attn.o") else None),
-    ("q40, ffn.down at Q80", "q40", lambda n, i: FloatType.Q80 if n.endswith("ffn.down") else None),
-    ("q40, ffn.down at Q80 in layers 0-3", "q40", lambda n, i: FloatType.Q80 if n.endswith("ffn.down") and i < 4 else None),
-    ("q40, ffn.down at Q80 in llama.cpp's more-bits layers", "q40",
-     lambda n, i: FloatType.Q80 if n.endswith("ffn.down") and more_bits(i) else None),
+    ("q40, ffn.down at Q80 in every layer", "q40", lambda n, i: FloatType.Q80 if n.endswith("ffn.down") else None),
+    ("q40, ffn.down at Q40 in every layer (the default before more_bits_layer)", "q40",
+     lambda n, i: FloatType.Q40 if n.endswith("ffn.down") else None),
 ]
 
 

@@ -34,8 +34,8 @@ N_TOKENS = 48
 # logit); benchmarks/quality_ablation.py measures 16 prompts, the causes, and llama.cpp on the same tokens
 # (docs/benchmarks.md, "Quality on real weights").
 GOALS = {"f32": ("max |error| / std", 1e-3), "q80": ("agreement", 0.97), "q40": ("agreement", 0.75)}
-# What these prompts give today (q80 0.938, q40 0.740), less one or two tokens of 192: below is a regression.
-FLOORS = {"q80": 0.93, "q40": 0.73}
+# What these prompts give today (q80 0.938, q40 0.771), less one or two tokens of 192: below is a regression.
+FLOORS = {"q80": 0.93, "q40": 0.76}
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,13 @@ def encode_tensor(values: np.ndarray, dtype: FloatType, pure: bool = False) -> b
     return _core.quantize_q80(flat)
 
 
-def storage_type(spec: TensorSpec, weight_type: FloatType, pure: bool = False) -> FloatType:
+def more_bits_layer(layer: int, n_layers: int) -> bool:
+    """The layers whose FFN down projection a Q40 file keeps at Q80: the first and last eighth and every
+    third layer between (the layers llama.cpp's K-quant mixes give more bits, `use_more_bits`)."""
+    return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
+
+
+def storage_type(spec: TensorSpec, weight_type: FloatType, n_layers: int, pure: bool = False) -> FloatType:
     """The type the converter stores a tensor in: the one place that decides it.
 
     The architecture's rule (default_tensor_type), with two exceptions, each recorded in a per-tensor
@@ -88,11 +94,16 @@ def storage_type(spec: TensorSpec, weight_type: FloatType, pure: bool = False) -
     - at Q40 the output head (which is the embedding table in models that tie them) stays at Q80, as
       llama.cpp keeps it at higher precision: 4-bit logits are the main loss of small models; so do the
       projections whose outputs fill the KV cache (attention k and v, MLA's kv_a), which every later
-      token reads again and which are small next to the rest (a few % of a GQA model). `pure` stores
-      them at Q40 like every other matrix (the file then has distributed-llama's layout exactly)."""
+      token reads again and which are small next to the rest (a few % of a GQA model); and the dense FFN's
+      down projection in the layers of more_bits_layer, the matrix whose 4-bit error costs the most
+      (SmolLM2: top-1 agreement 0.773 -> 0.848, docs/benchmarks.md; MoE experts stay at Q40, so a MoE's
+      bytes barely change). `pure` stores them at Q40 like every other matrix (the file then has
+      distributed-llama's layout exactly)."""
     dtype = default_tensor_type(spec, weight_type)
-    if dtype == FloatType.Q40 and not pure and spec.name.split(".")[-1] in Q80_AT_Q40:
-        dtype = FloatType.Q80
+    if dtype == FloatType.Q40 and not pure:
+        parts = spec.name.split(".")
+        if parts[-1] in Q80_AT_Q40 or (spec.name.endswith(".ffn.down") and more_bits_layer(int(parts[1]), n_layers)):
+            dtype = FloatType.Q80
     if spec.cols % dtype.block_size:
         return FloatType.F16
     return dtype
@@ -207,7 +218,7 @@ def plan_file(config: dict, dtype: str, pure: bool = False, where: str = "config
     except (UnsupportedModelError, ModelFileError) as e:
         raise UnsupportedModelError(f"{where}: {e}") from None
     specs = conversion.tensors(weight_type)
-    types = [storage_type(spec, weight_type, pure) for spec in specs]
+    types = [storage_type(spec, weight_type, conversion.params["n_layers"], pure) for spec in specs]
     other_types = {i: t for i, (spec, t) in enumerate(zip(specs, types)) if t != default_tensor_type(spec, weight_type)}
     header = encode_header(dict(conversion.params, weights_float_type=int(weight_type)), other_types)
     return FilePlan(config, conversion, weight_type, pure, header, place_tensors(specs, types, len(header)), other_types)
