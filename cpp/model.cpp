@@ -56,11 +56,16 @@ int Model::length(int slot) const {
     return lengths_[slot];
 }
 
+// Cutting a sequence of `length` positions back to n: only 0..length is possible.
+static void check_cut_back(const std::string& what, int length, int n) {
+    if (n < 0 || n > length)
+        throw std::invalid_argument(what + " can only be cut back, to 0.." + std::to_string(length) +
+                                    " positions, not " + std::to_string(n));
+}
+
 void Model::truncate(int slot, int n) {
     check_slot(slot, "slot");
-    if (n < 0 || n > lengths_[slot])
-        throw std::invalid_argument("slot " + std::to_string(slot) + " can only be cut back, to 0.." +
-                                    std::to_string(lengths_[slot]) + " positions, not " + std::to_string(n));
+    check_cut_back("slot " + std::to_string(slot), lengths_[slot], n);
     lengths_[slot] = n;
     mtp_lengths_[slot] = std::min(mtp_lengths_[slot], n);
 }
@@ -72,9 +77,7 @@ int Model::mtp_length(int slot) const {
 
 void Model::truncate_mtp(int slot, int n) {
     check_slot(slot, "slot");
-    if (n < 0 || n > mtp_lengths_[slot])
-        throw std::invalid_argument("the MTP sequence of slot " + std::to_string(slot) + " can only be cut back, to 0.." +
-                                    std::to_string(mtp_lengths_[slot]) + " positions, not " + std::to_string(n));
+    check_cut_back("the MTP sequence of slot " + std::to_string(slot), mtp_lengths_[slot], n);
     mtp_lengths_[slot] = n;
 }
 
