@@ -501,16 +501,18 @@ def test_cache_stays_under_its_limit(llama, tiny_models, tmp_path):
 
 
 def test_a_ready_worker_outlasts_a_slow_one(quick_worker, llama):
-    """Worker 1 is READY at once, worker 2 loads for 5 s (twice worker 1's idle limit): the root keeps
-    worker 1's session alive meanwhile. (Intervals leave room for a loaded machine and a sanitizer build.)"""
+    """Worker 1 is READY at once, worker 2 loads for 8 s (twice worker 1's idle limit): the root keeps
+    worker 1's session alive meanwhile. (The fake worker 2 answers heartbeats from a thread of this
+    process, which a loaded machine and a sanitizer build can hold up for a second or more: hence the
+    root's 3 s timeout.)"""
     from worker_protocol import FakeWorker, PROGRESS, LOADED, u64
 
     slow = FakeWorker()
 
     def load_slowly():
         slow.accept_session()
-        for done in range(25):  # more often than the root's 1.5 s timeout
-            slow.sock.sendall(frame(u8(PROGRESS) + u64(done) + u64(25)))
+        for done in range(40):  # more often than the root's 3 s timeout
+            slow.sock.sendall(frame(u8(PROGRESS) + u64(done) + u64(40)))
             time.sleep(0.2)
         slow.sock.sendall(frame(u8(LOADED)))
         with contextlib.suppress(OSError):  # then answer heartbeats until the root hangs up
@@ -522,7 +524,7 @@ def test_a_ready_worker_outlasts_a_slow_one(quick_worker, llama):
     thread.start()
     try:
         eng = Engine(llama, threads=1, workers=[quick_worker.address, slow.address], exchange="f32",
-                     net_timeout=1.5, heartbeat=0.5)  # worker 1 gives up after 2 x 0.5 + 1.5 s
+                     net_timeout=3.0, heartbeat=0.5)  # worker 1 gives up after 2 x 0.5 + 3 s
         assert not [line for line in quick_worker.drain() if "session failed" in line]
         eng.close()  # the stop step: worker 1 ends the session as asked, not because it gave up
         assert quick_worker.wait_for("worker: session") == "worker: session ended"
