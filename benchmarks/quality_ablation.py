@@ -83,28 +83,42 @@ def q8_activations(x: torch.Tensor, f16_scale: bool = True) -> torch.Tensor:
 
 
 # ---- the reference ----
-def reference(out: Path):
-    """(model, tokenizer, sequences): transformers F32 on the GGUF, each sequence (ids, prompt length, top-1
-    per reply position, top-1 minus top-2 logit per reply position). Cached in out/reference.npz."""
+def reference_model():
+    """(model, tokenizer): transformers F32 on the bundled GGUF."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = bundled_gguf()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval(), tok
+
+
+def greedy_replies(model, tok, prompts: list[str]) -> list[tuple[list[int], int, torch.Tensor]]:
+    """The measure's reference (tests/test_real_weights.py uses it too): the model's greedy N_TOKENS reply to
+    each prompt as a chat, per prompt (prompt + reply ids, prompt length, logits at every position)."""
+    out = []
+    for prompt in prompts:
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)["input_ids"]
+        with torch.no_grad():
+            full = model.generate(ids, max_new_tokens=N_TOKENS, min_new_tokens=N_TOKENS, do_sample=False)[0]
+            out.append((full.tolist(), ids.shape[1], model(full[None]).logits[0]))
+    return out
+
+
+def reference(out: Path):
+    """(model, tokenizer, sequences): greedy_replies on every prompt, each sequence (ids, prompt length, top-1
+    per reply position, top-1 minus top-2 logit per reply position). Cached in out/reference.npz."""
+    model, tok = reference_model()
     cache = out / "reference.npz"
     if cache.exists():
         z = np.load(cache, allow_pickle=True)
         if list(z["prompts"]) == PROMPTS:
             return model, tok, list(z["seqs"])
     seqs = []
-    for prompt in PROMPTS:
-        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=True)["input_ids"]
-        with torch.no_grad():
-            full = model.generate(ids, max_new_tokens=N_TOKENS, min_new_tokens=N_TOKENS, do_sample=False)[0]
-            logits = model(full[None]).logits[0, ids.shape[1] - 1:ids.shape[1] + N_TOKENS - 1]
-        top2 = logits.topk(2, -1).values
-        seqs.append((full.tolist(), ids.shape[1], logits.argmax(-1).numpy(), (top2[:, 0] - top2[:, 1]).numpy()))
+    for full, n, logits in greedy_replies(model, tok, PROMPTS):
+        reply = logits[n - 1:n + N_TOKENS - 1]
+        top2 = reply.topk(2, -1).values
+        seqs.append((full, n, reply.argmax(-1).numpy(), (top2[:, 0] - top2[:, 1]).numpy()))
     np.savez(cache, prompts=np.array(PROMPTS), seqs=np.array(seqs, dtype=object))
     return model, tok, seqs
 

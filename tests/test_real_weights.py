@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import MEASURED
 
 from dllama_py import Engine
@@ -26,9 +26,11 @@ from dllama_py.tokenizer import Tokenizer, bundle_path
 GGUF = bundled_gguf()
 pytestmark = pytest.mark.skipif(GGUF is None, reason=f"the real-weights model is not installed: {INSTALL_HINT}")
 
-PROMPTS = ["What is the capital of France?", "Write a short poem about the sea.",
-           "Explain why the sky is blue in two sentences.", "Give me three tips for learning to program."]
-N_TOKENS = 48
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from quality_ablation import N_ISSUE, N_TOKENS, greedy_replies, reference_model  # noqa: E402
+from quality_ablation import PROMPTS as ALL_PROMPTS  # noqa: E402
+
+PROMPTS = ALL_PROMPTS[:N_ISSUE]
 # Goals of issue #11 on this measure. 192 positions make a coarse sample (one token is 0.005, the standard
 # error near 0.94 is ~0.017) and the misses sit at near-ties of the reference (median top-1 margin ~0.07
 # logit); benchmarks/quality_ablation.py measures 16 prompts, the causes, and llama.cpp on the same tokens
@@ -41,19 +43,8 @@ FLOORS = {"q80": 0.93, "q40": 0.76}
 @pytest.fixture(scope="module")
 def reference():
     """transformers on the GGUF, F32: per prompt (prompt + reply ids, prompt length, logits)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(GGUF.parent, gguf_file=GGUF.name)
-    model = AutoModelForCausalLM.from_pretrained(GGUF.parent, gguf_file=GGUF.name, dtype=torch.float32).eval()
-    out = []
-    for prompt in PROMPTS:
-        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=True)["input_ids"]
-        with torch.no_grad():
-            full = model.generate(ids, max_new_tokens=N_TOKENS, min_new_tokens=N_TOKENS, do_sample=False)[0]
-            logits = model(full[None]).logits[0].numpy()
-        out.append((full.tolist(), ids.shape[1], logits))
-    return tok, out
+    model, tok = reference_model()
+    return tok, [(full, n, logits.numpy()) for full, n, logits in greedy_replies(model, tok, PROMPTS)]
 
 
 @pytest.fixture(scope="module")
