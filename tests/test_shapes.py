@@ -162,7 +162,7 @@ def test_every_node_count(sweep_models, workers, arch):
     assert not failures, f"{arch}: {len(failures)} runs off:\n" + "\n".join(failures)
 
 
-UNEVEN_SPLITS = ([3, 1], [1, 2, 1], [2, 1, 1])  # --split weights, root first
+UNEVEN_SPLITS = (([3, 1], 3), ([1, 2, 1], 4), ([2, 1, 1], 2))  # --split weights (root first), threads per node
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
@@ -174,13 +174,14 @@ def test_uneven_splits(sweep_models, workers, arch):
         path, ids, ref = sweep_models.get(arch, n_heads, n_kv)
         with Engine(path, threads=1) as eng:
             single = run_steps(eng, ids)
-        for split in UNEVEN_SPLITS:
-            addresses = workers[1].addresses[:len(split) - 1]
-            with Engine(path, threads=1, workers=addresses, exchange="f32", split=split) as eng:
+        for split, threads in UNEVEN_SPLITS:
+            addresses = workers[threads].addresses[:len(split) - 1]
+            with Engine(path, threads=threads, workers=addresses, exchange="f32", split=split) as eng:
                 assert eng.split == split
                 logits = run_steps(eng, ids)
-            record_parity(f"{arch} uneven", "f32", 1, len(split), *error(logits, ref))
+            record_parity(f"{arch} uneven", "f32", threads, len(split), *error(logits, ref))
             off = np.abs(logits - single).max() / single.std()
             if off > 1e-4:
-                failures.append(f"{n_heads}/{n_kv} heads, split {split}, f32 exchange: {off:.2e} x std from 1 node")
+                failures.append(f"{n_heads}/{n_kv} heads, split {split}, {threads} threads per node, f32 exchange: "
+                                f"{off:.2e} x std from 1 node")
     assert not failures, f"{arch}: {len(failures)} runs off:\n" + "\n".join(failures)
